@@ -1,0 +1,103 @@
+//! The Avro schemas of `schemas/`, compiled into the binary so the processor
+//! and the CLI never depend on a working directory. `schemas check` compares
+//! this catalog with the directory on disk.
+
+use apache_avro::{Schema, rabin::Rabin};
+use std::collections::HashMap;
+
+/// (record name, schema text), one per `schemas/<name>.avsc`.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("LatencySample", include_str!("../../schemas/LatencySample.avsc")),
+    ("FeedbackRating", include_str!("../../schemas/FeedbackRating.avsc")),
+    ("DecisionLog", include_str!("../../schemas/DecisionLog.avsc")),
+    ("ContextChunk", include_str!("../../schemas/ContextChunk.avsc")),
+    ("WindowStats", include_str!("../../schemas/WindowStats.avsc")),
+    ("Alert", include_str!("../../schemas/Alert.avsc")),
+    ("Degradation", include_str!("../../schemas/Degradation.avsc")),
+    ("Promotion", include_str!("../../schemas/Promotion.avsc")),
+];
+
+/// One parsed schema with its single-object fingerprint.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub text: String,
+    pub schema: Schema,
+    /// CRC-64-AVRO (Rabin) of the parsing canonical form, little-endian, as
+    /// the single-object encoding header carries it.
+    pub fingerprint: [u8; 8],
+    /// Top-level fields without a default: what a JSON record must carry.
+    pub required_fields: Vec<String>,
+    /// All top-level field names.
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    by_name: HashMap<String, Entry>,
+    by_fingerprint: HashMap<[u8; 8], String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("schema {name}: {message}")]
+pub struct CatalogError {
+    pub name: String,
+    pub message: String,
+}
+
+impl Catalog {
+    /// The schemas compiled into this build.
+    pub fn builtin() -> Catalog {
+        Self::from_sources(BUILTIN.iter().map(|(n, t)| (n.to_string(), t.to_string())))
+            .expect("built-in schemas parse (checked by unit tests)")
+    }
+
+    /// Parses `(expected record name, schema text)` pairs; the record name
+    /// inside each text must equal the expected name (the file stem).
+    pub fn from_sources(sources: impl IntoIterator<Item = (String, String)>) -> Result<Catalog, CatalogError> {
+        let mut by_name = HashMap::new();
+        let mut by_fingerprint = HashMap::new();
+        for (name, text) in sources {
+            let fail = |message: String| CatalogError { name: name.clone(), message };
+            let schema = Schema::parse_str(&text).map_err(|e| fail(format!("does not parse: {e}")))?;
+            let Schema::Record(record) = &schema else {
+                return Err(fail("top level must be a record".into()));
+            };
+            if record.name.name != name {
+                return Err(fail(format!("file declares record `{}`; name the file after it", record.name.name)));
+            }
+            let required_fields = record
+                .fields
+                .iter()
+                .filter(|f| f.default.is_none())
+                .map(|f| f.name.clone())
+                .collect();
+            let fields = record.fields.iter().map(|f| f.name.clone()).collect();
+            let fp = schema.fingerprint::<Rabin>().bytes;
+            let fingerprint: [u8; 8] = fp.as_slice().try_into().map_err(|_| fail("fingerprint is not 8 bytes".into()))?;
+            by_fingerprint.insert(fingerprint, name.clone());
+            by_name.insert(name.clone(), Entry { name, text, schema, fingerprint, required_fields, fields });
+        }
+        Ok(Catalog { by_name, by_fingerprint })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.by_name.get(name)
+    }
+
+    pub fn by_fingerprint(&self, fp: &[u8; 8]) -> Option<&Entry> {
+        self.by_fingerprint.get(fp).and_then(|n| self.by_name.get(n))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// The value schema a topic registers: the record itself, or a union of
+    /// records when the topic carries several (udo.writes.v1).
+    pub fn topic_schema_text(&self, records: &[String]) -> Option<String> {
+        let texts: Option<Vec<&str>> = records.iter().map(|r| self.get(r).map(|e| e.text.as_str())).collect();
+        let texts = texts?;
+        Some(if texts.len() == 1 { texts[0].to_string() } else { format!("[{}]", texts.join(",")) })
+    }
+}

@@ -1,0 +1,450 @@
+use super::*;
+use crate::domain::*;
+use crate::synth::{Generator, Kind, SynthConfig};
+use proptest::prelude::*;
+
+const T0: i64 = 1_767_225_600_000;
+const DIM: usize = 8;
+
+fn limits() -> Limits {
+    Limits { embedding_dim: DIM, max_record_bytes: 64 * 1024 }
+}
+
+fn codec(format: OutputFormat) -> Codec {
+    Codec::new(Arc::new(Catalog::builtin()), limits(), None, format)
+}
+
+fn confluent() -> Codec {
+    Codec::new(Arc::new(Catalog::builtin()), limits(), Some(Arc::new(MemoryRegistry::default())), OutputFormat::Avro)
+}
+
+fn topic(records: &[&str]) -> Vec<String> {
+    records.iter().map(|s| s.to_string()).collect()
+}
+
+fn id(n: u128) -> uuid::Uuid {
+    uuid::Uuid::from_u128(n)
+}
+
+/// One valid event of every record type.
+fn samples() -> Vec<Event> {
+    let mut g = Generator::new(SynthConfig::new(DIM), 42, T0);
+    let mut out: Vec<Event> = Vec::new();
+    let mut i = 0;
+    while out.len() < 4 {
+        let e = g.next(Kind::All, T0 + i);
+        i += 1;
+        let is_upsert = !matches!(&e, Event::ContextChunk(c) if c.embedding.is_none());
+        if is_upsert && !out.iter().any(|o| o.record_name() == e.record_name()) {
+            out.push(e);
+        }
+    }
+    let (ws, we) = (T0, T0 + 300_000);
+    out.push(Event::WindowStats(WindowStats {
+        event_id: id(1),
+        occurred_at: we,
+        source: "analyze".into(),
+        subject: "checkout|POST /pay".into(),
+        component: "checkout".into(),
+        endpoint: Some("POST /pay".into()),
+        project_id: None,
+        window_start: ws,
+        window_end: we,
+        latency: Some(LatencyStats { count: 120, error_count: 3, error_rate: 0.025, p50_ms: 44.5, p95_ms: 101.25, p99_ms: 180.0 }),
+        uncertainty: None,
+    }));
+    out.push(Event::WindowStats(WindowStats {
+        event_id: id(2),
+        occurred_at: we,
+        source: "analyze".into(),
+        subject: "proj-atlas|checkout".into(),
+        component: "checkout".into(),
+        endpoint: None,
+        project_id: Some("proj-atlas".into()),
+        window_start: ws,
+        window_end: we,
+        latency: None,
+        uncertainty: Some(UncertaintyStats {
+            ratings: 40,
+            positive: 30,
+            approval_rate: 0.75,
+            wilson_lower: 0.598,
+            uncertainty: 0.402,
+            decisions: 12,
+            predicted_mean: Some(0.31),
+            calibration_gap: Some(0.092),
+        }),
+    }));
+    out.push(Event::Alert(Alert {
+        event_id: id(3),
+        occurred_at: we,
+        source: "analyze".into(),
+        rule: "latency_p95".into(),
+        subject: "checkout".into(),
+        component: "checkout".into(),
+        project_id: None,
+        severity: Severity::Critical,
+        status: AlertStatus::Firing,
+        value: 612.0,
+        threshold: 500.0,
+        window_start: ws,
+        window_end: we,
+        message: "p95 612 ms > 500 ms".into(),
+    }));
+    out.push(Event::Degradation(Degradation {
+        event_id: id(4),
+        occurred_at: we,
+        source: "analyze".into(),
+        component: "checkout".into(),
+        kind: DegradationKind::Degraded,
+        reason: "p95 > 200 ms for 2 windows".into(),
+        p95_ms: 612.0,
+        error_rate: 0.01,
+        consecutive_windows: 2,
+        window_start: ws,
+        window_end: we,
+    }));
+    out.push(Event::Promotion(Promotion {
+        event_id: id(5),
+        occurred_at: we,
+        source: "materialize-redis".into(),
+        store: "redis".into(),
+        from_role: StoreRole::Shadow,
+        to_role: StoreRole::Primary,
+        success_ratio: 0.99,
+        attempts: 100,
+        lag: 0,
+        reason: "".into(),
+    }));
+    out
+}
+
+fn roundtrip(codec: &Codec) {
+    for event in samples() {
+        let allowed = topic(&[event.record_name()]);
+        let bytes = codec.encode("t", &allowed, &event).unwrap();
+        let back = codec.decode(&allowed, &bytes).unwrap_or_else(|e| panic!("{}: {e}", event.record_name()));
+        assert_eq!(back, event);
+    }
+}
+
+#[test]
+fn every_record_type_round_trips_as_single_object() {
+    let c = codec(OutputFormat::Avro);
+    roundtrip(&c);
+    let e = &samples()[0];
+    let bytes = c.encode("t", &topic(&[e.record_name()]), e).unwrap();
+    assert_eq!(&bytes[..2], &SINGLE_OBJECT_MAGIC);
+    assert_eq!(&bytes[2..10], &c.catalog().get(e.record_name()).unwrap().fingerprint);
+}
+
+#[test]
+fn every_record_type_round_trips_as_json() {
+    roundtrip(&codec(OutputFormat::Json));
+}
+
+#[test]
+fn every_record_type_round_trips_with_confluent_framing() {
+    let c = confluent();
+    roundtrip(&c);
+    let e = &samples()[0];
+    let bytes = c.encode("t", &topic(&[e.record_name()]), e).unwrap();
+    assert_eq!(bytes[0], CONFLUENT_MAGIC);
+}
+
+#[test]
+fn multi_record_topic_round_trips_in_every_format() {
+    let writes = topic(&["ContextChunk", "DecisionLog"]);
+    let events: Vec<Event> =
+        samples().into_iter().filter(|e| matches!(e, Event::ContextChunk(_) | Event::DecisionLog(_))).collect();
+    assert_eq!(events.len(), 2);
+    for c in [codec(OutputFormat::Avro), codec(OutputFormat::Json), confluent()] {
+        for e in &events {
+            let bytes = c.encode("udo.writes.v1", &writes, e).unwrap();
+            assert_eq!(&c.decode(&writes, &bytes).unwrap(), e);
+        }
+    }
+    // Both records share one registry subject (the union schema).
+    let c = confluent();
+    let a = c.encode("udo.writes.v1", &writes, &events[0]).unwrap();
+    let b = c.encode("udo.writes.v1", &writes, &events[1]).unwrap();
+    assert_eq!(a[1..5], b[1..5]);
+}
+
+#[test]
+fn hand_written_json_with_defaults_decodes() {
+    let json = br#"{"event_id":"6f1c64e4-7d55-4b8a-9a57-0d2f7b1f3c11","occurred_at":1767225600000,
+        "source":"kcat","component":"checkout","endpoint":"GET /x","latency_ms":12.5,"outcome":"OK"}"#;
+    let e = codec(OutputFormat::Avro).decode(&topic(&["LatencySample"]), json).unwrap();
+    let Event::LatencySample(s) = e else { panic!("{e:?}") };
+    assert_eq!(s.status_code, None);
+    assert_eq!(s.latency_ms, 12.5);
+}
+
+fn latency() -> LatencySample {
+    LatencySample {
+        event_id: id(10),
+        occurred_at: T0,
+        source: "test".into(),
+        component: "checkout".into(),
+        endpoint: "GET /x".into(),
+        latency_ms: 10.0,
+        outcome: Outcome::Ok,
+        status_code: None,
+    }
+}
+
+/// Encodes with the real codec (which does not validate), then decodes.
+fn reject(event: Event) -> DecodeError {
+    let allowed = topic(&[event.record_name()]);
+    let c = codec(OutputFormat::Avro);
+    let bytes = c.encode("t", &allowed, &event).unwrap();
+    c.decode(&allowed, &bytes).expect_err("must be rejected")
+}
+
+fn assert_invalid(err: DecodeError, field: &str, needle: &str) {
+    assert_eq!(err.class, DecodeClass::Invalid, "{err}");
+    assert_eq!(err.field.as_deref(), Some(field), "{err}");
+    assert!(err.message.contains(needle), "{err} lacks {needle:?}");
+}
+
+#[test]
+fn rejects_nan_infinite_and_negative_latencies() {
+    for (v, needle) in [(f64::NAN, "finite"), (f64::INFINITY, "finite"), (f64::NEG_INFINITY, "finite"), (-0.5, ">= 0")] {
+        assert_invalid(reject(Event::LatencySample(LatencySample { latency_ms: v, ..latency() })), "latency_ms", needle);
+    }
+}
+
+#[test]
+fn rejects_ratings_other_than_plus_minus_one() {
+    for rating in [0, 2, -2, i32::MAX] {
+        let e = Event::FeedbackRating(FeedbackRating {
+            event_id: id(11),
+            occurred_at: T0,
+            source: "t".into(),
+            project_id: "p".into(),
+            component: "c".into(),
+            decision_id: id(12),
+            rating,
+            correction: None,
+        });
+        assert_invalid(reject(e), "rating", "+1 or -1");
+    }
+}
+
+#[test]
+fn rejects_scores_outside_0_100() {
+    for score in [-1, 101, 1000] {
+        let e = Event::DecisionLog(DecisionLog {
+            event_id: id(13),
+            occurred_at: T0,
+            source: "t".into(),
+            project_id: "p".into(),
+            component: "c".into(),
+            decision: "d".into(),
+            uncertainty_score: score,
+            rationale: None,
+        });
+        assert_invalid(reject(e), "uncertainty_score", "0..=100");
+    }
+}
+
+fn chunk(embedding: Vec<f32>) -> Event {
+    Event::ContextChunk(ContextChunk {
+        event_id: id(14),
+        occurred_at: T0,
+        source: "t".into(),
+        project_id: "p".into(),
+        file_path: "a.rs".into(),
+        chunk_index: 0,
+        op: ChunkOp::Upsert,
+        content: "x".into(),
+        embedding: Some(embedding),
+    })
+}
+
+#[test]
+fn rejects_wrong_embedding_dimension_and_nan_in_vector() {
+    assert_invalid(reject(chunk(vec![0.1; DIM + 1])), "embedding", "dimension 9");
+    assert_invalid(reject(chunk(vec![0.1; 3])), "embedding", "configured dimension is 8");
+    let mut v = vec![0.1; DIM];
+    v[5] = f32::NAN;
+    assert_invalid(reject(chunk(v)), "embedding[5]", "finite");
+}
+
+#[test]
+fn rejects_bad_headers() {
+    assert_invalid(reject(Event::LatencySample(LatencySample { event_id: uuid::Uuid::nil(), ..latency() })), "event_id", "nil");
+    // Seconds instead of milliseconds is the classic producer bug.
+    assert_invalid(reject(Event::LatencySample(LatencySample { occurred_at: T0 / 1000, ..latency() })), "occurred_at", "milliseconds");
+    assert_invalid(reject(Event::LatencySample(LatencySample { component: " ".into(), ..latency() })), "component", "empty");
+}
+
+/// Avro bytes written with a schema that differs from ours in one place, but
+/// framed with our fingerprint: how a misbehaving producer looks on the wire.
+fn forged(schema_text: &str, value: apache_avro::types::Value) -> Vec<u8> {
+    let schema = Schema::parse_str(schema_text).unwrap();
+    let mut out = SINGLE_OBJECT_MAGIC.to_vec();
+    out.extend(Catalog::builtin().get("LatencySample").unwrap().fingerprint);
+    out.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
+    out
+}
+
+fn forged_latency(outcome_symbols: &str, source_type: &str, outcome: &str, source: Value) -> Vec<u8> {
+    let text = catalog::BUILTIN.iter().find(|(n, _)| *n == "LatencySample").unwrap().1;
+    let text = text
+        .replace(r#""symbols": ["OK", "ERROR", "TIMEOUT"]"#, outcome_symbols)
+        .replace(r#"{"name": "source", "type": "string""#, &format!(r#"{{"name": "source", "type": "{source_type}""#));
+    let symbols: Vec<String> = serde_json::from_str(outcome_symbols.split_once(':').unwrap().1).unwrap();
+    let idx = symbols.iter().position(|s| s == outcome).unwrap() as u32;
+    forged(
+        &text,
+        Value::Record(vec![
+            ("event_id".into(), Value::Uuid(id(20))),
+            ("occurred_at".into(), Value::TimestampMillis(T0)),
+            ("source".into(), source),
+            ("component".into(), Value::String("c".into())),
+            ("endpoint".into(), Value::String("e".into())),
+            ("latency_ms".into(), Value::Double(1.0)),
+            ("outcome".into(), Value::Enum(idx, outcome.into())),
+            ("status_code".into(), Value::Union(0, Box::new(Value::Null))),
+        ]),
+    )
+}
+
+#[test]
+fn rejects_unknown_enum_values_in_avro_and_json() {
+    let bytes = forged_latency(r#""symbols": ["OK", "ERROR", "TIMEOUT", "SLOW"]"#, "string", "SLOW", Value::String("s".into()));
+    let err = codec(OutputFormat::Avro).decode(&topic(&["LatencySample"]), &bytes).unwrap_err();
+    assert_eq!(err.class, DecodeClass::UnknownEnum, "{err}");
+
+    let json = br#"{"event_id":"6f1c64e4-7d55-4b8a-9a57-0d2f7b1f3c11","occurred_at":1767225600000,
+        "source":"kcat","component":"checkout","endpoint":"GET /x","latency_ms":12.5,"outcome":"SLOW"}"#;
+    let err = codec(OutputFormat::Avro).decode(&topic(&["LatencySample"]), json).unwrap_err();
+    assert_eq!(err.class, DecodeClass::UnknownEnum, "{err}");
+    assert_eq!(err.field.as_deref(), Some("outcome"), "{err}");
+}
+
+#[test]
+fn rejects_invalid_utf8_in_avro_and_json() {
+    let bytes = forged_latency(
+        r#""symbols": ["OK", "ERROR", "TIMEOUT"]"#,
+        "bytes",
+        "OK",
+        Value::Bytes(vec![b'o', 0xff, 0xfe, b'k']),
+    );
+    let err = codec(OutputFormat::Avro).decode(&topic(&["LatencySample"]), &bytes).unwrap_err();
+    assert_eq!(err.class, DecodeClass::InvalidUtf8, "{err}");
+
+    let mut json = br#"{"source":""#.to_vec();
+    json.extend([0xc3, 0x28]);
+    json.extend(br#""}"#);
+    let err = codec(OutputFormat::Avro).decode(&topic(&["LatencySample"]), &json).unwrap_err();
+    assert_eq!(err.class, DecodeClass::InvalidUtf8, "{err}");
+}
+
+#[test]
+fn rejects_oversized_records() {
+    let c = codec(OutputFormat::Avro);
+    let big = chunk(vec![0.0; DIM]);
+    let Event::ContextChunk(mut cc) = big else { unreachable!() };
+    cc.content = "x".repeat(70 * 1024);
+    let allowed = topic(&["ContextChunk"]);
+    let bytes = c.encode("t", &allowed, &Event::ContextChunk(cc)).unwrap();
+    let err = c.decode(&allowed, &bytes).unwrap_err();
+    assert_eq!(err.class, DecodeClass::Oversized, "{err}");
+    assert!(err.message.contains("UDO_MAX_RECORD_BYTES"), "{err}");
+}
+
+#[test]
+fn rejects_framing_schema_and_structure_errors_with_a_class() {
+    let c = codec(OutputFormat::Avro);
+    let lat = topic(&["LatencySample"]);
+    let good = c.encode("t", &lat, &Event::LatencySample(latency())).unwrap();
+    let cases: Vec<(Vec<u8>, DecodeClass, &str)> = vec![
+        (vec![], DecodeClass::Empty, "empty"),
+        (b"garbage".to_vec(), DecodeClass::UnknownFraming, "0x67"),
+        ([&[0xC3, 0x01], &[9u8; 8][..], &[1, 2, 3]].concat(), DecodeClass::UnknownSchema, "fingerprint"),
+        ([&[0u8, 0, 0, 0, 7][..], &good[10..]].concat(), DecodeClass::UnknownSchema, "SCHEMA_REGISTRY_URL"),
+        (good[..good.len() - 3].to_vec(), DecodeClass::Malformed, "avro"),
+        ([&good[..], &[0u8, 1]].concat(), DecodeClass::Malformed, "2 trailing bytes"),
+        (b"{not json".to_vec(), DecodeClass::Malformed, "invalid JSON"),
+        (br#"{"event_id":"nope"}"#.to_vec(), DecodeClass::Malformed, "not a UUID"),
+    ];
+    for (bytes, class, needle) in cases {
+        let err = c.decode(&lat, &bytes).unwrap_err();
+        assert_eq!(err.class, class, "{err}");
+        assert!(err.to_string().contains(needle), "{err} lacks {needle:?}");
+    }
+    // A valid record on the wrong topic.
+    let err = c.decode(&topic(&["FeedbackRating"]), &good).unwrap_err();
+    assert_eq!(err.class, DecodeClass::WrongSchema, "{err}");
+}
+
+#[test]
+fn json_errors_name_the_missing_field() {
+    let c = codec(OutputFormat::Avro);
+    let json = br#"{"event_id":"6f1c64e4-7d55-4b8a-9a57-0d2f7b1f3c11","occurred_at":1767225600000,
+        "source":"kcat","component":"checkout","endpoint":"GET /x","outcome":"OK"}"#;
+    let err = c.decode(&topic(&["LatencySample"]), json).unwrap_err();
+    assert!(err.to_string().contains("latency_ms"), "{err}");
+    // On a multi-record topic the error names the closest record type.
+    let json = br#"{"event_id":"6f1c64e4-7d55-4b8a-9a57-0d2f7b1f3c11","occurred_at":1767225600000,
+        "source":"x","project_id":"p","component":"c","decision":"d"}"#;
+    let err = c.decode(&topic(&["ContextChunk", "DecisionLog"]), json).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("uncertainty_score"), "{err}");
+    assert!(err.message.contains("DecisionLog"), "{err}");
+}
+
+#[test]
+fn builtin_catalog_matches_schemas_dir_and_fingerprints_are_distinct() {
+    let c = Catalog::builtin();
+    let mut on_disk: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))
+        .unwrap()
+        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut built: Vec<&str> = c.names().collect();
+    built.sort();
+    assert_eq!(on_disk, built, "add new schemas/*.avsc to codec::catalog::BUILTIN");
+    assert_eq!(built, { let mut r = RECORD_NAMES.to_vec(); r.sort(); r });
+    let fps: std::collections::HashSet<_> = built.iter().map(|n| c.get(n).unwrap().fingerprint).collect();
+    assert_eq!(fps.len(), built.len());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes, including ones that start with each magic, never panic.
+    #[test]
+    fn random_bytes_never_panic(prefix in 0usize..4, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let c = codec(OutputFormat::Avro);
+        let fp = c.catalog().get("ContextChunk").unwrap().fingerprint;
+        let head: Vec<u8> = match prefix {
+            0 => vec![],
+            1 => [&SINGLE_OBJECT_MAGIC[..], &fp[..]].concat(),
+            2 => vec![0, 0, 0, 0, 1],
+            _ => b"{".to_vec(),
+        };
+        let bytes = [head, body].concat();
+        let _ = c.decode(&topic(&["ContextChunk", "DecisionLog"]), &bytes);
+        let _ = confluent().decode(&topic(&["LatencySample"]), &bytes);
+    }
+
+    /// Valid encodings with bytes flipped never panic, and anything that
+    /// still decodes is a valid event.
+    #[test]
+    fn mutated_records_never_panic(which in 0usize..8, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let c = codec(OutputFormat::Avro);
+        let event = &samples()[which];
+        let allowed = topic(&[event.record_name()]);
+        let mut bytes = c.encode("t", &allowed, event).unwrap();
+        for (pos, b) in flips {
+            let n = bytes.len();
+            bytes[10 + pos % (n - 10)] ^= b | 1;
+        }
+        if let Ok(e) = c.decode(&allowed, &bytes) {
+            prop_assert!(e.validate(&limits()).is_ok());
+        }
+    }
+}

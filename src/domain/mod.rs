@@ -1,0 +1,8 @@
+//! Product logic with no IO: events and their validation. Nothing here may
+//! import tokio, rdkafka, sqlx or redis, so every rule is testable in-process.
+
+pub mod events;
+pub mod validate;
+
+pub use events::*;
+pub use validate::{Limits, ValidationError};

@@ -1,5 +1,13 @@
 //! udo-stream: an event-driven stream processor (see README for the map).
 
+pub mod cli;
 pub mod codec;
 pub mod domain;
 pub mod synth;
+pub mod config;
+pub mod error;
+pub mod shutdown;
+pub mod sinks;
+pub mod sources;
+pub mod telemetry;
+pub mod topics;

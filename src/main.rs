@@ -1,1 +1,17 @@
-fn main(){}
+use clap::Parser;
+use udo_stream::cli::{Cli, run};
+
+#[tokio::main]
+async fn main() {
+    udo_stream::telemetry::init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            eprintln!("  caused by: {s}");
+            source = s.source();
+        }
+        std::process::exit(e.exit_code());
+    }
+}

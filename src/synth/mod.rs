@@ -279,3 +279,9 @@ impl Generator {
 
 #[cfg(test)]
 mod tests;
+
+/// Event time of the `i`-th record under the simulated clock: time advances
+/// at the nominal `rate` however fast records are actually sent.
+pub fn simulated_time(start_ms: i64, i: u64, rate: f64) -> i64 {
+    start_ms + (i as f64 * 1000.0 / rate) as i64
+}

@@ -1,0 +1,45 @@
+//! The `udo-stream` command line (DESIGN §7). Each subcommand lives in its
+//! own file; this one parses and dispatches.
+
+mod produce;
+mod schemas;
+mod tail;
+mod topics;
+
+use crate::config::CommonArgs;
+use crate::error::Result;
+use crate::shutdown::Shutdown;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "udo-stream", version, about = "Event-driven stream processor: Kafka to PostgreSQL/pgvector and Redis")]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish synthetic events (realistic distributions, injectable incidents).
+    Produce(produce::ProduceArgs),
+    /// Decode and print a topic, one JSON line per record.
+    Tail(tail::TailArgs),
+    /// Topics as code (`topics/*.yaml`).
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+    /// Avro schemas (`schemas/*.avsc`).
+    #[command(subcommand)]
+    Schemas(schemas::SchemasCommand),
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let shutdown = Shutdown::install();
+    match cli.command {
+        Command::Produce(args) => produce::run(cli.common, args, shutdown).await,
+        Command::Tail(args) => tail::run(cli.common, args, shutdown).await,
+        Command::Topics(cmd) => topics::run(cli.common, cmd).await,
+        Command::Schemas(cmd) => schemas::run(cli.common, cmd).await,
+    }
+}

@@ -1,0 +1,3 @@
+//! Where records go: Kafka producers (and, later, the stores).
+
+pub mod kafka;

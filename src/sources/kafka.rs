@@ -1,0 +1,92 @@
+//! Kafka consumers with the delivery settings of DESIGN §6.
+
+use crate::error::{Error, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::time::Duration;
+
+/// Logs assignment changes, so a rebalance is visible in the logs.
+pub struct GroupContext {
+    pub group: String,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(group = %self.group, partitions = %describe(tpl), "assigned"),
+            Rebalance::Revoke(tpl) => tracing::info!(group = %self.group, partitions = %describe(tpl), "revoked"),
+            Rebalance::Error(e) => tracing::warn!(group = %self.group, error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// `topic[0,1,2]` style summary of a partition list.
+pub fn describe(tpl: &TopicPartitionList) -> String {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for e in tpl.elements() {
+        by_topic.entry(e.topic().to_string()).or_default().push(e.partition());
+    }
+    by_topic.iter().map(|(t, p)| format!("{t}{p:?}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Group consumer: at-least-once. Offsets are *stored* by the application
+/// only after a record's effects are durable (`enable.auto.offset.store=false`)
+/// and committed in the background from the store; cooperative-sticky keeps
+/// unaffected partitions running through a rebalance.
+pub fn group_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("client.id", format!("udo-stream-{group}"));
+    c
+}
+
+pub fn group_consumer(brokers: &str, group: &str, topics: &[&str]) -> Result<StreamConsumer<GroupContext>> {
+    let consumer: StreamConsumer<GroupContext> = group_config(brokers, group)
+        .create_with_context(GroupContext { group: group.to_string() })
+        .map_err(Error::kafka("create consumer"))?;
+    consumer.subscribe(topics).map_err(Error::kafka(format!("subscribe to {topics:?}")))?;
+    Ok(consumer)
+}
+
+/// Consumer outside any group, assigned every partition of `topic` at
+/// `start` (inspection tools: nothing is committed, no rebalance delay).
+pub fn inspector(brokers: &str, topic: &str, start: Offset) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("udo-inspect-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .map_err(Error::kafka("create consumer"))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(Error::kafka(format!("metadata of {topic}")))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(Error::Config(format!(
+            "topic {topic} does not exist on {brokers} (run `udo-stream topics apply`, check --topic-prefix)"
+        )));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, start).map_err(Error::kafka("assign"))?;
+    }
+    consumer.assign(&tpl).map_err(Error::kafka(format!("assign {topic}")))?;
+    Ok(consumer)
+}

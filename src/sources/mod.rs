@@ -1,0 +1,3 @@
+//! Where records come from: Kafka consumers.
+
+pub mod kafka;

@@ -2,12 +2,12 @@
 
 pub mod cli;
 pub mod codec;
-pub mod domain;
-pub mod synth;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod shutdown;
 pub mod sinks;
 pub mod sources;
+pub mod synth;
 pub mod telemetry;
 pub mod topics;

@@ -49,7 +49,10 @@ fn dependencies_exist_and_wait_for_health() {
     }
     let needs = |svc: &str, deps: &[&str]| {
         for d in deps {
-            assert_eq!(s[svc]["depends_on"][d]["condition"], "service_healthy", "{svc} must wait for {d} to be healthy");
+            assert_eq!(
+                s[svc]["depends_on"][d]["condition"], "service_healthy",
+                "{svc} must wait for {d} to be healthy"
+            );
         }
     };
     needs("udo-stream", &["kafka", "schema-registry", "postgres", "redis"]);

@@ -24,7 +24,12 @@ const START_MS: i64 = 1_767_225_600_000;
 const DIM: usize = 16;
 
 fn codec() -> Codec {
-    Codec::new(Arc::new(Catalog::builtin()), Limits { embedding_dim: DIM, ..Limits::default() }, None, OutputFormat::Avro)
+    Codec::new(
+        Arc::new(Catalog::builtin()),
+        Limits { embedding_dim: DIM, ..Limits::default() },
+        None,
+        OutputFormat::Avro,
+    )
 }
 
 fn group_consumer(group: &str, topics: &[&str]) -> BaseConsumer {
@@ -89,9 +94,28 @@ fn roundtrip(format: &str) {
     let p = prefix(&format!("roundtrip-{format}"));
     apply_topics(&p);
     let summary = udo_ok(&[
-        "produce", "all", "--count", &N.to_string(), "--rate", &RATE.to_string(), "--clock", "simulated",
-        "--start", START, "--seed", "11", "--approval-rate", "0.85", "--error-rate", "0.005",
-        "--embedding-dim", &DIM.to_string(), "--format", format, "--topic-prefix", &p,
+        "produce",
+        "all",
+        "--count",
+        &N.to_string(),
+        "--rate",
+        &RATE.to_string(),
+        "--clock",
+        "simulated",
+        "--start",
+        START,
+        "--seed",
+        "11",
+        "--approval-rate",
+        "0.85",
+        "--error-rate",
+        "0.005",
+        "--embedding-dim",
+        &DIM.to_string(),
+        "--format",
+        format,
+        "--topic-prefix",
+        &p,
     ]);
     let summary: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
     assert_eq!(summary["delivered"], N, "{summary}");
@@ -101,10 +125,8 @@ fn roundtrip(format: &str) {
     cfg.approval_rate = 0.85;
     cfg.error_rate = 0.005;
     let mut g = Generator::new(cfg, 11, START_MS);
-    let expected: HashMap<uuid::Uuid, Event> = (0..N)
-        .map(|i| g.next(Kind::All, simulated_time(START_MS, i, RATE)))
-        .map(|e| (e.event_id(), e))
-        .collect();
+    let expected: HashMap<uuid::Uuid, Event> =
+        (0..N).map(|i| g.next(Kind::All, simulated_time(START_MS, i, RATE))).map(|e| (e.event_id(), e)).collect();
     let kinds: HashSet<&str> = expected.values().map(Event::record_name).collect();
     assert_eq!(kinds.len(), 4, "all four input kinds are exercised: {kinds:?}");
 
@@ -208,7 +230,9 @@ fn tail_prints_decoded_records_and_errors_for_garbage() {
     let decoded: Vec<_> = lines.iter().filter(|l| l["record"] == "LatencySample").collect();
     let errors: Vec<_> = lines.iter().filter(|l| l.get("error").is_some()).collect();
     assert_eq!(decoded.len(), 20);
-    assert!(decoded.iter().all(|l| l["value"]["latency_ms"].as_f64().unwrap() > 0.0 && l["key"] == l["value"]["component"]));
+    assert!(
+        decoded.iter().all(|l| l["value"]["latency_ms"].as_f64().unwrap() > 0.0 && l["key"] == l["value"]["component"])
+    );
     let mut classes: Vec<&str> = errors.iter().map(|l| l["error"]["class"].as_str().unwrap()).collect();
     classes.sort();
     assert_eq!(classes, ["malformed", "unknown_framing", "unknown_schema"], "{out}");

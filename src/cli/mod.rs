@@ -12,7 +12,11 @@ use crate::shutdown::Shutdown;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "udo-stream", version, about = "Event-driven stream processor: Kafka to PostgreSQL/pgvector and Redis")]
+#[command(
+    name = "udo-stream",
+    version,
+    about = "Event-driven stream processor: Kafka to PostgreSQL/pgvector and Redis"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,

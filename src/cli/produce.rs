@@ -119,7 +119,11 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
     for i in &cfg.incidents {
         if !cfg.components.iter().any(|c| c.name == i.component) {
             let names: Vec<&str> = cfg.components.iter().map(|c| c.name.as_str()).collect();
-            return Err(Error::Config(format!("--incident {i}: no component {:?}; components: {}", i.component, names.join(", "))));
+            return Err(Error::Config(format!(
+                "--incident {i}: no component {:?}; components: {}",
+                i.component,
+                names.join(", ")
+            )));
         }
     }
     let codec = common.codec(match args.format {
@@ -210,7 +214,10 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
     );
     println!("{summary}");
     if let Err(e) = flushed {
-        return Err(Error::Failed(format!("flush did not finish: {e}; {} records unconfirmed", sent - delivered - failed)));
+        return Err(Error::Failed(format!(
+            "flush did not finish: {e}; {} records unconfirmed",
+            sent - delivered - failed
+        )));
     }
     if failed > 0 {
         let first = ctx.first_error.lock().expect("delivery error lock").clone().unwrap_or_default();

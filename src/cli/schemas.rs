@@ -30,7 +30,8 @@ fn load_dir(dir: &Path) -> Result<Catalog> {
     for entry in entries {
         let path = entry.map_err(|e| Error::Io { op: "read schemas dir".into(), source: e })?.path();
         if path.extension().and_then(|e| e.to_str()) == Some("avsc") {
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { op: format!("read {}", path.display()), source: e })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::Io { op: format!("read {}", path.display()), source: e })?;
             let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
             sources.push((stem, text));
         }
@@ -98,11 +99,10 @@ fn check(common: &CommonArgs, dir: &Path, topics_dir: &Path) -> Result<()> {
 }
 
 fn register(common: &CommonArgs) -> Result<()> {
-    let url = common
-        .schema_registry_url
-        .as_deref()
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| Error::Config("schemas register needs SCHEMA_REGISTRY_URL (or --schema-registry-url)".into()))?;
+    let url =
+        common.schema_registry_url.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
+            Error::Config("schemas register needs SCHEMA_REGISTRY_URL (or --schema-registry-url)".into())
+        })?;
     let registry = HttpRegistry::new(url);
     let catalog = Catalog::builtin();
     for spec in common.topics().specs().iter().filter(|s| !s.records().is_empty()) {

@@ -85,10 +85,7 @@ pub fn render<M: Message>(codec: &Codec, allowed: Option<&[String]>, msg: &M) ->
                 line.insert("value".into(), serde_json::to_value(&event).unwrap_or(Value::Null));
             }
             Err(e) => {
-                line.insert(
-                    "error".into(),
-                    json!({"class": e.class.as_str(), "field": e.field, "message": e.message}),
-                );
+                line.insert("error".into(), json!({"class": e.class.as_str(), "field": e.field, "message": e.message}));
                 line.insert("raw".into(), json!(preview(payload)));
             }
         },

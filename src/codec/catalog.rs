@@ -66,15 +66,12 @@ impl Catalog {
             if record.name.name != name {
                 return Err(fail(format!("file declares record `{}`; name the file after it", record.name.name)));
             }
-            let required_fields = record
-                .fields
-                .iter()
-                .filter(|f| f.default.is_none())
-                .map(|f| f.name.clone())
-                .collect();
+            let required_fields =
+                record.fields.iter().filter(|f| f.default.is_none()).map(|f| f.name.clone()).collect();
             let fields = record.fields.iter().map(|f| f.name.clone()).collect();
             let fp = schema.fingerprint::<Rabin>().bytes;
-            let fingerprint: [u8; 8] = fp.as_slice().try_into().map_err(|_| fail("fingerprint is not 8 bytes".into()))?;
+            let fingerprint: [u8; 8] =
+                fp.as_slice().try_into().map_err(|_| fail("fingerprint is not 8 bytes".into()))?;
             by_fingerprint.insert(fingerprint, name.clone());
             by_name.insert(name.clone(), Entry { name, text, schema, fingerprint, required_fields, fields });
         }

@@ -82,7 +82,12 @@ pub struct Codec {
 }
 
 impl Codec {
-    pub fn new(catalog: Arc<Catalog>, limits: Limits, registry: Option<Arc<dyn SchemaRegistry>>, format: OutputFormat) -> Codec {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        limits: Limits,
+        registry: Option<Arc<dyn SchemaRegistry>>,
+        format: OutputFormat,
+    ) -> Codec {
         Codec { catalog, limits, registry, format }
     }
 
@@ -100,7 +105,11 @@ impl Codec {
         if bytes.len() > self.limits.max_record_bytes {
             return Err(DecodeError::new(
                 DecodeClass::Oversized,
-                format!("{} bytes exceeds max_record_bytes {} (UDO_MAX_RECORD_BYTES)", bytes.len(), self.limits.max_record_bytes),
+                format!(
+                    "{} bytes exceeds max_record_bytes {} (UDO_MAX_RECORD_BYTES)",
+                    bytes.len(),
+                    self.limits.max_record_bytes
+                ),
             ));
         }
         let (framing, payload) = detect_framing(bytes)?;
@@ -139,20 +148,24 @@ impl Codec {
                     (s, v) => (record_name(s), v),
                 };
                 let name = name.ok_or_else(|| {
-                    DecodeError::new(DecodeClass::UnknownSchema, format!("registry schema id {schema_id} is not a record"))
+                    DecodeError::new(
+                        DecodeClass::UnknownSchema,
+                        format!("registry schema id {schema_id} is not a record"),
+                    )
                 })?;
                 check_allowed(allowed, &name)?;
                 let entry = self.catalog.get(&name).ok_or_else(|| {
-                    DecodeError::new(DecodeClass::UnknownSchema, format!("record {name} is not in this build's schemas"))
+                    DecodeError::new(
+                        DecodeClass::UnknownSchema,
+                        format!("record {name} is not in this build's schemas"),
+                    )
                 })?;
                 // Schema resolution maps an older/newer writer onto our reader.
                 let value = value.resolve(&entry.schema).map_err(avro_error)?;
                 to_event(&name, &value)?
             }
         };
-        event
-            .validate(&self.limits)
-            .map_err(|e| DecodeError::field(DecodeClass::Invalid, e.field, e.reason))?;
+        event.validate(&self.limits).map_err(|e| DecodeError::field(DecodeClass::Invalid, e.field, e.reason))?;
         Ok(event)
     }
 
@@ -205,7 +218,11 @@ impl Codec {
     pub fn encode(&self, topic: &str, allowed: &[String], event: &Event) -> Result<Vec<u8>, EncodeError> {
         let record = event.record_name();
         let Some(index) = allowed.iter().position(|a| a == record) else {
-            return Err(EncodeError::WrongTopic { record: record.into(), topic: topic.into(), allowed: allowed.to_vec() });
+            return Err(EncodeError::WrongTopic {
+                record: record.into(),
+                topic: topic.into(),
+                allowed: allowed.to_vec(),
+            });
         };
         if self.format == OutputFormat::Json {
             return Ok(serde_json::to_vec(event)?);
@@ -222,7 +239,10 @@ impl Codec {
                 Ok(out)
             }
             Some(registry) => {
-                let text = self.catalog.topic_schema_text(allowed).ok_or_else(|| EncodeError::UnknownRecord(allowed.join(",")))?;
+                let text = self
+                    .catalog
+                    .topic_schema_text(allowed)
+                    .ok_or_else(|| EncodeError::UnknownRecord(allowed.join(",")))?;
                 let id = registry.register(&format!("{topic}-value"), &text)?;
                 let (schema, value) = if allowed.len() == 1 {
                     (entry.schema.clone(), value)
@@ -255,7 +275,10 @@ fn check_allowed(allowed: &[String], name: &str) -> Result<(), DecodeError> {
     if allowed.iter().any(|a| a == name) {
         Ok(())
     } else {
-        Err(DecodeError::new(DecodeClass::WrongSchema, format!("record {name} does not belong on this topic (it carries {allowed:?})")))
+        Err(DecodeError::new(
+            DecodeClass::WrongSchema,
+            format!("record {name} does not belong on this topic (it carries {allowed:?})"),
+        ))
     }
 }
 
@@ -303,12 +326,9 @@ fn json_to_event(name: &str, value: serde_json::Value) -> Result<Event, DecodeEr
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
-            let class = if inner.starts_with("unknown variant") { DecodeClass::UnknownEnum } else { DecodeClass::Malformed };
-            if path == "." {
-                DecodeError::new(class, inner)
-            } else {
-                DecodeError::field(class, path, inner)
-            }
+            let class =
+                if inner.starts_with("unknown variant") { DecodeClass::UnknownEnum } else { DecodeClass::Malformed };
+            if path == "." { DecodeError::new(class, inner) } else { DecodeError::field(class, path, inner) }
         })
     }
     Ok(match name {

@@ -52,8 +52,11 @@ pub trait SchemaRegistry: Send + Sync {
 /// re-registering the same text under a subject returns the same id.
 #[derive(Default)]
 pub struct MemoryRegistry {
-    inner: Mutex<(Vec<Arc<Schema>>, HashMap<(String, String), u32>)>,
+    inner: Mutex<MemoryState>,
 }
+
+/// Schemas by id - 1, and (subject, text) -> id.
+type MemoryState = (Vec<Arc<Schema>>, HashMap<(String, String), u32>);
 
 impl SchemaRegistry for MemoryRegistry {
     fn schema_by_id(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
@@ -176,11 +179,13 @@ impl SchemaRegistry for HttpRegistry {
         }
         let what = format!("schema id {id}");
         let resp = self.agent.get(format!("{}/schemas/ids/{id}", self.base)).header("Accept", CONTENT_TYPE).call();
-        let body: SchemaResponse = self
-            .read(&what, resp)?
-            .map_err(|(status, body)| RegistryError::Rejected { status, what: what.clone(), body })?;
-        let schema = Schema::parse_str(&body.schema)
-            .map_err(|e| RegistryError::BadSchema { id, message: e.to_string() })?;
+        let body: SchemaResponse = self.read(&what, resp)?.map_err(|(status, body)| RegistryError::Rejected {
+            status,
+            what: what.clone(),
+            body,
+        })?;
+        let schema =
+            Schema::parse_str(&body.schema).map_err(|e| RegistryError::BadSchema { id, message: e.to_string() })?;
         let schema = Arc::new(schema);
         self.by_id.lock().expect("registry cache lock").insert(id, schema.clone());
         Ok(schema)
@@ -199,9 +204,11 @@ impl SchemaRegistry for HttpRegistry {
             .post(format!("{}/subjects/{subject}/versions", self.base))
             .header("Content-Type", CONTENT_TYPE)
             .send_json(serde_json::json!({ "schema": schema_text }));
-        let body: IdResponse = self
-            .read(&what, resp)?
-            .map_err(|(status, body)| RegistryError::Rejected { status, what: what.clone(), body })?;
+        let body: IdResponse = self.read(&what, resp)?.map_err(|(status, body)| RegistryError::Rejected {
+            status,
+            what: what.clone(),
+            body,
+        })?;
         self.by_subject.lock().expect("registry cache lock").insert(key, body.id);
         Ok(body.id)
     }

@@ -50,7 +50,14 @@ fn samples() -> Vec<Event> {
         project_id: None,
         window_start: ws,
         window_end: we,
-        latency: Some(LatencyStats { count: 120, error_count: 3, error_rate: 0.025, p50_ms: 44.5, p95_ms: 101.25, p99_ms: 180.0 }),
+        latency: Some(LatencyStats {
+            count: 120,
+            error_count: 3,
+            error_rate: 0.025,
+            p50_ms: 44.5,
+            p95_ms: 101.25,
+            p99_ms: 180.0,
+        }),
         uncertainty: None,
     }));
     out.push(Event::WindowStats(WindowStats {
@@ -210,8 +217,13 @@ fn assert_invalid(err: DecodeError, field: &str, needle: &str) {
 
 #[test]
 fn rejects_nan_infinite_and_negative_latencies() {
-    for (v, needle) in [(f64::NAN, "finite"), (f64::INFINITY, "finite"), (f64::NEG_INFINITY, "finite"), (-0.5, ">= 0")] {
-        assert_invalid(reject(Event::LatencySample(LatencySample { latency_ms: v, ..latency() })), "latency_ms", needle);
+    for (v, needle) in [(f64::NAN, "finite"), (f64::INFINITY, "finite"), (f64::NEG_INFINITY, "finite"), (-0.5, ">= 0")]
+    {
+        assert_invalid(
+            reject(Event::LatencySample(LatencySample { latency_ms: v, ..latency() })),
+            "latency_ms",
+            needle,
+        );
     }
 }
 
@@ -274,10 +286,22 @@ fn rejects_wrong_embedding_dimension_and_nan_in_vector() {
 
 #[test]
 fn rejects_bad_headers() {
-    assert_invalid(reject(Event::LatencySample(LatencySample { event_id: uuid::Uuid::nil(), ..latency() })), "event_id", "nil");
+    assert_invalid(
+        reject(Event::LatencySample(LatencySample { event_id: uuid::Uuid::nil(), ..latency() })),
+        "event_id",
+        "nil",
+    );
     // Seconds instead of milliseconds is the classic producer bug.
-    assert_invalid(reject(Event::LatencySample(LatencySample { occurred_at: T0 / 1000, ..latency() })), "occurred_at", "milliseconds");
-    assert_invalid(reject(Event::LatencySample(LatencySample { component: " ".into(), ..latency() })), "component", "empty");
+    assert_invalid(
+        reject(Event::LatencySample(LatencySample { occurred_at: T0 / 1000, ..latency() })),
+        "occurred_at",
+        "milliseconds",
+    );
+    assert_invalid(
+        reject(Event::LatencySample(LatencySample { component: " ".into(), ..latency() })),
+        "component",
+        "empty",
+    );
 }
 
 /// Avro bytes written with a schema that differs from ours in one place, but
@@ -314,7 +338,8 @@ fn forged_latency(outcome_symbols: &str, source_type: &str, outcome: &str, sourc
 
 #[test]
 fn rejects_unknown_enum_values_in_avro_and_json() {
-    let bytes = forged_latency(r#""symbols": ["OK", "ERROR", "TIMEOUT", "SLOW"]"#, "string", "SLOW", Value::String("s".into()));
+    let bytes =
+        forged_latency(r#""symbols": ["OK", "ERROR", "TIMEOUT", "SLOW"]"#, "string", "SLOW", Value::String("s".into()));
     let err = codec(OutputFormat::Avro).decode(&topic(&["LatencySample"]), &bytes).unwrap_err();
     assert_eq!(err.class, DecodeClass::UnknownEnum, "{err}");
 
@@ -407,7 +432,11 @@ fn builtin_catalog_matches_schemas_dir_and_fingerprints_are_distinct() {
     let mut built: Vec<&str> = c.names().collect();
     built.sort();
     assert_eq!(on_disk, built, "add new schemas/*.avsc to codec::catalog::BUILTIN");
-    assert_eq!(built, { let mut r = RECORD_NAMES.to_vec(); r.sort(); r });
+    assert_eq!(built, {
+        let mut r = RECORD_NAMES.to_vec();
+        r.sort();
+        r
+    });
     let fps: std::collections::HashSet<_> = built.iter().map(|n| c.get(n).unwrap().fingerprint).collect();
     assert_eq!(fps.len(), built.len());
 }

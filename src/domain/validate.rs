@@ -159,7 +159,9 @@ impl Event {
                 non_empty("component", &e.component)?;
                 window(e.window_start, e.window_end)?;
                 if let Some(l) = &e.latency {
-                    for (f, v) in [("latency.p50_ms", l.p50_ms), ("latency.p95_ms", l.p95_ms), ("latency.p99_ms", l.p99_ms)] {
+                    for (f, v) in
+                        [("latency.p50_ms", l.p50_ms), ("latency.p95_ms", l.p95_ms), ("latency.p99_ms", l.p99_ms)]
+                    {
                         finite(f, v)?;
                     }
                     unit_interval("latency.error_rate", l.error_rate)?;

@@ -1,10 +1,10 @@
 //! Kafka producers: idempotent, all acks, Java-compatible partitioning.
 
 use crate::error::{Error, Result};
+use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -56,7 +56,5 @@ impl ProducerContext for DeliveryCounter {
 /// Fire-and-count producer for bulk loads: sends never block on the
 /// network; delivery reports arrive on a background thread.
 pub fn counting_producer(brokers: &str) -> Result<ThreadedProducer<DeliveryCounter>> {
-    producer_config(brokers)
-        .create_with_context(DeliveryCounter::default())
-        .map_err(Error::kafka("create producer"))
+    producer_config(brokers).create_with_context(DeliveryCounter::default()).map_err(Error::kafka("create producer"))
 }

@@ -32,7 +32,8 @@ impl FromStr for Incident {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let usage = "expected slow:COMPONENT@START[+DURATION] or errors:COMPONENT@START[+DURATION], e.g. slow:checkout@5m+10m";
+        let usage =
+            "expected slow:COMPONENT@START[+DURATION] or errors:COMPONENT@START[+DURATION], e.g. slow:checkout@5m+10m";
         let (kind, rest) = s.split_once(':').ok_or_else(|| format!("{s:?}: {usage}"))?;
         let kind = match kind {
             "slow" => IncidentKind::Slow,

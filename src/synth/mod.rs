@@ -76,14 +76,48 @@ impl SynthConfig {
 }
 
 const WORDS: &[&str] = &[
-    "cache", "retry", "payment", "latency", "index", "vector", "schema", "partition", "offset", "window",
-    "quantile", "feedback", "project", "context", "decision", "uncertain", "review", "deploy", "rollback",
-    "embedding", "token", "session", "ledger", "stock", "order", "search", "ranking", "signal", "budget",
+    "cache",
+    "retry",
+    "payment",
+    "latency",
+    "index",
+    "vector",
+    "schema",
+    "partition",
+    "offset",
+    "window",
+    "quantile",
+    "feedback",
+    "project",
+    "context",
+    "decision",
+    "uncertain",
+    "review",
+    "deploy",
+    "rollback",
+    "embedding",
+    "token",
+    "session",
+    "ledger",
+    "stock",
+    "order",
+    "search",
+    "ranking",
+    "signal",
+    "budget",
 ];
 
 const FILES: &[&str] = &[
-    "README.md", "src/main.rs", "src/lib.rs", "src/api/handlers.rs", "src/db/schema.sql", "docs/architecture.md",
-    "docs/runbook.md", "config/default.toml", "src/ranking/model.py", "tests/integration.rs",
+    "README.md",
+    "src/main.rs",
+    "src/lib.rs",
+    "src/api/handlers.rs",
+    "src/db/schema.sql",
+    "docs/architecture.md",
+    "docs/runbook.md",
+    "config/default.toml",
+    "src/ranking/model.py",
+    "tests/integration.rs",
 ];
 
 /// A decision we generated, remembered so that ratings rate real decisions.

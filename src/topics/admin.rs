@@ -59,7 +59,8 @@ pub async fn apply(brokers: &str, specs: &[TopicSpec], prefix: &str, dry_run: bo
     if dry_run {
         return Ok(actions);
     }
-    let to_create: Vec<(&TopicSpec, String, Vec<(String, String)>)> = actions
+    type Creation<'a> = (&'a TopicSpec, String, Vec<(String, String)>);
+    let to_create: Vec<Creation<'_>> = actions
         .iter()
         .filter_map(|a| match a {
             Action::Create { topic } => {

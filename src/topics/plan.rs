@@ -32,7 +32,10 @@ impl fmt::Display for Drift {
                  (adding partitions remaps keys; do it deliberately with the broker's tools)"
             ),
             Drift::MorePartitions { declared, actual } => {
-                write!(f, "has {actual} partitions, {declared} declared (partitions cannot be removed; update the yaml)")
+                write!(
+                    f,
+                    "has {actual} partitions, {declared} declared (partitions cannot be removed; update the yaml)"
+                )
             }
             Drift::Replication { declared, actual } => write!(f, "replication {actual}, {declared} declared"),
             Drift::Config { key, declared, actual } => {
@@ -124,7 +127,8 @@ mod tests {
     fn drift_is_reported_not_repaired() {
         let cat = TopicCatalog::builtin();
         let spec = cat.get("udo.windows.v1").unwrap();
-        let actions = plan(std::slice::from_ref(spec), "", |_| Some(obs(2, Some(&[("cleanup.policy", "delete")])))).unwrap();
+        let actions =
+            plan(std::slice::from_ref(spec), "", |_| Some(obs(2, Some(&[("cleanup.policy", "delete")])))).unwrap();
         let Action::Drifted { drifts, .. } = &actions[0] else { panic!("{actions:?}") };
         assert_eq!(drifts[0], Drift::FewerPartitions { declared: spec.partitions, actual: 2 });
         assert!(drifts.contains(&Drift::Config {

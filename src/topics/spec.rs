@@ -78,8 +78,9 @@ impl TopicSpec {
         let mut out = self.configs.clone();
         out.insert("cleanup.policy".into(), self.cleanup_policy.as_str().into());
         if let Some(r) = &self.retention {
-            let d = humantime::parse_duration(r)
-                .map_err(|e| format!("topic {}: field `retention`: {r:?} is not a duration ({e}); e.g. 7d, 12h", self.name))?;
+            let d = humantime::parse_duration(r).map_err(|e| {
+                format!("topic {}: field `retention`: {r:?} is not a duration ({e}); e.g. 7d, 12h", self.name)
+            })?;
             out.insert("retention.ms".into(), d.as_millis().to_string());
         }
         Ok(out)
@@ -122,7 +123,8 @@ pub struct TopicCatalog {
 
 impl TopicCatalog {
     pub fn builtin() -> TopicCatalog {
-        Self::parse(BUILTIN.iter().map(|(f, t)| (f.to_string(), t.to_string()))).expect("built-in topics parse (unit-tested)")
+        Self::parse(BUILTIN.iter().map(|(f, t)| (f.to_string(), t.to_string())))
+            .expect("built-in topics parse (unit-tested)")
     }
 
     /// Reads every `*.yaml` file of `dir`.
@@ -201,7 +203,8 @@ mod tests {
 
     #[test]
     fn bad_specs_name_file_and_field() {
-        let base = "name: t\ndescription: d\npartitions: 3\nreplication: 1\ncleanup_policy: delete\nkey: k\nvalue: [A]\n";
+        let base =
+            "name: t\ndescription: d\npartitions: 3\nreplication: 1\ncleanup_policy: delete\nkey: k\nvalue: [A]\n";
         let err = |text: String| TopicCatalog::parse([("t.yaml".to_string(), text)]).unwrap_err();
         assert!(err(base.replace("partitions: 3", "partitions: 0")).contains("`partitions`"));
         assert!(err(base.replace("name: t", "name: u")).contains("`name`"));

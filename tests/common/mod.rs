@@ -9,8 +9,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 pub fn brokers() -> String {
-    let b = std::env::var("KAFKA_BROKERS")
-        .expect("KAFKA_BROKERS is not set: run integration tests with scripts/test (it starts the stack and exports it)");
+    let b = std::env::var("KAFKA_BROKERS").expect(
+        "KAFKA_BROKERS is not set: run integration tests with scripts/test (it starts the stack and exports it)",
+    );
     let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().expect("client");
     if let Err(e) = probe.fetch_metadata(None, Duration::from_secs(10)) {
         panic!("Kafka broker at {b} is unreachable ({e}); start it with scripts/stack up");
@@ -25,13 +26,12 @@ pub fn prefix(test: &str) -> String {
 
 /// Runs the real binary with the stack's environment.
 pub fn udo(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_udo-stream"))
+    Command::new(env!("CARGO_BIN_EXE_udo-stream"))
         .args(args)
         .env("KAFKA_BROKERS", brokers())
         .env_remove("SCHEMA_REGISTRY_URL")
         .output()
-        .expect("run udo-stream");
-    out
+        .expect("run udo-stream")
 }
 
 /// Runs the binary and insists on success, returning stdout.

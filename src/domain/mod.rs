@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod validate;
+pub mod windows;
 
 pub use events::*;
 pub use validate::{Limits, ValidationError};

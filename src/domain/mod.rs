@@ -2,6 +2,9 @@
 //! import tokio, rdkafka, sqlx or redis, so every rule is testable in-process.
 
 pub mod events;
+pub mod hysteresis;
+pub mod latency;
+pub mod uncertainty;
 pub mod validate;
 pub mod windows;
 

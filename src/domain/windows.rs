@@ -227,7 +227,12 @@ mod tests {
 
     /// Brute force: every window end (multiple of slide) whose window holds
     /// at least one non-late event, recomputed from the raw events.
-    fn brute(spec: WindowSpec, events: &[(u8, i64, i64)], accepted: &[bool], closed_through: i64) -> Vec<(u8, i64, Sum)> {
+    fn brute(
+        spec: WindowSpec,
+        events: &[(u8, i64, i64)],
+        accepted: &[bool],
+        closed_through: i64,
+    ) -> Vec<(u8, i64, Sum)> {
         let mut out = std::collections::BTreeMap::new();
         for (i, &(k, t, v)) in events.iter().enumerate() {
             if !accepted[i] {

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod hysteresis;
 pub mod latency;
+pub mod rules;
 pub mod uncertainty;
 pub mod validate;
 pub mod windows;

@@ -49,6 +49,19 @@ impl WindowSpec {
     }
 }
 
+/// Why an event was refused: its first window already closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Late {
+    pub first_window_end: i64,
+    pub watermark: i64,
+}
+
+impl std::fmt::Display for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "late: its first window ended at {} ms, watermark is {} ms", self.first_window_end, self.watermark)
+    }
+}
+
 /// A closed window of one key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Closed<K, A> {
@@ -88,12 +101,15 @@ impl<K: Ord + Clone, A: Aggregate + Clone> Windows<K, A> {
         }
     }
 
-    /// Adds an event; `Err(item)` hands a late event back.
-    pub fn add(&mut self, key: K, t: i64, item: &A::Item) -> Result<(), ()> {
+    /// Adds an event, or says why it is late (the caller reports it).
+    pub fn add(&mut self, key: K, t: i64, item: &A::Item) -> Result<(), Late> {
         // Late: the first window holding `t` ended at or behind the watermark,
         // so it is (or will be, at the next `close`) emitted without it.
-        if self.watermark().is_some_and(|wm| self.spec.first_window_end(t) <= wm) {
-            return Err(());
+        if let Some(watermark) = self.watermark() {
+            let first_window_end = self.spec.first_window_end(t);
+            if first_window_end <= watermark {
+                return Err(Late { first_window_end, watermark });
+            }
         }
         self.max_event_time = Some(self.max_event_time.map_or(t, |m| m.max(t)));
         self.panes.entry(key).or_default().entry(self.spec.pane_of(t)).or_default().add(item);
@@ -210,7 +226,8 @@ mod tests {
     fn events_behind_a_closed_window_are_late_and_handed_back() {
         let mut w: Windows<&str, Sum> = Windows::new(spec());
         w.add("a", 200, &1).unwrap(); // wm 170: windows ending <= 170 are closed
-        assert_eq!(w.add("a", 100, &1), Err(())); // its first window [.., 120) is closed
+        // Its first window [.., 120) is closed.
+        assert_eq!(w.add("a", 100, &1), Err(Late { first_window_end: 120, watermark: 170 }));
         assert_eq!(w.add("a", 125, &1), Ok(())); // still within lateness
     }
 

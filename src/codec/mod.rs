@@ -12,7 +12,8 @@ use apache_avro::{Schema, error::Details, types::Value};
 pub use catalog::Catalog;
 pub use error::{DecodeClass, DecodeError};
 pub use registry::{HttpRegistry, MemoryRegistry, RegistryError, SchemaRegistry};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Single-object encoding marker (Avro spec).
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -79,6 +80,16 @@ pub struct Codec {
     limits: Limits,
     registry: Option<Arc<dyn SchemaRegistry>>,
     format: OutputFormat,
+    /// Topic -> its registered writer schema, so encoding under a registry
+    /// registers and parses once per topic, not once per record.
+    registered: Arc<Mutex<HashMap<String, Arc<Registered>>>>,
+}
+
+/// A topic's value schema as registered: a record or a union of records.
+struct Registered {
+    id: u32,
+    records: Vec<String>,
+    schema: Schema,
 }
 
 impl Codec {
@@ -88,7 +99,7 @@ impl Codec {
         registry: Option<Arc<dyn SchemaRegistry>>,
         format: OutputFormat,
     ) -> Codec {
-        Codec { catalog, limits, registry, format }
+        Codec { catalog, limits, registry, format, registered: Arc::default() }
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -239,24 +250,39 @@ impl Codec {
                 Ok(out)
             }
             Some(registry) => {
-                let text = self
-                    .catalog
-                    .topic_schema_text(allowed)
-                    .ok_or_else(|| EncodeError::UnknownRecord(allowed.join(",")))?;
-                let id = registry.register(&format!("{topic}-value"), &text)?;
-                let (schema, value) = if allowed.len() == 1 {
-                    (entry.schema.clone(), value)
-                } else {
-                    let union = Schema::parse_str(&text).map_err(avro_err)?;
-                    (union, Value::Union(index as u32, Box::new(value)))
-                };
+                let writer = self.registered_schema(registry.as_ref(), topic, allowed)?;
+                let (id, schema) = (writer.id, &writer.schema);
+                let value = if allowed.len() == 1 { value } else { Value::Union(index as u32, Box::new(value)) };
                 let mut out = Vec::with_capacity(256);
                 out.push(CONFLUENT_MAGIC);
                 out.extend_from_slice(&id.to_be_bytes());
-                out.extend(apache_avro::to_avro_datum(&schema, value).map_err(avro_err)?);
+                out.extend(apache_avro::to_avro_datum(schema, value).map_err(avro_err)?);
                 Ok(out)
             }
         }
+    }
+
+    /// The topic's registered writer schema (a record, or a union of the
+    /// topic's records), registering it on first use.
+    fn registered_schema(
+        &self,
+        registry: &dyn SchemaRegistry,
+        topic: &str,
+        allowed: &[String],
+    ) -> Result<Arc<Registered>, EncodeError> {
+        if let Some(hit) = self.registered.lock().expect("codec cache lock").get(topic) {
+            if hit.records == allowed {
+                return Ok(hit.clone());
+            }
+        }
+        let text =
+            self.catalog.topic_schema_text(allowed).ok_or_else(|| EncodeError::UnknownRecord(allowed.join(",")))?;
+        let id = registry.register(&format!("{topic}-value"), &text)?;
+        let schema = Schema::parse_str(&text)
+            .map_err(|e| EncodeError::Avro { record: allowed.join(","), message: e.to_string() })?;
+        let entry = Arc::new(Registered { id, records: allowed.to_vec(), schema });
+        self.registered.lock().expect("codec cache lock").insert(topic.to_string(), entry.clone());
+        Ok(entry)
     }
 }
 
@@ -304,21 +330,30 @@ fn avro_error(e: apache_avro::Error) -> DecodeError {
     DecodeError::new(class, format!("avro: {e}"))
 }
 
+/// Builds the `Event` variant named by the record, deserializing with `$de`.
+macro_rules! event_of {
+    ($name:expr, $de:expr) => {
+        Ok(match $name {
+            "LatencySample" => Event::LatencySample($de?),
+            "FeedbackRating" => Event::FeedbackRating($de?),
+            "DecisionLog" => Event::DecisionLog($de?),
+            "ContextChunk" => Event::ContextChunk($de?),
+            "WindowStats" => Event::WindowStats($de?),
+            "Alert" => Event::Alert($de?),
+            "Degradation" => Event::Degradation($de?),
+            "Promotion" => Event::Promotion($de?),
+            other => {
+                return Err(DecodeError::new(DecodeClass::UnknownSchema, format!("no event type for record {other}")));
+            }
+        })
+    };
+}
+
 fn to_event(name: &str, value: &Value) -> Result<Event, DecodeError> {
     fn de<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, DecodeError> {
         apache_avro::from_value(value).map_err(|e| DecodeError::new(DecodeClass::Malformed, format!("avro: {e}")))
     }
-    Ok(match name {
-        "LatencySample" => Event::LatencySample(de(value)?),
-        "FeedbackRating" => Event::FeedbackRating(de(value)?),
-        "DecisionLog" => Event::DecisionLog(de(value)?),
-        "ContextChunk" => Event::ContextChunk(de(value)?),
-        "WindowStats" => Event::WindowStats(de(value)?),
-        "Alert" => Event::Alert(de(value)?),
-        "Degradation" => Event::Degradation(de(value)?),
-        "Promotion" => Event::Promotion(de(value)?),
-        other => return Err(DecodeError::new(DecodeClass::UnknownSchema, format!("no event type for record {other}"))),
-    })
+    event_of!(name, de(value))
 }
 
 fn json_to_event(name: &str, value: serde_json::Value) -> Result<Event, DecodeError> {
@@ -331,17 +366,8 @@ fn json_to_event(name: &str, value: serde_json::Value) -> Result<Event, DecodeEr
             if path == "." { DecodeError::new(class, inner) } else { DecodeError::field(class, path, inner) }
         })
     }
-    Ok(match name {
-        "LatencySample" => Event::LatencySample(de(value)?),
-        "FeedbackRating" => Event::FeedbackRating(de(value)?),
-        "DecisionLog" => Event::DecisionLog(de(value)?),
-        "ContextChunk" => Event::ContextChunk(de(value)?),
-        "WindowStats" => Event::WindowStats(de(value)?),
-        "Alert" => Event::Alert(de(value)?),
-        "Degradation" => Event::Degradation(de(value)?),
-        "Promotion" => Event::Promotion(de(value)?),
-        other => return Err(DecodeError::new(DecodeClass::UnknownSchema, format!("no event type for record {other}"))),
-    })
+    // Each arm moves `value` exactly once; only one arm runs.
+    event_of!(name, de(value))
 }
 
 #[cfg(test)]

@@ -35,6 +35,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("postgres: {op}: {source}")]
+    Postgres {
+        op: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("redis: {op}: {source}")]
+    Redis {
+        op: String,
+        #[source]
+        source: redis::RedisError,
+    },
     #[error("{0}")]
     Failed(String),
 }
@@ -47,10 +59,24 @@ impl Error {
         move |source| Error::Kafka { op, source }
     }
 
+    pub fn postgres(op: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+        let op = op.into();
+        move |source| Error::Postgres { op, source }
+    }
+
+    pub fn redis(op: impl Into<String>) -> impl FnOnce(redis::RedisError) -> Error {
+        let op = op.into();
+        move |source| Error::Redis { op, source }
+    }
+
     pub fn domain(&self) -> ErrorDomain {
         match self {
             Error::Config(_) => ErrorDomain::User,
-            Error::Kafka { .. } | Error::Io { .. } | Error::Failed(_) => ErrorDomain::External,
+            Error::Kafka { .. }
+            | Error::Io { .. }
+            | Error::Postgres { .. }
+            | Error::Redis { .. }
+            | Error::Failed(_) => ErrorDomain::External,
             Error::Registry(e) if e.is_retryable() => ErrorDomain::External,
             Error::Registry(_) => ErrorDomain::User,
             Error::Encode(_) => ErrorDomain::Internal,

@@ -5,6 +5,7 @@ pub mod codec;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod pipeline;
 pub mod shutdown;
 pub mod sinks;
 pub mod sources;

@@ -11,7 +11,7 @@ pub const ALPHA: f64 = 0.008;
 /// starts collapsing its lowest bins (which only ever hurts the lowest quantiles).
 pub const MAX_BINS: u32 = 1024;
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct LatencyAgg {
     sketch: DDSketch,
     pub count: u64,

@@ -22,7 +22,7 @@ pub fn wilson_lower(positive: u64, n: u64, z: f64) -> f64 {
 }
 
 /// Ratings and decisions of one (project, component) pane or window.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RatingAgg {
     pub ratings: u64,
     pub positive: u64,

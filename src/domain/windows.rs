@@ -8,6 +8,7 @@
 //! late: it is returned to the caller to be counted and reported, never
 //! folded silently into a partial set of windows.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Something that panes hold and windows merge.
@@ -17,7 +18,7 @@ pub trait Aggregate: Default {
     fn merge(&mut self, other: &Self);
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowSpec {
     pub size_ms: i64,
     pub slide_ms: i64,
@@ -72,7 +73,7 @@ pub struct Closed<K, A> {
 }
 
 /// Per-partition window state for keys `K`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Windows<K: Ord + Clone, A: Aggregate> {
     spec: WindowSpec,
     /// key -> pane start -> aggregate.

@@ -32,11 +32,26 @@ pub fn describe(tpl: &TopicPartitionList) -> String {
     by_topic.iter().map(|(t, p)| format!("{t}{p:?}")).collect::<Vec<_>>().join(" ")
 }
 
+/// How partitions are spread over a group's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignor {
+    /// Incremental: unaffected partitions keep running through a rebalance
+    /// (the materializers, whose partitions are independent).
+    CooperativeSticky,
+    /// Partition p of every subscribed topic goes to the same member, the
+    /// co-partitioning a stateful join needs (the analyzer; Kafka Streams
+    /// relies on the same property).
+    Range,
+}
+
 /// Group consumer: at-least-once. Offsets are *stored* by the application
 /// only after a record's effects are durable (`enable.auto.offset.store=false`)
-/// and committed in the background from the store; cooperative-sticky keeps
-/// unaffected partitions running through a rebalance.
+/// and committed in the background from the store.
 pub fn group_config(brokers: &str, group: &str) -> ClientConfig {
+    group_config_with(brokers, group, Assignor::CooperativeSticky)
+}
+
+pub fn group_config_with(brokers: &str, group: &str, assignor: Assignor) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -44,7 +59,16 @@ pub fn group_config(brokers: &str, group: &str) -> ClientConfig {
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "partition.assignment.strategy",
+            match assignor {
+                Assignor::CooperativeSticky => "cooperative-sticky",
+                Assignor::Range => "range",
+            },
+        )
+        // A sink outage holds a batch in retry without polling; stay in the
+        // group through a long one rather than rebalancing mid-retry.
+        .set("max.poll.interval.ms", "600000")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("client.id", format!("udo-stream-{group}"));

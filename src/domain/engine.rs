@@ -1,0 +1,261 @@
+//! The analyzer's engine (DESIGN §4): one `Engine` per task, where task `p`
+//! owns partition `p` of the latency topic and of the component-keyed
+//! feedback and decision streams. Driven by events, idle advances and
+//! `close`, it returns output events; it does no IO, so every rule is tested
+//! in-process and the IO shell only moves bytes and checkpoints `TaskState`.
+//!
+//! Determinism: outputs depend only on the order of inputs (and idle
+//! advances), window stats come in (window end, key) order and transitions in
+//! a fixed rule order, and every id is a UUIDv5 of rule, subject and window.
+//! A restart from a checkpoint therefore re-emits identical events.
+
+use super::events::{DecisionLog, Event, FeedbackRating, LatencySample, WindowStats};
+use super::latency::{LatencyAgg, Sample};
+use super::rules::{ComponentRules, Thresholds, UncertaintyRules, WindowRef, output_id};
+use super::uncertainty::{RatingAgg, RatingItem};
+use super::windows::{Closed, Late, WindowSpec, Windows};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What the engine needs to know; every value is configuration (DESIGN §4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub spec: WindowSpec,
+    /// Latency windows below this many samples are reported, not evaluated.
+    pub min_samples: u64,
+    /// Uncertainty windows below this many ratings are reported, not evaluated.
+    pub min_ratings: u64,
+    pub thresholds: Thresholds,
+    /// The `source` field of output events.
+    pub source: String,
+}
+
+impl EngineConfig {
+    pub fn new(spec: WindowSpec) -> EngineConfig {
+        EngineConfig { spec, min_samples: 20, min_ratings: 10, thresholds: Thresholds::default(), source: "udo-analyze".into() }
+    }
+}
+
+/// Latency key: `(component, None)` for the whole component, or
+/// `(component, Some(endpoint))`. `None` sorts first, so a component's own
+/// window (the one rules evaluate) precedes its endpoints in the output.
+pub type LatencyKey = (String, Option<String>);
+/// Uncertainty key: `(project, component)`.
+pub type RatingKey = (String, String);
+
+/// Everything a task remembers; checkpointed with its input offsets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskState {
+    latency: Windows<LatencyKey, LatencyAgg>,
+    ratings: Windows<RatingKey, RatingAgg>,
+    components: BTreeMap<String, ComponentRules>,
+    uncertainty: BTreeMap<RatingKey, UncertaintyRules>,
+}
+
+/// An input the engine consumes.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    Latency(&'a LatencySample),
+    Rating(&'a FeedbackRating),
+    Decision(&'a DecisionLog),
+}
+
+/// Which window set an input or an idle advance concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stream {
+    /// Latency samples.
+    Latency,
+    /// Feedback ratings and decision logs (one window set: the calibration
+    /// gap joins them).
+    Ratings,
+}
+
+impl Input<'_> {
+    pub fn stream(&self) -> Stream {
+        match self {
+            Input::Latency(_) => Stream::Latency,
+            Input::Rating(_) | Input::Decision(_) => Stream::Ratings,
+        }
+    }
+}
+
+/// Counts of what the last `close` produced, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Closing {
+    pub component_windows: u64,
+    pub endpoint_windows: u64,
+    pub uncertainty_windows: u64,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    state: TaskState,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Engine {
+        let state = TaskState {
+            latency: Windows::new(cfg.spec),
+            ratings: Windows::new(cfg.spec),
+            components: BTreeMap::new(),
+            uncertainty: BTreeMap::new(),
+        };
+        Engine { cfg, state }
+    }
+
+    /// Resumes from a checkpoint. A state built with another window shape
+    /// cannot be continued: `Err` says so and the caller starts afresh.
+    pub fn restore(cfg: EngineConfig, state: TaskState) -> Result<Engine, String> {
+        if state.latency.spec() != cfg.spec {
+            return Err(format!(
+                "checkpoint windows {:?} differ from the configured {:?}",
+                state.latency.spec(),
+                cfg.spec
+            ));
+        }
+        Ok(Engine { cfg, state })
+    }
+
+    pub fn state(&self) -> &TaskState {
+        &self.state
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Adds one input, or says why it is late (the caller counts and reports it).
+    pub fn ingest(&mut self, input: Input<'_>) -> Result<(), Late> {
+        match input {
+            Input::Latency(s) => {
+                let sample = Sample { latency_ms: s.latency_ms, is_error: s.outcome.is_error() };
+                // The component key decides lateness for both: it holds every
+                // sample, so it cannot be late where its endpoint is not.
+                self.state.latency.add((s.component.clone(), None), s.occurred_at, &sample)?;
+                self.state.latency.add((s.component.clone(), Some(s.endpoint.clone())), s.occurred_at, &sample)
+            }
+            Input::Rating(r) => self.state.ratings.add(
+                (r.project_id.clone(), r.component.clone()),
+                r.occurred_at,
+                &RatingItem::Rating(r.rating),
+            ),
+            Input::Decision(d) => self.state.ratings.add(
+                (d.project_id.clone(), d.component.clone()),
+                d.occurred_at,
+                &RatingItem::Decision(d.uncertainty_score),
+            ),
+        }
+    }
+
+    /// The stream's inputs have been silent for `idle_ms` of wall clock:
+    /// move its watermark as far, so its windows still close.
+    pub fn advance_idle(&mut self, stream: Stream, idle_ms: i64) {
+        match stream {
+            Stream::Latency => self.state.latency.advance_idle(idle_ms),
+            Stream::Ratings => self.state.ratings.advance_idle(idle_ms),
+        }
+    }
+
+    pub fn watermark(&self, stream: Stream) -> Option<i64> {
+        match stream {
+            Stream::Latency => self.state.latency.watermark(),
+            Stream::Ratings => self.state.ratings.watermark(),
+        }
+    }
+
+    /// Closes every window behind the watermarks and evaluates the rules:
+    /// window stats for every key, then transitions, latency before ratings.
+    pub fn close(&mut self, out: &mut Vec<Event>) -> Closing {
+        let mut closing = Closing::default();
+        for Closed { key: (component, endpoint), start, end, agg } in self.state.latency.close() {
+            let stats = agg.stats();
+            let window = WindowRef { start, end };
+            let subject = match &endpoint {
+                None => component.clone(),
+                Some(e) => format!("{component} {e}"),
+            };
+            out.push(self.window_stats(&subject, &component, endpoint.clone(), None, window, |w| {
+                w.latency = Some(stats.clone())
+            }));
+            if endpoint.is_some() {
+                closing.endpoint_windows += 1;
+                continue;
+            }
+            closing.component_windows += 1;
+            if agg.count >= self.cfg.min_samples {
+                let rules = self.state.components.entry(component.clone()).or_default();
+                out.extend(rules.evaluate(&self.cfg.thresholds, &self.cfg.source, &component, window, &stats));
+            }
+        }
+        for Closed { key: (project, component), start, end, agg } in self.state.ratings.close() {
+            let stats = agg.stats();
+            let window = WindowRef { start, end };
+            let subject = format!("{project}|{component}");
+            out.push(self.window_stats(&subject, &component, None, Some(project.clone()), window, |w| {
+                w.uncertainty = Some(stats.clone())
+            }));
+            closing.uncertainty_windows += 1;
+            if agg.ratings >= self.cfg.min_ratings {
+                let rules = self.state.uncertainty.entry((project.clone(), component.clone())).or_default();
+                out.extend(rules.evaluate(
+                    &self.cfg.thresholds,
+                    &self.cfg.source,
+                    &project,
+                    &component,
+                    window,
+                    stats.uncertainty,
+                ));
+            }
+        }
+        closing
+    }
+
+    fn window_stats(
+        &self,
+        subject: &str,
+        component: &str,
+        endpoint: Option<String>,
+        project_id: Option<String>,
+        window: WindowRef,
+        fill: impl FnOnce(&mut WindowStats),
+    ) -> Event {
+        let kind = if project_id.is_some() { "uncertainty" } else { "latency" };
+        let mut w = WindowStats {
+            event_id: output_id(&["window", kind, subject, &window.start.to_string(), &window.end.to_string()]),
+            occurred_at: window.end,
+            source: self.cfg.source.clone(),
+            subject: subject.to_string(),
+            component: component.to_string(),
+            endpoint,
+            project_id,
+            window_start: window.start,
+            window_end: window.end,
+            latency: None,
+            uncertainty: None,
+        };
+        fill(&mut w);
+        Event::WindowStats(w)
+    }
+
+    /// Components currently DEGRADED and alerts currently firing, for gauges.
+    pub fn states(&self) -> (usize, usize) {
+        let degraded = self.state.components.values().filter(|r| r.degradation.active).count();
+        let firing = self
+            .state
+            .components
+            .values()
+            .map(|r| [r.p95_warning, r.p95_critical, r.error_rate_warning].iter().filter(|h| h.active).count())
+            .sum::<usize>()
+            + self.state.uncertainty.values().map(|r| r.warning.active as usize + r.critical.active as usize).sum::<usize>();
+        (degraded, firing)
+    }
+
+    /// Keys holding open panes (latency and uncertainty).
+    pub fn active_keys(&self) -> usize {
+        self.state.latency.active_keys() + self.state.ratings.active_keys()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,240 @@
+//! Internal events (Vector's pattern): one struct per thing that happens,
+//! whose `emit()` logs and counts together so a log line and its metric never
+//! drift apart. Metric names are `udo_<noun>_<unit>[_total]`; labels are
+//! bounded (pipeline, topic, partition, sink, rule, severity, class), never an
+//! event or user id.
+
+use metrics::{counter, gauge, histogram};
+use std::time::Duration;
+
+pub struct RecordsConsumed<'a> {
+    pub pipeline: &'static str,
+    pub topic: &'a str,
+    pub count: u64,
+}
+
+impl RecordsConsumed<'_> {
+    pub fn emit(&self) {
+        counter!("udo_records_consumed_total", "pipeline" => self.pipeline, "topic" => self.topic.to_string())
+            .increment(self.count);
+    }
+}
+
+pub struct RecordsProduced<'a> {
+    pub pipeline: &'static str,
+    pub topic: &'a str,
+    pub count: u64,
+}
+
+impl RecordsProduced<'_> {
+    pub fn emit(&self) {
+        counter!("udo_records_produced_total", "pipeline" => self.pipeline, "topic" => self.topic.to_string())
+            .increment(self.count);
+    }
+}
+
+/// A record sent to the DLQ (undecodable, invalid, late or conflicting).
+pub struct DlqRecord<'a> {
+    pub pipeline: &'static str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub class: &'a str,
+    pub message: &'a str,
+}
+
+impl DlqRecord<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            pipeline = self.pipeline, topic = self.topic, partition = self.partition, offset = self.offset,
+            class = self.class, "record sent to the DLQ: {}", self.message
+        );
+        counter!("udo_dlq_records_total", "pipeline" => self.pipeline, "topic" => self.topic.to_string(),
+            "class" => self.class.to_string())
+        .increment(1);
+    }
+}
+
+/// A store or broker write failed; the batch is retried after `delay` with
+/// its partitions paused.
+pub struct SinkRetry<'a> {
+    pub pipeline: &'static str,
+    pub sink: &'static str,
+    pub attempt: u32,
+    pub delay: Duration,
+    pub error: &'a str,
+}
+
+impl SinkRetry<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            pipeline = self.pipeline, sink = self.sink, attempt = self.attempt,
+            "write failed, partitions paused, retrying in {:?}: {}", self.delay, self.error
+        );
+        counter!("udo_sink_retries_total", "pipeline" => self.pipeline, "sink" => self.sink).increment(1);
+        gauge!("udo_sink_paused", "pipeline" => self.pipeline).set(1.0);
+    }
+}
+
+/// The sink answered again after retries.
+pub struct SinkRecovered {
+    pub pipeline: &'static str,
+    pub sink: &'static str,
+    pub attempts: u32,
+    pub outage: Duration,
+}
+
+impl SinkRecovered {
+    pub fn emit(&self) {
+        tracing::info!(
+            pipeline = self.pipeline, sink = self.sink, attempts = self.attempts,
+            "write succeeded after {:.1?}; partitions resumed", self.outage
+        );
+        gauge!("udo_sink_paused", "pipeline" => self.pipeline).set(0.0);
+    }
+}
+
+/// One durable batch write to a store.
+pub struct SinkWrite {
+    pub pipeline: &'static str,
+    pub sink: &'static str,
+    pub records: u64,
+    pub elapsed: Duration,
+}
+
+impl SinkWrite {
+    pub fn emit(&self) {
+        counter!("udo_sink_records_total", "pipeline" => self.pipeline, "sink" => self.sink).increment(self.records);
+        counter!("udo_sink_batches_total", "pipeline" => self.pipeline, "sink" => self.sink).increment(1);
+        histogram!("udo_sink_write_seconds", "pipeline" => self.pipeline, "sink" => self.sink)
+            .record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// Records between the newest offset and the durably processed position.
+pub struct ConsumerLag<'a> {
+    pub pipeline: &'static str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub lag: i64,
+}
+
+impl ConsumerLag<'_> {
+    pub fn emit(&self) {
+        gauge!("udo_consumer_lag_records", "pipeline" => self.pipeline, "topic" => self.topic.to_string(),
+            "partition" => self.partition.to_string())
+        .set(self.lag as f64);
+    }
+}
+
+pub struct PartitionsChanged<'a> {
+    pub pipeline: &'static str,
+    pub assigned: bool,
+    pub partitions: &'a str,
+    pub total: usize,
+}
+
+impl PartitionsChanged<'_> {
+    pub fn emit(&self) {
+        let what = if self.assigned { "assigned" } else { "revoked" };
+        tracing::info!(pipeline = self.pipeline, total = self.total, "{what}: {}", self.partitions);
+        gauge!("udo_assigned_partitions", "pipeline" => self.pipeline).set(self.total as f64);
+    }
+}
+
+/// Windows closed by the analyzer (`kind`: latency, component, uncertainty).
+pub struct WindowsClosed {
+    pub kind: &'static str,
+    pub count: u64,
+}
+
+impl WindowsClosed {
+    pub fn emit(&self) {
+        counter!("udo_windows_closed_total", "kind" => self.kind).increment(self.count);
+    }
+}
+
+/// An event behind the watermark: counted here, reported on the DLQ.
+pub struct LateEvent<'a> {
+    pub topic: &'a str,
+}
+
+impl LateEvent<'_> {
+    pub fn emit(&self) {
+        counter!("udo_late_events_total", "topic" => self.topic.to_string()).increment(1);
+    }
+}
+
+pub struct AlertEmitted<'a> {
+    pub rule: &'a str,
+    pub severity: &'static str,
+    pub status: &'static str,
+    pub subject: &'a str,
+}
+
+impl AlertEmitted<'_> {
+    pub fn emit(&self) {
+        tracing::info!(rule = self.rule, severity = self.severity, subject = self.subject, "alert {}", self.status);
+        counter!("udo_alerts_total", "rule" => self.rule.to_string(), "severity" => self.severity,
+            "status" => self.status)
+        .increment(1);
+    }
+}
+
+pub struct DegradationEmitted<'a> {
+    pub kind: &'static str,
+    pub component: &'a str,
+}
+
+impl DegradationEmitted<'_> {
+    pub fn emit(&self) {
+        tracing::info!(component = self.component, "component {}", self.kind);
+        counter!("udo_degradations_total", "kind" => self.kind).increment(1);
+    }
+}
+
+/// Engine state of the analyzer's assigned tasks: subjects per state.
+pub struct StateMachines {
+    pub degraded_components: usize,
+    pub firing_alerts: usize,
+    pub active_keys: usize,
+}
+
+impl StateMachines {
+    pub fn emit(&self) {
+        gauge!("udo_components_degraded").set(self.degraded_components as f64);
+        gauge!("udo_alerts_firing").set(self.firing_alerts as f64);
+        gauge!("udo_window_keys_active").set(self.active_keys as f64);
+    }
+}
+
+pub struct CheckpointWritten {
+    pub tasks: usize,
+    pub bytes: usize,
+    pub elapsed: Duration,
+}
+
+impl CheckpointWritten {
+    pub fn emit(&self) {
+        tracing::debug!(tasks = self.tasks, bytes = self.bytes, "checkpoint written in {:?}", self.elapsed);
+        histogram!("udo_checkpoint_write_seconds").record(self.elapsed.as_secs_f64());
+        counter!("udo_checkpoint_bytes_total").increment(self.bytes as u64);
+        gauge!("udo_checkpoint_age_seconds").set(0.0);
+    }
+}
+
+/// Seconds since the last checkpoint, and event-time lag of the watermark
+/// behind the wall clock.
+pub struct AnalyzeProgress {
+    pub checkpoint_age: Duration,
+    pub processing_lag: Option<Duration>,
+}
+
+impl AnalyzeProgress {
+    pub fn emit(&self) {
+        gauge!("udo_checkpoint_age_seconds").set(self.checkpoint_age.as_secs_f64());
+        if let Some(lag) = self.processing_lag {
+            gauge!("udo_processing_lag_seconds").set(lag.as_secs_f64());
+        }
+    }
+}

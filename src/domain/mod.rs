@@ -1,6 +1,7 @@
 //! Product logic with no IO: events and their validation. Nothing here may
 //! import tokio, rdkafka, sqlx or redis, so every rule is testable in-process.
 
+pub mod engine;
 pub mod events;
 pub mod hysteresis;
 pub mod latency;

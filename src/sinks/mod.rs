@@ -2,3 +2,5 @@
 
 pub mod dlq;
 pub mod kafka;
+pub mod postgres;
+pub mod redis;

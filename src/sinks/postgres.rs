@@ -1,0 +1,372 @@
+//! PostgreSQL + pgvector materialization (DESIGN §5, §6).
+//!
+//! Shaped around one rule: a partition's offset is stored in the same
+//! transaction as the rows it covers, and that transaction commits only after
+//! the records the database refused have reached the DLQ. So the API is a
+//! transaction handle: [`PgSink::begin`] → [`PgTxn::write`] (rows and offset;
+//! returns the rejects) → the caller DLQs the rejects → [`PgTxn::commit`];
+//! dropping the handle rolls everything back, so a failed DLQ write leaves no
+//! trace. Each table is written set-based, one statement per table and batch
+//! (`UNNEST` of bound arrays; raw latency samples, the volume, via COPY into a
+//! session temp table), idempotently (`ON CONFLICT`), so a replay changes
+//! nothing. Reused event ids are found after the insert by comparing payload
+//! hashes, which is right even against a concurrent writer. Statement text
+//! and bind arrays are built by pure code in `postgres/` and unit-tested.
+
+mod plan;
+mod sql;
+
+pub use plan::{Reject, RejectReason, payload_hash};
+
+use crate::domain::{Event, Limits};
+use crate::error::{Error, Result};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPoolOptions, Postgres};
+use sqlx::{Connection, Executor, PgPool, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The largest dimension pgvector's HNSW index accepts for `vector`.
+pub const MAX_INDEXED_DIM: u32 = 2000;
+
+/// Advisory lock key serializing the embedding-column setup across instances.
+const SETUP_LOCK: i64 = 0x7564_6f5f_7665_6374; // "udo_vect"
+
+/// Decoded events of one topic-partition and the offset to store with them.
+#[derive(Debug, Clone)]
+pub struct PgBatch<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    /// The offset to resume from once this batch is durable (last offset + 1,
+    /// or further when trailing records were skipped, e.g. sent to the DLQ).
+    pub next_offset: i64,
+    /// `(offset, event)` in offset order; records that did not decode are absent.
+    pub records: Vec<(i64, &'a Event)>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PgOutcome {
+    /// Records not written; DLQ them before committing.
+    pub rejects: Vec<Reject>,
+    /// Rows newly inserted into event tables (0 on a replay).
+    pub inserted: u64,
+    /// Events accepted (new or already stored with the same payload).
+    pub events: usize,
+}
+
+impl PgOutcome {
+    fn absorb(&mut self, other: PgOutcome) {
+        self.rejects.extend(other.rejects);
+        self.inserted += other.inserted;
+        self.events += other.events;
+    }
+}
+
+/// Connection pool and configuration of the Postgres sink. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PgSink {
+    pool: PgPool,
+    limits: Limits,
+}
+
+fn migrate_error(e: sqlx::migrate::MigrateError) -> Error {
+    use sqlx::migrate::MigrateError as M;
+    match e {
+        M::Execute(source) | M::ExecuteMigration(source, _) => Error::Postgres { op: "migrate".into(), source },
+        other => Error::Config(format!(
+            "postgres: migrations: {other} (the database was migrated by another udo-stream version?)"
+        )),
+    }
+}
+
+impl PgSink {
+    /// Connects, runs the migrations, and sets up or checks the embedding
+    /// column as `vector(embedding_dim)`.
+    pub async fn connect(url: &str, embedding_dim: u32) -> Result<PgSink> {
+        Self::connect_with(url, embedding_dim, 4).await
+    }
+
+    pub async fn connect_with(url: &str, embedding_dim: u32, max_connections: u32) -> Result<PgSink> {
+        if embedding_dim == 0 || embedding_dim > MAX_INDEXED_DIM {
+            return Err(Error::Config(format!(
+                "UDO_EMBEDDING_DIM is {embedding_dim}; it must be within 1..={MAX_INDEXED_DIM} \
+                 (the largest dimension pgvector's HNSW index supports)"
+            )));
+        }
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::Config(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))?
+            .application_name("udo-stream");
+        let mut conn = PgConnection::connect_with(&opts).await.map_err(Error::postgres("connect"))?;
+        sqlx::migrate!().run(&mut conn).await.map_err(migrate_error)?;
+        ensure_embedding_column(&mut conn, embedding_dim).await?;
+        // A clean close; failing to say goodbye is harmless.
+        let _ = conn.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| Box::pin(async move { conn.execute(sql::CREATE_STAGE_LATENCY).await.map(|_| ()) }))
+            .connect_with(opts)
+            .await
+            .map_err(Error::postgres("connect pool"))?;
+        let limits = Limits { embedding_dim: embedding_dim as usize, max_record_bytes: usize::MAX };
+        Ok(PgSink { pool, limits })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn embedding_dim(&self) -> usize {
+        self.limits.embedding_dim
+    }
+
+    /// A round trip to the database (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(Error::postgres("ping"))?;
+        Ok(())
+    }
+
+    /// Starts a transaction; nothing is visible until [`PgTxn::commit`].
+    pub async fn begin(&self) -> Result<PgTxn> {
+        let tx = self.pool.begin().await.map_err(Error::postgres("begin"))?;
+        Ok(PgTxn { tx, limits: self.limits })
+    }
+
+    /// Begin, write, hand the rejects to `dlq` (only if there are any), and
+    /// commit only if `dlq` succeeded: the one-call form of the protocol.
+    pub async fn write_batch<F>(&self, group: &str, batch: &PgBatch<'_>, dlq: F) -> Result<PgOutcome>
+    where
+        F: AsyncFnOnce(&[Reject]) -> Result<()>,
+    {
+        let mut txn = self.begin().await?;
+        let outcome = txn.write(group, batch).await?;
+        if !outcome.rejects.is_empty() {
+            dlq(&outcome.rejects).await?;
+        }
+        txn.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Stored next offsets of `group` for the given partitions (absent when
+    /// none is stored): where a consumer seeks on assignment.
+    pub async fn stored_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<HashMap<(String, i32), i64>> {
+        let topics: Vec<&str> = partitions.iter().map(|p| p.0.as_str()).collect();
+        let parts: Vec<i32> = partitions.iter().map(|p| p.1).collect();
+        let rows: Vec<(String, i32, i64)> = sqlx::query_as(sql::STORED_OFFSETS)
+            .bind(group)
+            .bind(topics)
+            .bind(parts)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::postgres("read stored offsets"))?;
+        Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
+    }
+}
+
+/// Makes `project_contexts.embedding` a `vector(dim)` with an HNSW index, or
+/// checks that it already is one.
+async fn ensure_embedding_column(conn: &mut PgConnection, dim: u32) -> Result<()> {
+    let mut tx = conn.begin().await.map_err(Error::postgres("begin embedding setup"))?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SETUP_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::postgres("lock embedding setup"))?;
+    let typmod: i32 = sqlx::query_scalar(
+        "SELECT atttypmod FROM pg_attribute
+         WHERE attrelid = 'project_contexts'::regclass AND attname = 'embedding' AND NOT attisdropped",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(Error::postgres("read project_contexts.embedding type"))?;
+    if typmod < 0 {
+        tx.execute(format!("ALTER TABLE project_contexts ALTER COLUMN embedding TYPE vector({dim})").as_str())
+            .await
+            .map_err(Error::postgres(format!("set project_contexts.embedding to vector({dim})")))?;
+    } else if typmod as u32 != dim {
+        return Err(Error::Config(format!(
+            "UDO_EMBEDDING_DIM is {dim} but the database's project_contexts.embedding column is vector({typmod}): \
+             stored embeddings have {typmod} dimensions. Set UDO_EMBEDDING_DIM={typmod}, or use a fresh database \
+             (changing the dimension means re-embedding every chunk)"
+        )));
+    }
+    tx.execute(
+        "CREATE INDEX IF NOT EXISTS project_contexts_embedding_hnsw
+         ON project_contexts USING hnsw (embedding vector_cosine_ops)",
+    )
+    .await
+    .map_err(Error::postgres("create HNSW index on project_contexts.embedding"))?;
+    tx.commit().await.map_err(Error::postgres("commit embedding setup"))?;
+    Ok(())
+}
+
+/// An open write transaction. Dropped without [`PgTxn::commit`], it rolls back.
+pub struct PgTxn {
+    tx: Transaction<'static, Postgres>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for PgTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTxn").finish_non_exhaustive()
+    }
+}
+
+impl PgTxn {
+    /// Writes a batch's rows and stores `batch.next_offset` for `group`.
+    /// Rejected records are not written; they are returned so the caller can
+    /// DLQ them before [`commit`](Self::commit). May be called for several
+    /// batches (partitions) before one commit.
+    pub async fn write(&mut self, group: &str, batch: &PgBatch<'_>) -> Result<PgOutcome> {
+        let plan = plan::plan(&batch.records, &self.limits);
+        let mut out = PgOutcome { rejects: plan.rejects.clone(), events: plan.events, ..PgOutcome::default() };
+        out.absorb(self.write_events(&plan).await?);
+        let rejected: HashSet<i64> = out.rejects.iter().map(|r| r.offset).collect();
+        out.events -= out.rejects.len() - plan.rejects.len();
+        self.write_derived(&plan, &rejected).await?;
+        sqlx::query(sql::STORE_OFFSET)
+            .bind(group)
+            .bind(batch.topic)
+            .bind(batch.partition)
+            .bind(batch.next_offset)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(Error::postgres("store offset"))?;
+        Ok(out)
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(Error::postgres("commit"))
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await.map_err(Error::postgres("rollback"))
+    }
+
+    async fn exec(&mut self, op: &str, sql: &str, args: PgArguments) -> Result<u64> {
+        let done = sqlx::query_with(sql, args).execute(&mut *self.tx).await.map_err(Error::postgres(op))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Offsets of rows of `table` whose stored payload differs.
+    async fn mismatched<T>(&mut self, table: &'static str, rows: &[plan::Row<'_, T>], id: impl Fn(&T) -> Uuid) -> Result<Vec<Reject>> {
+        let (q, args) = sql::mismatches(table, rows, &id);
+        let offs: Vec<i64> = sqlx::query_scalar_with(&q, args)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(Error::postgres(format!("check event ids of {table}")))?;
+        let offs: HashSet<i64> = offs.into_iter().collect();
+        Ok(rows
+            .iter()
+            .filter(|r| offs.contains(&r.offset))
+            .map(|r| Reject { offset: r.offset, event_id: id(r.event), reason: RejectReason::ReusedEventId { table } })
+            .collect())
+    }
+
+    /// Inserts one table's rows and returns the ones whose event id was
+    /// already stored with another payload.
+    async fn insert_checked<T>(
+        &mut self,
+        table: &'static str,
+        rows: &[plan::Row<'_, T>],
+        unnest: impl FnOnce(&[plan::Row<'_, T>]) -> sql::Unnest,
+        id: impl Fn(&T) -> Uuid,
+    ) -> Result<PgOutcome> {
+        if rows.is_empty() {
+            return Ok(PgOutcome::default());
+        }
+        let u = unnest(rows);
+        let q = u.insert(table, sql::ON_EVENT_ID_DO_NOTHING);
+        let inserted = self.exec(&format!("insert into {table}"), &q, u.args).await?;
+        let rejects = self.mismatched(table, rows, id).await?;
+        Ok(PgOutcome { rejects, inserted, events: 0 })
+    }
+
+    async fn write_events(&mut self, p: &plan::Plan<'_>) -> Result<PgOutcome> {
+        let mut out = PgOutcome::default();
+        if !p.latency.is_empty() {
+            let text = sql::latency_copy_text(&p.latency);
+            let mut copy =
+                self.tx.copy_in_raw(&sql::copy_latency_statement()).await.map_err(Error::postgres("copy latency"))?;
+            if let Err(e) = copy.send(text).await {
+                // Abort so the connection is usable for the rollback.
+                let _ = copy.abort("send failed").await;
+                return Err(Error::Postgres { op: "copy latency".into(), source: e });
+            }
+            copy.finish().await.map_err(Error::postgres("copy latency"))?;
+            out.inserted += self.exec("insert latency samples", &sql::insert_latency_from_stage(), PgArguments::default()).await?;
+            out.rejects.extend(self.mismatched("latency_samples", &p.latency, |e| e.event_id).await?);
+        }
+        out.absorb(self.insert_checked("uncertainty_feedback", &p.feedback, sql::feedback, |e| e.event_id).await?);
+        out.absorb(self.insert_checked("uncertainty_logs", &p.decisions, sql::decisions, |e| e.event_id).await?);
+        out.absorb(self.insert_checked("project_context_events", &p.chunks, sql::chunk_events, |e| e.event_id).await?);
+        let lw = self.insert_checked("latency_windows", &p.latency_windows, sql::latency_windows, |e| e.event_id).await?;
+        let uw =
+            self.insert_checked("uncertainty_windows", &p.uncertainty_windows, sql::uncertainty_windows, |e| e.event_id).await?;
+        out.inserted += lw.inserted + uw.inserted;
+        // The same window can be rejected by both tables: report it once.
+        let mut window_rejects: Vec<Reject> = Vec::new();
+        for r in lw.rejects.into_iter().chain(uw.rejects) {
+            if !window_rejects.iter().any(|w| w.offset == r.offset) {
+                window_rejects.push(r);
+            }
+        }
+        // A window bound for both tables and rejected by one must leave no
+        // row in the other: remove the row this transaction inserted for it
+        // (the one carrying its own payload hash).
+        if !window_rejects.is_empty() {
+            let all = p.latency_windows.iter().chain(&p.uncertainty_windows);
+            let rows: Vec<(Uuid, Uuid)> = all
+                .filter(|r| window_rejects.iter().any(|w| w.offset == r.offset))
+                .map(|r| (r.event.event_id, r.hash))
+                .collect();
+            let (ids, hashes): (Vec<Uuid>, Vec<Uuid>) = rows.into_iter().unzip();
+            for table in ["latency_windows", "uncertainty_windows"] {
+                let q = format!(
+                    "DELETE FROM {table} t USING UNNEST($1::uuid[], $2::uuid[]) AS u(event_id, payload_hash)
+                     WHERE t.event_id = u.event_id AND t.payload_hash = u.payload_hash"
+                );
+                let done = sqlx::query(&q)
+                    .bind(&ids)
+                    .bind(&hashes)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(Error::postgres(format!("undo rejected window in {table}")))?;
+                out.inserted -= done.rows_affected().min(out.inserted);
+            }
+            out.rejects.extend(window_rejects);
+        }
+        out.absorb(self.insert_checked("alerts", &p.alerts, sql::alerts, |e| e.event_id).await?);
+        out.absorb(self.insert_checked("degradations", &p.degradations, sql::degradations, |e| e.event_id).await?);
+        out.absorb(self.insert_checked("promotions", &p.promotions, sql::promotions, |e| e.event_id).await?);
+        Ok(out)
+    }
+
+    /// Tables derived from accepted events: current chunks, health, projects.
+    async fn write_derived(&mut self, p: &plan::Plan<'_>, rejected: &HashSet<i64>) -> Result<()> {
+        let chunks: Vec<_> = p.chunks.iter().filter(|r| !rejected.contains(&r.offset)).copied().collect();
+        let (upserts, deletes) = plan::split_ops(plan::newest_chunks(&chunks));
+        if !upserts.is_empty() {
+            let (q, args) = sql::upsert_contexts(&upserts);
+            self.exec("upsert project_contexts", &q, args).await?;
+        }
+        if !deletes.is_empty() {
+            let (q, args) = sql::delete_contexts(&deletes);
+            self.exec("delete from project_contexts", &q, args).await?;
+        }
+        let degradations: Vec<_> = p.degradations.iter().filter(|r| !rejected.contains(&r.offset)).copied().collect();
+        let health = plan::newest_health(&degradations);
+        if !health.is_empty() {
+            let (q, args) = sql::health(&health);
+            self.exec("upsert health_state", &q, args).await?;
+        }
+        let activity = plan::project_activity(p, rejected);
+        if !activity.is_empty() {
+            let (q, args) = sql::projects(&activity);
+            self.exec("upsert projects", &q, args).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,487 @@
+//! Statement text and bind values for a batch, built without IO. Every table
+//! is written set-based: one `INSERT … SELECT … FROM UNNEST($1::t[], …)` per
+//! table and batch (arrays bound as parameters, so no SQL is ever built from
+//! data), except raw latency samples, which are the volume and go through
+//! text COPY into a session temp table. Epoch milliseconds travel as int8 and
+//! become timestamptz in SQL (`to_timestamp(ms / 1000.0)`, exact to the ms).
+
+use super::plan::Row;
+use crate::domain::{
+    Alert, ChunkOp, ContextChunk, DecisionLog, Degradation, DegradationKind, FeedbackRating, LatencySample, Outcome,
+    Promotion, StoreRole, WindowStats,
+};
+use sqlx::Arguments;
+use sqlx::postgres::{PgArguments, Postgres};
+use std::fmt::Write as _;
+use uuid::Uuid;
+
+/// Session temp table the latency COPY lands in (created per connection).
+pub const STAGE_LATENCY: &str = "udo_stage_latency";
+
+pub const CREATE_STAGE_LATENCY: &str = "CREATE TEMP TABLE IF NOT EXISTS udo_stage_latency (
+    event_id uuid, payload_hash uuid, occurred_ms int8, source text, component text, endpoint text,
+    latency_ms float8, outcome text, status_code int4
+) ON COMMIT DELETE ROWS";
+
+const STAGE_LATENCY_COLUMNS: &str =
+    "event_id, payload_hash, occurred_ms, source, component, endpoint, latency_ms, outcome, status_code";
+
+pub fn copy_latency_statement() -> String {
+    format!("COPY {STAGE_LATENCY} ({STAGE_LATENCY_COLUMNS}) FROM STDIN")
+}
+
+/// Moves the staged rows into `latency_samples` (the stage is empty after).
+pub fn insert_latency_from_stage() -> String {
+    format!(
+        "WITH s AS (DELETE FROM {STAGE_LATENCY} RETURNING *)
+         INSERT INTO latency_samples
+             (event_id, payload_hash, occurred_at, source, component, endpoint, latency_ms, outcome, status_code)
+         SELECT event_id, payload_hash, {}, source, component, endpoint, latency_ms, outcome, status_code FROM s
+         ON CONFLICT (event_id) DO NOTHING",
+        ts("occurred_ms")
+    )
+}
+
+fn ts(col: &str) -> String {
+    format!("to_timestamp({col}::float8 / 1000)")
+}
+
+/// COPY text format of staged latency samples (tab-separated, `\N` = NULL).
+pub fn latency_copy_text(rows: &[Row<'_, LatencySample>]) -> Vec<u8> {
+    let mut out = String::with_capacity(rows.len() * 160);
+    for r in rows {
+        let e = r.event;
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{}\t{}\t{}\t", e.event_id, r.hash, e.occurred_at);
+        copy_escape(&mut out, &e.source);
+        out.push('\t');
+        copy_escape(&mut out, &e.component);
+        out.push('\t');
+        copy_escape(&mut out, &e.endpoint);
+        let _ = write!(out, "\t{}\t{}\t", e.latency_ms, outcome(e.outcome));
+        match e.status_code {
+            Some(c) => {
+                let _ = write!(out, "{c}");
+            }
+            None => out.push_str("\\N"),
+        }
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+fn copy_escape(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+pub fn outcome(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Ok => "OK",
+        Outcome::Error => "ERROR",
+        Outcome::Timeout => "TIMEOUT",
+    }
+}
+
+fn role(r: StoreRole) -> &'static str {
+    match r {
+        StoreRole::Shadow => "SHADOW",
+        StoreRole::Primary => "PRIMARY",
+    }
+}
+
+fn enum_str<T: serde::Serialize>(v: &T) -> String {
+    // Serde's SCREAMING_SNAKE_CASE names are the contract's enum symbols.
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// `text` form of a pgvector value (`[1,2.5,...]`), parsed exactly by pgvector.
+pub fn vector_text(v: &[f32]) -> String {
+    let mut s = String::with_capacity(v.len() * 12 + 2);
+    s.push('[');
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{x}");
+    }
+    s.push(']');
+    s
+}
+
+/// A set-based statement over parallel arrays: `SELECT … FROM UNNEST($1::t1[], $2::t2[], …) AS u(c1, c2, …)`.
+pub struct Unnest {
+    /// (name in `u`, element type, target column, select expression)
+    cols: Vec<(String, &'static str, String, String)>,
+    pub args: PgArguments,
+    pub len: usize,
+}
+
+impl Unnest {
+    pub fn new(len: usize) -> Self {
+        Unnest { cols: Vec::new(), args: PgArguments::default(), len }
+    }
+
+    /// Adds a column `name` of Postgres element type `ty`, one value per row.
+    pub fn col<T>(&mut self, name: &str, ty: &'static str, values: Vec<T>) -> &mut Self
+    where
+        T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + sqlx::postgres::PgHasArrayType + Send,
+    {
+        self.push(name.to_owned(), ty, name.to_owned(), format!("u.{name}"), values)
+    }
+
+    /// Adds a timestamptz column `target` from epoch milliseconds (`u.<target>_ms`).
+    pub fn ts_col(&mut self, target: &str, values: Vec<i64>) -> &mut Self {
+        let name = format!("{target}_ms");
+        let expr = ts(&format!("u.{name}"));
+        self.push(name, "int8", target.to_owned(), expr, values)
+    }
+
+    fn push<T>(&mut self, name: String, ty: &'static str, target: String, expr: String, values: Vec<T>) -> &mut Self
+    where
+        T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + sqlx::postgres::PgHasArrayType + Send,
+    {
+        debug_assert_eq!(values.len(), self.len, "column {name}");
+        // Encoding a Vec of a supported element type cannot fail; if it ever
+        // did, the statement would fail on its missing parameter.
+        let _ = self.args.add(values);
+        self.cols.push((name, ty, target, expr));
+        self
+    }
+
+    /// `UNNEST(...) AS u(...)`.
+    pub fn from_clause(&self) -> String {
+        let params: Vec<String> = self.cols.iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.1)).collect();
+        let names: Vec<&str> = self.cols.iter().map(|c| c.0.as_str()).collect();
+        format!("UNNEST({}) AS u({})", params.join(", "), names.join(", "))
+    }
+
+    /// `INSERT INTO table (targets) SELECT exprs FROM UNNEST(...) AS u(...) <tail>`.
+    pub fn insert(&self, table: &str, tail: &str) -> String {
+        let targets: Vec<&str> = self.cols.iter().map(|c| c.2.as_str()).collect();
+        let exprs: Vec<&str> = self.cols.iter().map(|c| c.3.as_str()).collect();
+        format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM {} {tail}",
+            targets.join(", "),
+            exprs.join(", "),
+            self.from_clause()
+        )
+    }
+}
+
+fn map<T, U>(rows: &[Row<'_, T>], f: impl Fn(&T) -> U) -> Vec<U> {
+    rows.iter().map(|r| f(r.event)).collect()
+}
+
+fn header<T>(rows: &[Row<'_, T>], id: impl Fn(&T) -> Uuid, at: impl Fn(&T) -> i64, source: impl Fn(&T) -> String) -> Unnest {
+    let mut u = Unnest::new(rows.len());
+    u.col("event_id", "uuid", map(rows, id))
+        .col("payload_hash", "uuid", rows.iter().map(|r| r.hash).collect())
+        .ts_col("occurred_at", map(rows, at))
+        .col("source", "text", map(rows, source));
+    u
+}
+
+pub const ON_EVENT_ID_DO_NOTHING: &str = "ON CONFLICT (event_id) DO NOTHING";
+
+pub fn feedback(rows: &[Row<'_, FeedbackRating>]) -> Unnest {
+    let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
+    u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
+        .col("component", "text", map(rows, |e| e.component.clone()))
+        .col("decision_id", "uuid", map(rows, |e| e.decision_id))
+        .col("rating", "int2", map(rows, |e| e.rating as i16))
+        .col("correction", "text", map(rows, |e| e.correction.clone()));
+    u
+}
+
+pub fn decisions(rows: &[Row<'_, DecisionLog>]) -> Unnest {
+    let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
+    u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
+        .col("component", "text", map(rows, |e| e.component.clone()))
+        .col("decision", "text", map(rows, |e| e.decision.clone()))
+        .col("uncertainty_score", "int2", map(rows, |e| e.uncertainty_score as i16))
+        .col("rationale", "text", map(rows, |e| e.rationale.clone()));
+    u
+}
+
+fn op(o: ChunkOp) -> &'static str {
+    match o {
+        ChunkOp::Upsert => "UPSERT",
+        ChunkOp::Delete => "DELETE",
+    }
+}
+
+/// The chunk event ledger: every chunk event, without content or embedding.
+pub fn chunk_events(rows: &[Row<'_, ContextChunk>]) -> Unnest {
+    let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
+    u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
+        .col("file_path", "text", map(rows, |e| e.file_path.clone()))
+        .col("chunk_index", "int4", map(rows, |e| e.chunk_index))
+        .col("op", "text", map(rows, |e| op(e.op).to_owned()));
+    u
+}
+
+/// Upserts the newest chunk per key into `project_contexts`, unless the
+/// ledger already holds a newer event for that key (a later UPSERT, already
+/// applied, or a DELETE tombstone): newer wins by (occurred_at, event_id).
+pub fn upsert_contexts(rows: &[Row<'_, ContextChunk>]) -> (String, PgArguments) {
+    let mut u = Unnest::new(rows.len());
+    u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
+        .col("file_path", "text", map(rows, |e| e.file_path.clone()))
+        .col("chunk_index", "int4", map(rows, |e| e.chunk_index))
+        .col("event_id", "uuid", map(rows, |e| e.event_id))
+        .col("occurred_ms", "int8", map(rows, |e| e.occurred_at))
+        .col("source", "text", map(rows, |e| e.source.clone()))
+        .col("content", "text", map(rows, |e| e.content.clone()))
+        .col("embedding", "text", map(rows, |e| e.embedding.as_deref().map(vector_text)));
+    let sql = format!(
+        "INSERT INTO project_contexts AS c
+             (project_id, file_path, chunk_index, event_id, occurred_at, source, content, embedding)
+         SELECT u.project_id, u.file_path, u.chunk_index, u.event_id, {ts}, u.source, u.content, u.embedding::vector
+         FROM {from}
+         WHERE NOT EXISTS (
+             SELECT 1 FROM project_context_events e
+             WHERE e.project_id = u.project_id AND e.file_path = u.file_path AND e.chunk_index = u.chunk_index
+               AND (e.occurred_at, e.event_id) > ({ts}, u.event_id))
+         ON CONFLICT (project_id, file_path, chunk_index) DO UPDATE SET
+             event_id = EXCLUDED.event_id, occurred_at = EXCLUDED.occurred_at, source = EXCLUDED.source,
+             content = EXCLUDED.content, embedding = EXCLUDED.embedding
+         WHERE (c.occurred_at, c.event_id) < (EXCLUDED.occurred_at, EXCLUDED.event_id)",
+        ts = ts("u.occurred_ms"),
+        from = u.from_clause()
+    );
+    (sql, u.args)
+}
+
+/// Deletes chunks older than the newest DELETE per key (idempotent).
+pub fn delete_contexts(rows: &[Row<'_, ContextChunk>]) -> (String, PgArguments) {
+    let mut u = Unnest::new(rows.len());
+    u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
+        .col("file_path", "text", map(rows, |e| e.file_path.clone()))
+        .col("chunk_index", "int4", map(rows, |e| e.chunk_index))
+        .col("event_id", "uuid", map(rows, |e| e.event_id))
+        .col("occurred_ms", "int8", map(rows, |e| e.occurred_at));
+    let sql = format!(
+        "DELETE FROM project_contexts c USING {}
+         WHERE c.project_id = u.project_id AND c.file_path = u.file_path AND c.chunk_index = u.chunk_index
+           AND (c.occurred_at, c.event_id) < ({}, u.event_id)",
+        u.from_clause(),
+        ts("u.occurred_ms")
+    );
+    (sql, u.args)
+}
+
+fn window_cols<'a>(u: &mut Unnest, rows: &[Row<'a, WindowStats>]) {
+    u.col("subject", "text", map(rows, |e| e.subject.clone()))
+        .col("component", "text", map(rows, |e| e.component.clone()))
+        .ts_col("window_start", map(rows, |e| e.window_start))
+        .ts_col("window_end", map(rows, |e| e.window_end));
+}
+
+/// Rows must all carry latency stats (the plan only routes those here).
+pub fn latency_windows(rows: &[Row<'_, WindowStats>]) -> Unnest {
+    let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
+    window_cols(&mut u, rows);
+    let stats: Vec<_> = rows.iter().filter_map(|r| r.event.latency.clone()).collect();
+    debug_assert_eq!(stats.len(), rows.len());
+    u.col("endpoint", "text", map(rows, |e| e.endpoint.clone()))
+        .col("count", "int8", stats.iter().map(|s| s.count).collect())
+        .col("error_count", "int8", stats.iter().map(|s| s.error_count).collect())
+        .col("error_rate", "float8", stats.iter().map(|s| s.error_rate).collect())
+        .col("p50_ms", "float8", stats.iter().map(|s| s.p50_ms).collect())
+        .col("p95_ms", "float8", stats.iter().map(|s| s.p95_ms).collect())
+        .col("p99_ms", "float8", stats.iter().map(|s| s.p99_ms).collect());
+    u
+}
+
+/// Rows must all carry uncertainty stats.
+pub fn uncertainty_windows(rows: &[Row<'_, WindowStats>]) -> Unnest {
+    let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
+    window_cols(&mut u, rows);
+    let stats: Vec<_> = rows.iter().filter_map(|r| r.event.uncertainty.clone()).collect();
+    debug_assert_eq!(stats.len(), rows.len());
+    u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
+        .col("ratings", "int8", stats.iter().map(|s| s.ratings).collect())
+        .col("positive", "int8", stats.iter().map(|s| s.positive).collect())
+        .col("approval_rate", "float8", stats.iter().map(|s| s.approval_rate).collect())
+        .col("wilson_lower", "float8", stats.iter().map(|s| s.wilson_lower).collect())
+        .col("uncertainty", "float8", stats.iter().map(|s| s.uncertainty).collect())
+        .col("decisions", "int8", stats.iter().map(|s| s.decisions).collect())
+        .col("predicted_mean", "float8", stats.iter().map(|s| s.predicted_mean).collect())
+        .col("calibration_gap", "float8", stats.iter().map(|s| s.calibration_gap).collect());
+    u
+}
+
+pub fn alerts(rows: &[Row<'_, Alert>]) -> Unnest {
+    let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
+    u.col("rule", "text", map(rows, |e| e.rule.clone()))
+        .col("subject", "text", map(rows, |e| e.subject.clone()))
+        .col("component", "text", map(rows, |e| e.component.clone()))
+        .col("project_id", "text", map(rows, |e| e.project_id.clone()))
+        .col("severity", "text", map(rows, |e| enum_str(&e.severity)))
+        .col("status", "text", map(rows, |e| enum_str(&e.status)))
+        .col("value", "float8", map(rows, |e| e.value))
+        .col("threshold", "float8", map(rows, |e| e.threshold))
+        .ts_col("window_start", map(rows, |e| e.window_start))
+        .ts_col("window_end", map(rows, |e| e.window_end))
+        .col("message", "text", map(rows, |e| e.message.clone()));
+    u
+}
+
+fn kind(k: DegradationKind) -> &'static str {
+    match k {
+        DegradationKind::Degraded => "DEGRADED",
+        DegradationKind::Recovered => "RECOVERED",
+    }
+}
+
+pub fn degradations(rows: &[Row<'_, Degradation>]) -> Unnest {
+    let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
+    u.col("component", "text", map(rows, |e| e.component.clone()))
+        .col("kind", "text", map(rows, |e| kind(e.kind).to_owned()))
+        .col("reason", "text", map(rows, |e| e.reason.clone()))
+        .col("p95_ms", "float8", map(rows, |e| e.p95_ms))
+        .col("error_rate", "float8", map(rows, |e| e.error_rate))
+        .col("consecutive_windows", "int4", map(rows, |e| e.consecutive_windows))
+        .ts_col("window_start", map(rows, |e| e.window_start))
+        .ts_col("window_end", map(rows, |e| e.window_end));
+    u
+}
+
+pub fn promotions(rows: &[Row<'_, Promotion>]) -> Unnest {
+    let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
+    u.col("store", "text", map(rows, |e| e.store.clone()))
+        .col("from_role", "text", map(rows, |e| role(e.from_role).to_owned()))
+        .col("to_role", "text", map(rows, |e| role(e.to_role).to_owned()))
+        .col("success_ratio", "float8", map(rows, |e| e.success_ratio))
+        .col("attempts", "int4", map(rows, |e| e.attempts))
+        .col("lag", "int8", map(rows, |e| e.lag))
+        .col("reason", "text", map(rows, |e| e.reason.clone()));
+    u
+}
+
+/// Health per component from its newest degradation; a newer window wins.
+pub fn health(rows: &[&Degradation]) -> (String, PgArguments) {
+    let mut u = Unnest::new(rows.len());
+    let status = |e: &Degradation| match e.kind {
+        DegradationKind::Degraded => "DEGRADED",
+        DegradationKind::Recovered => "HEALTHY",
+    };
+    u.col("component", "text", rows.iter().map(|e| e.component.clone()).collect())
+        .col("status", "text", rows.iter().map(|e| status(e).to_owned()).collect())
+        .ts_col("since", rows.iter().map(|e| e.window_end).collect())
+        .col("event_id", "uuid", rows.iter().map(|e| e.event_id).collect())
+        .col("reason", "text", rows.iter().map(|e| e.reason.clone()).collect())
+        .col("p95_ms", "float8", rows.iter().map(|e| e.p95_ms).collect())
+        .col("error_rate", "float8", rows.iter().map(|e| e.error_rate).collect());
+    let sql = u.insert(
+        "health_state AS h",
+        "ON CONFLICT (component) DO UPDATE SET status = EXCLUDED.status, since = EXCLUDED.since,
+             event_id = EXCLUDED.event_id, reason = EXCLUDED.reason, p95_ms = EXCLUDED.p95_ms,
+             error_rate = EXCLUDED.error_rate
+         WHERE (h.since, h.event_id) < (EXCLUDED.since, EXCLUDED.event_id)",
+    );
+    (sql, u.args)
+}
+
+/// Projects with their first/last event time; only ever widens the span.
+pub fn projects(activity: &std::collections::BTreeMap<String, (i64, i64)>) -> (String, PgArguments) {
+    let mut u = Unnest::new(activity.len());
+    u.col("project_id", "text", activity.keys().cloned().collect())
+        .ts_col("first_seen_at", activity.values().map(|v| v.0).collect())
+        .ts_col("last_seen_at", activity.values().map(|v| v.1).collect());
+    let sql = u.insert(
+        "projects AS p",
+        "ON CONFLICT (project_id) DO UPDATE SET
+             first_seen_at = LEAST(p.first_seen_at, EXCLUDED.first_seen_at),
+             last_seen_at = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at)
+         WHERE p.first_seen_at > EXCLUDED.first_seen_at OR p.last_seen_at < EXCLUDED.last_seen_at",
+    );
+    (sql, u.args)
+}
+
+/// Offsets of rows whose event id is stored in `table` with another payload hash.
+pub fn mismatches<T>(table: &str, rows: &[Row<'_, T>], id: impl Fn(&T) -> Uuid) -> (String, PgArguments) {
+    let mut u = Unnest::new(rows.len());
+    u.col("event_id", "uuid", map(rows, id))
+        .col("payload_hash", "uuid", rows.iter().map(|r| r.hash).collect())
+        .col("off", "int8", rows.iter().map(|r| r.offset).collect());
+    let sql = format!(
+        "SELECT u.off FROM {} JOIN {table} t ON t.event_id = u.event_id WHERE t.payload_hash <> u.payload_hash",
+        u.from_clause()
+    );
+    (sql, u.args)
+}
+
+pub const STORE_OFFSET: &str = "INSERT INTO consumer_offsets AS o (consumer_group, topic, partition, next_offset)
+     VALUES ($1, $2, $3, $4)
+     ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+         SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()
+     WHERE o.next_offset < EXCLUDED.next_offset";
+
+pub const STORED_OFFSETS: &str = "SELECT o.topic, o.partition, o.next_offset FROM consumer_offsets o
+     JOIN UNNEST($2::text[], $3::int4[]) AS u(topic, partition) ON o.topic = u.topic AND o.partition = u.partition
+     WHERE o.consumer_group = $1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unnest_insert_converts_ms_columns_to_timestamps() {
+        let mut u = Unnest::new(1);
+        u.col("event_id", "uuid", vec![Uuid::nil()]).ts_col("occurred_at", vec![1i64]).col("p95_ms", "float8", vec![1.0f64]);
+        assert_eq!(
+            u.insert("t", "ON CONFLICT DO NOTHING"),
+            "INSERT INTO t (event_id, occurred_at, p95_ms) SELECT u.event_id, \
+             to_timestamp(u.occurred_at_ms::float8 / 1000), u.p95_ms \
+             FROM UNNEST($1::uuid[], $2::int8[], $3::float8[]) AS u(event_id, occurred_at_ms, p95_ms) \
+             ON CONFLICT DO NOTHING"
+        );
+    }
+
+    #[test]
+    fn copy_text_escapes_and_writes_nulls() {
+        let e = LatencySample {
+            event_id: Uuid::from_u128(1),
+            occurred_at: 1_750_000_000_123,
+            source: "a\tb\\c\nd".into(),
+            component: "checkout".into(),
+            endpoint: "/pay".into(),
+            latency_ms: 12.5,
+            outcome: Outcome::Timeout,
+            status_code: None,
+        };
+        let rows = [Row { offset: 0, hash: Uuid::from_u128(2), event: &e }];
+        let text = String::from_utf8(latency_copy_text(&rows)).unwrap();
+        assert_eq!(
+            text,
+            "00000000-0000-0000-0000-000000000001\t00000000-0000-0000-0000-000000000002\t1750000000123\t\
+             a\\tb\\\\c\\nd\tcheckout\t/pay\t12.5\tTIMEOUT\t\\N\n"
+        );
+    }
+
+    #[test]
+    fn vectors_print_exactly() {
+        let v = [0.1f32, -2.0, 1e-8, 3.4028235e38];
+        let t = vector_text(&v);
+        let back: Vec<f32> = t.trim_matches(['[', ']']).split(',').map(|x| x.parse().unwrap()).collect();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn enum_symbols_are_the_contracts() {
+        assert_eq!(enum_str(&crate::domain::Severity::Critical), "CRITICAL");
+        assert_eq!(enum_str(&crate::domain::AlertStatus::Resolved), "RESOLVED");
+    }
+}

@@ -1,0 +1,585 @@
+//! Redis materialization (DESIGN §5): the current state readers want at
+//! memory speed — context chunks per project, the latest window stats,
+//! uncertainty and health per component, active alerts, and which store is
+//! primary. Redis has no transactions spanning a consumer's offset, so each
+//! batch of ONE topic-partition is applied by ONE Lua script (EVALSHA, one
+//! round trip) that first compares the batch with the partition's offset
+//! stored in Redis itself (`udo:offsets:{group}`, field `topic:partition`)
+//! and applies only records at or past it, then advances it, atomically. A
+//! replay, a retry after a lost reply, or a rebalance overlap is therefore a
+//! no-op. The plan (keys, ops, JSON) is built by pure code and unit-tested;
+//! the script only compares versions and writes. Within a key, newer wins
+//! by (window end or event time, event id), so a late older event never
+//! overwrites newer state.
+//!
+//! Key layout (values are Redis hashes unless noted; numbers as decimal text,
+//! times as epoch ms):
+//!
+//! | key | content |
+//! |---|---|
+//! | `project:{project_id}:context` | field = file path, value = JSON array of that file's live chunks ordered by `chunk_index`: `[{"chunk_index","content","event_id","occurred_at","source"}]`; a DELETE removes the chunk, the field goes when no chunk is left. Embeddings stay in Postgres (pgvector does the similarity search). |
+//! | `udo:latency:{component}` / `udo:latency:{component}:{endpoint}` | latest closed latency window: `window_start`, `window_end`, `count`, `error_count`, `error_rate`, `p50_ms`, `p95_ms`, `p99_ms`, `event_id`, … |
+//! | `udo:uncertainty:{project_id}:{component}` | latest uncertainty window: `uncertainty`, `wilson_lower`, `approval_rate`, `ratings`, `positive`, `decisions`, `predicted_mean`, `calibration_gap`, … |
+//! | `udo:health:{component}` | `status` (`HEALTHY`/`DEGRADED`), `since` (window end of the transition), `reason`, `p95_ms`, `error_rate`, `event_id` |
+//! | `udo:alerts:active` | field = `{rule}\|{subject}\|{severity}`, value = the FIRING alert's JSON; RESOLVED removes it |
+//! | `udo:store:roles` | field = store, value = JSON of its latest promotion event |
+//! | `udo:store:primary` | string: the store most recently promoted to PRIMARY that still is; absent when none |
+//! | `udo:offsets:{group}` | field = `{topic}:{partition}`, value = next offset to apply |
+
+use crate::domain::{
+    Alert, AlertStatus, ChunkOp, ContextChunk, Degradation, DegradationKind, Event, Promotion, Severity, WindowStats,
+};
+use crate::error::{Error, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Key names (DESIGN §5).
+pub mod keys {
+    pub const ALERTS: &str = "udo:alerts:active";
+    pub const STORE_ROLES: &str = "udo:store:roles";
+    pub const STORE_PRIMARY: &str = "udo:store:primary";
+
+    pub fn offsets(group: &str) -> String {
+        format!("udo:offsets:{group}")
+    }
+
+    pub fn offset_field(topic: &str, partition: i32) -> String {
+        format!("{topic}:{partition}")
+    }
+
+    pub fn context(project_id: &str) -> String {
+        format!("project:{project_id}:context")
+    }
+
+    pub fn latency(component: &str, endpoint: Option<&str>) -> String {
+        match endpoint {
+            Some(e) => format!("udo:latency:{component}:{e}"),
+            None => format!("udo:latency:{component}"),
+        }
+    }
+
+    pub fn uncertainty(project_id: Option<&str>, component: &str) -> String {
+        match project_id {
+            Some(p) => format!("udo:uncertainty:{p}:{component}"),
+            None => format!("udo:uncertainty:{component}"),
+        }
+    }
+
+    pub fn health(component: &str) -> String {
+        format!("udo:health:{component}")
+    }
+
+    pub fn alert_field(rule: &str, subject: &str, severity: &str) -> String {
+        format!("{rule}|{subject}|{severity}")
+    }
+}
+
+/// Applies one batch: see the module docs. KEYS[1] is the offsets hash;
+/// ARGV = field, next offset, then ops `name, record offset, key index,
+/// n, n args…`.
+const APPLY_LUA: &str = r#"
+local offsets, field = KEYS[1], ARGV[1]
+local next_offset = tonumber(ARGV[2])
+local stored = tonumber(redis.call('HGET', offsets, field) or '-1')
+if next_offset <= stored then
+  return {0, stored, 0}
+end
+
+-- Is (order, id) newer than (cur_order, cur_id)? Nothing stored: yes.
+local function newer(cur_order, cur_id, order, id)
+  if not cur_order then return true end
+  cur_order = tonumber(cur_order)
+  if order ~= cur_order then return order > cur_order end
+  return id > (cur_id or '')
+end
+
+local applied, roles_key, primary_key = 0, nil, nil
+local i, n = 3, #ARGV
+while i <= n do
+  local op, off, key, nargs = ARGV[i], tonumber(ARGV[i + 1]), KEYS[tonumber(ARGV[i + 2])], tonumber(ARGV[i + 3])
+  local a = i + 4
+  if off >= stored then
+    if op == 'put' then
+      -- order field, order, event id, field/value pairs: replace the hash if newer
+      local cur = redis.call('HMGET', key, ARGV[a], 'event_id')
+      if newer(cur[1], cur[2], tonumber(ARGV[a + 1]), ARGV[a + 2]) then
+        local fv = {}
+        for j = a + 3, a + nargs - 1 do fv[#fv + 1] = ARGV[j] end
+        redis.call('DEL', key)
+        redis.call('HSET', key, unpack(fv))
+        applied = applied + 1
+      end
+    elseif op == 'chunk' then
+      -- file path, chunk index, occurred_at, event id, UPSERT|DELETE, chunk JSON
+      local path, idx, occ, id, cop = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4]
+      local raw = redis.call('HGET', key, path)
+      local chunks = {}
+      if raw then chunks = cjson.decode(raw) end
+      local pos = nil
+      for j, c in ipairs(chunks) do
+        if c.chunk_index == idx then pos = j break end
+      end
+      if pos == nil or newer(chunks[pos].occurred_at, chunks[pos].event_id, occ, id) then
+        if cop == 'UPSERT' then
+          local c = cjson.decode(ARGV[a + 5])
+          if pos then
+            chunks[pos] = c
+          else
+            local at = #chunks + 1
+            for j, x in ipairs(chunks) do
+              if x.chunk_index > idx then at = j break end
+            end
+            table.insert(chunks, at, c)
+          end
+        elseif pos then
+          table.remove(chunks, pos)
+        end
+        if #chunks == 0 then
+          redis.call('HDEL', key, path)
+        else
+          redis.call('HSET', key, path, cjson.encode(chunks))
+        end
+        applied = applied + 1
+      end
+    elseif op == 'alert' then
+      -- field, FIRING|RESOLVED, window end, event id, alert JSON
+      local afield, status, order, id = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+      local raw = redis.call('HGET', key, afield)
+      local cur = raw and cjson.decode(raw) or {}
+      if newer(cur.window_end, cur.event_id, order, id) then
+        if status == 'FIRING' then
+          redis.call('HSET', key, afield, ARGV[a + 4])
+        else
+          redis.call('HDEL', key, afield)
+        end
+        applied = applied + 1
+      end
+    elseif op == 'role' then
+      -- store, occurred_at, event id, promotion JSON, key index of udo:store:primary
+      local store, order, id = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+      local raw = redis.call('HGET', key, store)
+      local cur = raw and cjson.decode(raw) or {}
+      if newer(cur.occurred_at, cur.event_id, order, id) then
+        redis.call('HSET', key, store, ARGV[a + 3])
+        roles_key, primary_key = key, KEYS[tonumber(ARGV[a + 4])]
+        applied = applied + 1
+      end
+    else
+      return redis.error_reply('udo apply: unknown op ' .. tostring(op))
+    end
+  end
+  i = a + nargs
+end
+
+-- The primary store: the one promoted to PRIMARY most recently that still is.
+if roles_key then
+  local all = redis.call('HGETALL', roles_key)
+  local best, bo, bi = nil, nil, nil
+  for j = 1, #all, 2 do
+    local r = cjson.decode(all[j + 1])
+    if r.to_role == 'PRIMARY' and newer(bo, bi, r.occurred_at, r.event_id) then
+      best, bo, bi = all[j], r.occurred_at, r.event_id
+    end
+  end
+  if best then
+    redis.call('SET', primary_key, best)
+  else
+    redis.call('DEL', primary_key)
+  end
+end
+
+redis.call('HSET', offsets, field, ARGV[2])
+return {1, stored, applied}
+"#;
+
+/// Decoded events of one topic-partition and the offset after them.
+#[derive(Debug, Clone)]
+pub struct RedisBatch<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    /// The offset to resume from once this batch is applied (last offset + 1).
+    pub next_offset: i64,
+    /// `(offset, event)` in offset order; records that did not decode are absent.
+    pub records: Vec<(i64, &'a Event)>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisOutcome {
+    /// False when the stored offset was already at or past the batch's next
+    /// offset: a replay, nothing changed.
+    pub applied: bool,
+    /// The partition's stored next offset before this batch (None: none stored).
+    pub previous_offset: Option<i64>,
+    /// Key updates made (events older than the stored state change nothing).
+    pub writes: usize,
+}
+
+/// The script's KEYS and ARGV for one batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScriptCall {
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
+    key_index: HashMap<String, usize>,
+}
+
+impl ScriptCall {
+    /// 1-based index of `key` in KEYS, adding it once.
+    fn key(&mut self, key: String) -> usize {
+        if let Some(&i) = self.key_index.get(&key) {
+            return i;
+        }
+        self.keys.push(key.clone());
+        let i = self.keys.len();
+        self.key_index.insert(key, i);
+        i
+    }
+
+    fn op(&mut self, name: &str, offset: i64, key: String, args: Vec<String>) {
+        let k = self.key(key);
+        self.args.extend([name.to_owned(), offset.to_string(), k.to_string(), args.len().to_string()]);
+        self.args.extend(args);
+    }
+}
+
+fn put_args(order_field: &str, order: i64, event_id: &uuid::Uuid, fields: Vec<(&str, String)>) -> Vec<String> {
+    let mut args = vec![order_field.to_owned(), order.to_string(), event_id.to_string()];
+    for (f, v) in fields {
+        args.push(f.to_owned());
+        args.push(v);
+    }
+    args
+}
+
+fn severity(s: Severity) -> &'static str {
+    match s {
+        Severity::Warning => "WARNING",
+        Severity::Critical => "CRITICAL",
+    }
+}
+
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("events always serialize to JSON")
+}
+
+/// Builds the script call for a batch (pure).
+pub fn plan(group: &str, batch: &RedisBatch<'_>) -> ScriptCall {
+    let mut call = ScriptCall::default();
+    call.key(keys::offsets(group));
+    call.args.push(keys::offset_field(batch.topic, batch.partition));
+    call.args.push(batch.next_offset.to_string());
+    for &(offset, event) in &batch.records {
+        match event {
+            Event::ContextChunk(c) => chunk_op(&mut call, offset, c),
+            Event::WindowStats(w) => window_ops(&mut call, offset, w),
+            Event::Degradation(d) => health_op(&mut call, offset, d),
+            Event::Alert(a) => alert_op(&mut call, offset, a),
+            Event::Promotion(p) => role_op(&mut call, offset, p),
+            // Raw inputs live in Postgres; in Redis they only advance the offset.
+            Event::LatencySample(_) | Event::FeedbackRating(_) | Event::DecisionLog(_) => {}
+        }
+    }
+    call
+}
+
+fn chunk_op(call: &mut ScriptCall, offset: i64, c: &ContextChunk) {
+    let (op, body) = match c.op {
+        ChunkOp::Upsert => (
+            "UPSERT",
+            json(&serde_json::json!({
+                "chunk_index": c.chunk_index,
+                "content": c.content,
+                "event_id": c.event_id.to_string(),
+                "occurred_at": c.occurred_at,
+                "source": c.source,
+            })),
+        ),
+        ChunkOp::Delete => ("DELETE", String::new()),
+    };
+    let args = vec![
+        c.file_path.clone(),
+        c.chunk_index.to_string(),
+        c.occurred_at.to_string(),
+        c.event_id.to_string(),
+        op.to_owned(),
+        body,
+    ];
+    call.op("chunk", offset, keys::context(&c.project_id), args);
+}
+
+fn window_ops(call: &mut ScriptCall, offset: i64, w: &WindowStats) {
+    let common = |extra: Vec<(&'static str, String)>| {
+        let mut f = vec![
+            ("subject", w.subject.clone()),
+            ("component", w.component.clone()),
+            ("window_start", w.window_start.to_string()),
+            ("window_end", w.window_end.to_string()),
+            ("event_id", w.event_id.to_string()),
+            ("occurred_at", w.occurred_at.to_string()),
+            ("source", w.source.clone()),
+        ];
+        f.extend(extra);
+        f
+    };
+    if let Some(l) = &w.latency {
+        let mut extra = vec![
+            ("count", l.count.to_string()),
+            ("error_count", l.error_count.to_string()),
+            ("error_rate", l.error_rate.to_string()),
+            ("p50_ms", l.p50_ms.to_string()),
+            ("p95_ms", l.p95_ms.to_string()),
+            ("p99_ms", l.p99_ms.to_string()),
+        ];
+        if let Some(e) = &w.endpoint {
+            extra.push(("endpoint", e.clone()));
+        }
+        let args = put_args("window_end", w.window_end, &w.event_id, common(extra));
+        call.op("put", offset, keys::latency(&w.component, w.endpoint.as_deref()), args);
+    }
+    if let Some(u) = &w.uncertainty {
+        let mut extra = vec![
+            ("ratings", u.ratings.to_string()),
+            ("positive", u.positive.to_string()),
+            ("approval_rate", u.approval_rate.to_string()),
+            ("wilson_lower", u.wilson_lower.to_string()),
+            ("uncertainty", u.uncertainty.to_string()),
+            ("decisions", u.decisions.to_string()),
+        ];
+        if let Some(p) = &w.project_id {
+            extra.push(("project_id", p.clone()));
+        }
+        if let Some(m) = u.predicted_mean {
+            extra.push(("predicted_mean", m.to_string()));
+        }
+        if let Some(g) = u.calibration_gap {
+            extra.push(("calibration_gap", g.to_string()));
+        }
+        let args = put_args("window_end", w.window_end, &w.event_id, common(extra));
+        call.op("put", offset, keys::uncertainty(w.project_id.as_deref(), &w.component), args);
+    }
+}
+
+fn health_op(call: &mut ScriptCall, offset: i64, d: &Degradation) {
+    let status = match d.kind {
+        DegradationKind::Degraded => "DEGRADED",
+        DegradationKind::Recovered => "HEALTHY",
+    };
+    let fields = vec![
+        ("component", d.component.clone()),
+        ("status", status.to_owned()),
+        ("since", d.window_end.to_string()),
+        ("window_end", d.window_end.to_string()),
+        ("reason", d.reason.clone()),
+        ("p95_ms", d.p95_ms.to_string()),
+        ("error_rate", d.error_rate.to_string()),
+        ("event_id", d.event_id.to_string()),
+        ("occurred_at", d.occurred_at.to_string()),
+    ];
+    call.op("put", offset, keys::health(&d.component), put_args("window_end", d.window_end, &d.event_id, fields));
+}
+
+fn alert_op(call: &mut ScriptCall, offset: i64, a: &Alert) {
+    let status = match a.status {
+        AlertStatus::Firing => "FIRING",
+        AlertStatus::Resolved => "RESOLVED",
+    };
+    let args = vec![
+        keys::alert_field(&a.rule, &a.subject, severity(a.severity)),
+        status.to_owned(),
+        a.window_end.to_string(),
+        a.event_id.to_string(),
+        json(a),
+    ];
+    call.op("alert", offset, keys::ALERTS.to_owned(), args);
+}
+
+fn role_op(call: &mut ScriptCall, offset: i64, p: &Promotion) {
+    let primary = call.key(keys::STORE_PRIMARY.to_owned());
+    let args = vec![p.store.clone(), p.occurred_at.to_string(), p.event_id.to_string(), json(p), primary.to_string()];
+    call.op("role", offset, keys::STORE_ROLES.to_owned(), args);
+}
+
+/// Redis sink: a connection manager (reconnects by itself) and the script.
+#[derive(Clone)]
+pub struct RedisSink {
+    con: ConnectionManager,
+    script: redis::Script,
+}
+
+impl std::fmt::Debug for RedisSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSink").field("script", &self.script.get_hash()).finish_non_exhaustive()
+    }
+}
+
+impl RedisSink {
+    /// Connects (a few quick retries, then the error) and loads the script.
+    pub async fn connect(url: &str) -> Result<RedisSink> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Config(format!("REDIS_URL is not a valid Redis URL: {}", e)))?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(30));
+        let mut con =
+            client.get_connection_manager_with_config(config).await.map_err(Error::redis("connect"))?;
+        let script = redis::Script::new(APPLY_LUA);
+        script.prepare_invoke().load_async(&mut con).await.map_err(Error::redis("load apply script"))?;
+        Ok(RedisSink { con, script })
+    }
+
+    /// A round trip to Redis (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        let mut con = self.con.clone();
+        let _: String = redis::cmd("PING").query_async(&mut con).await.map_err(Error::redis("ping"))?;
+        Ok(())
+    }
+
+    /// Applies a batch atomically unless Redis already holds its offset.
+    pub async fn apply(&self, group: &str, batch: &RedisBatch<'_>) -> Result<RedisOutcome> {
+        let call = plan(group, batch);
+        let mut inv = self.script.prepare_invoke();
+        for k in &call.keys {
+            inv.key(k);
+        }
+        for a in &call.args {
+            inv.arg(a);
+        }
+        let mut con = self.con.clone();
+        let (applied, previous, writes): (i64, i64, i64) =
+            inv.invoke_async(&mut con).await.map_err(Error::redis("apply batch"))?;
+        Ok(RedisOutcome {
+            applied: applied == 1,
+            previous_offset: (previous >= 0).then_some(previous),
+            writes: usize::try_from(writes).unwrap_or(0),
+        })
+    }
+
+    /// Stored next offsets of `group` for the given partitions (absent when
+    /// none is stored): where the Redis consumer seeks on assignment.
+    pub async fn stored_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<HashMap<(String, i32), i64>> {
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let fields: Vec<String> = partitions.iter().map(|(t, p)| keys::offset_field(t, *p)).collect();
+        let mut con = self.con.clone();
+        let values: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(keys::offsets(group))
+            .arg(&fields)
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("read stored offsets"))?;
+        Ok(partitions.iter().cloned().zip(values).filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::*;
+    use uuid::Uuid;
+
+    const T: i64 = 1_750_000_000_000;
+
+    fn batch<'a>(records: Vec<(i64, &'a Event)>) -> RedisBatch<'a> {
+        RedisBatch { topic: "udo.writes.v1", partition: 3, next_offset: 100, records }
+    }
+
+    #[test]
+    fn header_is_offsets_key_field_and_next_offset() {
+        let call = plan("udo-materialize-redis", &batch(vec![]));
+        assert_eq!(call.keys, ["udo:offsets:udo-materialize-redis"]);
+        assert_eq!(call.args, ["udo.writes.v1:3", "100"]);
+    }
+
+    #[test]
+    fn chunks_of_one_project_share_a_key_and_carry_json() {
+        let c = |id: u128, file: &str, op| {
+            Event::ContextChunk(ContextChunk {
+                event_id: Uuid::from_u128(id),
+                occurred_at: T,
+                source: "s".into(),
+                project_id: "atlas".into(),
+                file_path: file.into(),
+                chunk_index: 2,
+                op,
+                content: "fn main() {}".into(),
+                embedding: Some(vec![0.1; 4]),
+            })
+        };
+        let (a, b) = (c(1, "src/a.rs", ChunkOp::Upsert), c(2, "src/b.rs", ChunkOp::Delete));
+        let call = plan("g", &batch(vec![(7, &a), (8, &b)]));
+        assert_eq!(call.keys, ["udo:offsets:g", "project:atlas:context"]);
+        let ops = &call.args[2..];
+        assert_eq!(&ops[..4], ["chunk", "7", "2", "6"]);
+        assert_eq!(&ops[4..9], ["src/a.rs", "2", &T.to_string(), &Uuid::from_u128(1).to_string(), "UPSERT"]);
+        let body: serde_json::Value = serde_json::from_str(&ops[9]).unwrap();
+        assert_eq!(body["content"], "fn main() {}");
+        assert!(body.get("embedding").is_none(), "vectors stay in Postgres");
+        assert_eq!(&ops[10..14], ["chunk", "8", "2", "6"]);
+        assert_eq!(ops[18], "DELETE");
+    }
+
+    #[test]
+    fn windows_health_alerts_and_promotions_map_to_their_keys() {
+        let w = Event::WindowStats(WindowStats {
+            event_id: Uuid::from_u128(1),
+            occurred_at: T,
+            source: "analyze".into(),
+            subject: "atlas|search".into(),
+            component: "search".into(),
+            endpoint: None,
+            project_id: Some("atlas".into()),
+            window_start: T - 300_000,
+            window_end: T,
+            latency: None,
+            uncertainty: Some(UncertaintyStats {
+                ratings: 10,
+                positive: 4,
+                approval_rate: 0.4,
+                wilson_lower: 0.17,
+                uncertainty: 0.83,
+                decisions: 3,
+                predicted_mean: None,
+                calibration_gap: None,
+            }),
+        });
+        let d = Event::Degradation(Degradation {
+            event_id: Uuid::from_u128(2),
+            occurred_at: T,
+            source: "analyze".into(),
+            component: "checkout".into(),
+            kind: DegradationKind::Degraded,
+            reason: "slow".into(),
+            p95_ms: 250.0,
+            error_rate: 0.0,
+            consecutive_windows: 2,
+            window_start: T - 300_000,
+            window_end: T,
+        });
+        let p = Event::Promotion(Promotion {
+            event_id: Uuid::from_u128(3),
+            occurred_at: T,
+            source: "m".into(),
+            store: "postgres".into(),
+            from_role: StoreRole::Shadow,
+            to_role: StoreRole::Primary,
+            success_ratio: 1.0,
+            attempts: 100,
+            lag: 0,
+            reason: String::new(),
+        });
+        let call = plan("g", &batch(vec![(1, &w), (2, &d), (3, &p)]));
+        assert_eq!(
+            call.keys,
+            ["udo:offsets:g", "udo:uncertainty:atlas:search", "udo:health:checkout", "udo:store:primary", "udo:store:roles"]
+        );
+        let health_at = call.args.iter().position(|a| a == "DEGRADED").unwrap();
+        assert_eq!(call.args[health_at - 1], "status");
+        assert!(!call.args.iter().any(|a| a == "predicted_mean"), "absent optional stats are not written");
+        let role = call.args.iter().position(|a| a == "role").unwrap();
+        assert_eq!(call.args[role + 2], "5", "roles hash");
+        assert_eq!(call.args.last().unwrap(), "4", "primary key index");
+    }
+}

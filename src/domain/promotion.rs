@@ -239,9 +239,7 @@ mod tests {
         let relaxed = PromotionConfig { max_lag: 100, ..PromotionConfig::default() };
         let mut q = StorePromotion::new("redis");
         let got: Vec<_> = (0..100)
-            .filter_map(|i| {
-                q.record(&relaxed, "s", Attempt { first_attempt_ok: true, lag: 100, at: T0 + i * 1000 })
-            })
+            .filter_map(|i| q.record(&relaxed, "s", Attempt { first_attempt_ok: true, lag: 100, at: T0 + i * 1000 }))
             .collect();
         assert_eq!(got.len(), 1);
     }
@@ -261,7 +259,10 @@ mod tests {
         let ids: std::collections::HashSet<_> = a.iter().map(|(_, e)| e.event_id).collect();
         assert_eq!(ids.len(), 3);
         // Same store and transition at another position: another id; another store: another id.
-        assert_eq!(a[0].1.event_id, output_id(&["promotion", "postgres", "SHADOW", "PRIMARY", &(T0 + 99_000).to_string()]));
+        assert_eq!(
+            a[0].1.event_id,
+            output_id(&["promotion", "postgres", "SHADOW", "PRIMARY", &(T0 + 99_000).to_string()])
+        );
         let mut r = StorePromotion::new("redis");
         let other = feed(&mut r, 0, &pattern(100, 0), 0);
         assert_ne!(other[0].1.event_id, a[0].1.event_id);

@@ -151,7 +151,11 @@ impl PgSink {
 
     /// Stored next offsets of `group` for the given partitions (absent when
     /// none is stored): where a consumer seeks on assignment.
-    pub async fn stored_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<HashMap<(String, i32), i64>> {
+    pub async fn stored_offsets(
+        &self,
+        group: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<HashMap<(String, i32), i64>> {
         let topics: Vec<&str> = partitions.iter().map(|p| p.0.as_str()).collect();
         let parts: Vec<i32> = partitions.iter().map(|p| p.1).collect();
         let rows: Vec<(String, i32, i64)> = sqlx::query_as(sql::STORED_OFFSETS)
@@ -251,7 +255,12 @@ impl PgTxn {
     }
 
     /// Offsets of rows of `table` whose stored payload differs.
-    async fn mismatched<T>(&mut self, table: &'static str, rows: &[plan::Row<'_, T>], id: impl Fn(&T) -> Uuid) -> Result<Vec<Reject>> {
+    async fn mismatched<T>(
+        &mut self,
+        table: &'static str,
+        rows: &[plan::Row<'_, T>],
+        id: impl Fn(&T) -> Uuid,
+    ) -> Result<Vec<Reject>> {
         let (q, args) = sql::mismatches(table, rows, &id);
         let offs: Vec<i64> = sqlx::query_scalar_with(&q, args)
             .fetch_all(&mut *self.tx)
@@ -296,15 +305,18 @@ impl PgTxn {
                 return Err(Error::Postgres { op: "copy latency".into(), source: e });
             }
             copy.finish().await.map_err(Error::postgres("copy latency"))?;
-            out.inserted += self.exec("insert latency samples", &sql::insert_latency_from_stage(), PgArguments::default()).await?;
+            out.inserted +=
+                self.exec("insert latency samples", &sql::insert_latency_from_stage(), PgArguments::default()).await?;
             out.rejects.extend(self.mismatched("latency_samples", &p.latency, |e| e.event_id).await?);
         }
         out.absorb(self.insert_checked("uncertainty_feedback", &p.feedback, sql::feedback, |e| e.event_id).await?);
         out.absorb(self.insert_checked("uncertainty_logs", &p.decisions, sql::decisions, |e| e.event_id).await?);
         out.absorb(self.insert_checked("project_context_events", &p.chunks, sql::chunk_events, |e| e.event_id).await?);
-        let lw = self.insert_checked("latency_windows", &p.latency_windows, sql::latency_windows, |e| e.event_id).await?;
-        let uw =
-            self.insert_checked("uncertainty_windows", &p.uncertainty_windows, sql::uncertainty_windows, |e| e.event_id).await?;
+        let lw =
+            self.insert_checked("latency_windows", &p.latency_windows, sql::latency_windows, |e| e.event_id).await?;
+        let uw = self
+            .insert_checked("uncertainty_windows", &p.uncertainty_windows, sql::uncertainty_windows, |e| e.event_id)
+            .await?;
         out.inserted += lw.inserted + uw.inserted;
         // The same window can be rejected by both tables: report it once.
         let mut window_rejects: Vec<Reject> = Vec::new();

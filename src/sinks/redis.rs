@@ -418,12 +418,16 @@ impl RedisSink {
     pub async fn connect(url: &str) -> Result<RedisSink> {
         let client = redis::Client::open(url)
             .map_err(|e| Error::Config(format!("REDIS_URL is not a valid Redis URL: {}", e)))?;
+        // redis-rs hands `factor` to backon as the exponential multiplier
+        // (its default of 100 means a second retry waits ~100 s): keep the
+        // manager's own reconnect short; the pipeline's backoff does the rest.
         let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
+            .set_number_of_retries(1)
+            .set_factor(2)
+            .set_max_delay(2000)
             .set_connection_timeout(Duration::from_secs(5))
             .set_response_timeout(Duration::from_secs(30));
-        let mut con =
-            client.get_connection_manager_with_config(config).await.map_err(Error::redis("connect"))?;
+        let mut con = client.get_connection_manager_with_config(config).await.map_err(Error::redis("connect"))?;
         let script = redis::Script::new(APPLY_LUA);
         script.prepare_invoke().load_async(&mut con).await.map_err(Error::redis("load apply script"))?;
         Ok(RedisSink { con, script })
@@ -458,7 +462,11 @@ impl RedisSink {
 
     /// Stored next offsets of `group` for the given partitions (absent when
     /// none is stored): where the Redis consumer seeks on assignment.
-    pub async fn stored_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<HashMap<(String, i32), i64>> {
+    pub async fn stored_offsets(
+        &self,
+        group: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<HashMap<(String, i32), i64>> {
         if partitions.is_empty() {
             return Ok(HashMap::new());
         }
@@ -573,7 +581,13 @@ mod tests {
         let call = plan("g", &batch(vec![(1, &w), (2, &d), (3, &p)]));
         assert_eq!(
             call.keys,
-            ["udo:offsets:g", "udo:uncertainty:atlas:search", "udo:health:checkout", "udo:store:primary", "udo:store:roles"]
+            [
+                "udo:offsets:g",
+                "udo:uncertainty:atlas:search",
+                "udo:health:checkout",
+                "udo:store:primary",
+                "udo:store:roles"
+            ]
         );
         let health_at = call.args.iter().position(|a| a == "DEGRADED").unwrap();
         assert_eq!(call.args[health_at - 1], "status");

@@ -51,3 +51,58 @@ pub fn apply_topics(prefix: &str) {
     let out = udo_ok(&["topics", "apply", "--topic-prefix", prefix]);
     assert!(out.contains("8 created"), "{out}");
 }
+
+/// A new, empty PostgreSQL database on the `DATABASE_URL` server (the stack's
+/// user may CREATE DATABASE), named after the test; returns its URL. Fails
+/// loudly when the server is unreachable. Drop it with [`drop_database`].
+pub async fn fresh_database(test: &str) -> String {
+    use sqlx::{Connection, Executor};
+    let url = std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: run integration tests with scripts/test (it starts the stack and exports it)",
+    );
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at DATABASE_URL is unreachable ({e}); start it with scripts/stack up"));
+    let name = format!("udo_it_{}_{}", test.to_lowercase(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.expect("create test database");
+    let _ = conn.close().await;
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url.as_str(), String::new()),
+    };
+    let (server, _db) = base.rsplit_once('/').expect("DATABASE_URL has a database path");
+    format!("{server}/{name}{query}")
+}
+
+/// Drops a database made by [`fresh_database`] (best effort; open pool
+/// connections are terminated).
+pub async fn drop_database(url: &str) {
+    use sqlx::{Connection, Executor};
+    let name = url.rsplit_once('/').map(|(_, n)| n.split('?').next().unwrap_or(n)).unwrap_or_default().to_owned();
+    let Ok(admin) = std::env::var("DATABASE_URL") else { return };
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+        let _ = conn.execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str()).await;
+        let _ = conn.close().await;
+    }
+}
+
+/// The `REDIS_URL` server's database number `db`, flushed: each test that
+/// touches Redis owns one number (tests/stores.rs uses 11..=15). Fails loudly
+/// when Redis is unreachable.
+pub async fn fresh_redis_db(db: u32) -> String {
+    let url = std::env::var("REDIS_URL")
+        .expect("REDIS_URL is not set: run integration tests with scripts/test (it starts the stack and exports it)");
+    let base = url.trim_end_matches('/');
+    let base = match base.rsplit_once('/') {
+        Some((server, last)) if last.parse::<u32>().is_ok() && server.contains("://") => server,
+        _ => base,
+    };
+    let url = format!("{base}/{db}");
+    let client = redis::Client::open(url.as_str()).expect("REDIS_URL parses");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("Redis at REDIS_URL is unreachable ({e}); start it with scripts/stack up"));
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut con).await.expect("FLUSHDB");
+    url
+}

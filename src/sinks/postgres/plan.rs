@@ -403,7 +403,11 @@ mod tests {
 
     #[test]
     fn project_activity_spans_accepted_input_events() {
-        let evs = [chunk(1, T + 5, "a.rs", 0, ChunkOp::Upsert), decision(2, 10), chunk(3, T + 99, "b.rs", 0, ChunkOp::Delete)];
+        let evs = [
+            chunk(1, T + 5, "a.rs", 0, ChunkOp::Upsert),
+            decision(2, 10),
+            chunk(3, T + 99, "b.rs", 0, ChunkOp::Delete),
+        ];
         let recs: Vec<(i64, &Event)> = evs.iter().enumerate().map(|(i, e)| (i as i64, e)).collect();
         let p = plan(&recs, &limits());
         let act = project_activity(&p, &[2].into_iter().collect());

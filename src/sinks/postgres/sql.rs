@@ -160,7 +160,7 @@ impl Unnest {
     }
 
     /// `UNNEST(...) AS u(...)`.
-    pub fn from_clause(&self) -> String {
+    pub fn unnest_clause(&self) -> String {
         let params: Vec<String> = self.cols.iter().enumerate().map(|(i, c)| format!("${}::{}[]", i + 1, c.1)).collect();
         let names: Vec<&str> = self.cols.iter().map(|c| c.0.as_str()).collect();
         format!("UNNEST({}) AS u({})", params.join(", "), names.join(", "))
@@ -174,7 +174,7 @@ impl Unnest {
             "INSERT INTO {table} ({}) SELECT {} FROM {} {tail}",
             targets.join(", "),
             exprs.join(", "),
-            self.from_clause()
+            self.unnest_clause()
         )
     }
 }
@@ -183,7 +183,12 @@ fn map<T, U>(rows: &[Row<'_, T>], f: impl Fn(&T) -> U) -> Vec<U> {
     rows.iter().map(|r| f(r.event)).collect()
 }
 
-fn header<T>(rows: &[Row<'_, T>], id: impl Fn(&T) -> Uuid, at: impl Fn(&T) -> i64, source: impl Fn(&T) -> String) -> Unnest {
+fn header<T>(
+    rows: &[Row<'_, T>],
+    id: impl Fn(&T) -> Uuid,
+    at: impl Fn(&T) -> i64,
+    source: impl Fn(&T) -> String,
+) -> Unnest {
     let mut u = Unnest::new(rows.len());
     u.col("event_id", "uuid", map(rows, id))
         .col("payload_hash", "uuid", rows.iter().map(|r| r.hash).collect())
@@ -258,7 +263,7 @@ pub fn upsert_contexts(rows: &[Row<'_, ContextChunk>]) -> (String, PgArguments) 
              content = EXCLUDED.content, embedding = EXCLUDED.embedding
          WHERE (c.occurred_at, c.event_id) < (EXCLUDED.occurred_at, EXCLUDED.event_id)",
         ts = ts("u.occurred_ms"),
-        from = u.from_clause()
+        from = u.unnest_clause()
     );
     (sql, u.args)
 }
@@ -275,7 +280,7 @@ pub fn delete_contexts(rows: &[Row<'_, ContextChunk>]) -> (String, PgArguments) 
         "DELETE FROM project_contexts c USING {}
          WHERE c.project_id = u.project_id AND c.file_path = u.file_path AND c.chunk_index = u.chunk_index
            AND (c.occurred_at, c.event_id) < ({}, u.event_id)",
-        u.from_clause(),
+        u.unnest_clause(),
         ts("u.occurred_ms")
     );
     (sql, u.args)
@@ -413,12 +418,14 @@ pub fn projects(activity: &std::collections::BTreeMap<String, (i64, i64)>) -> (S
 /// Offsets of rows whose event id is stored in `table` with another payload hash.
 pub fn mismatches<T>(table: &str, rows: &[Row<'_, T>], id: impl Fn(&T) -> Uuid) -> (String, PgArguments) {
     let mut u = Unnest::new(rows.len());
-    u.col("event_id", "uuid", map(rows, id))
-        .col("payload_hash", "uuid", rows.iter().map(|r| r.hash).collect())
-        .col("off", "int8", rows.iter().map(|r| r.offset).collect());
+    u.col("event_id", "uuid", map(rows, id)).col("payload_hash", "uuid", rows.iter().map(|r| r.hash).collect()).col(
+        "off",
+        "int8",
+        rows.iter().map(|r| r.offset).collect(),
+    );
     let sql = format!(
         "SELECT u.off FROM {} JOIN {table} t ON t.event_id = u.event_id WHERE t.payload_hash <> u.payload_hash",
-        u.from_clause()
+        u.unnest_clause()
     );
     (sql, u.args)
 }
@@ -440,7 +447,11 @@ mod tests {
     #[test]
     fn unnest_insert_converts_ms_columns_to_timestamps() {
         let mut u = Unnest::new(1);
-        u.col("event_id", "uuid", vec![Uuid::nil()]).ts_col("occurred_at", vec![1i64]).col("p95_ms", "float8", vec![1.0f64]);
+        u.col("event_id", "uuid", vec![Uuid::nil()]).ts_col("occurred_at", vec![1i64]).col(
+            "p95_ms",
+            "float8",
+            vec![1.0f64],
+        );
         assert_eq!(
             u.insert("t", "ON CONFLICT DO NOTHING"),
             "INSERT INTO t (event_id, occurred_at, p95_ms) SELECT u.event_id, \

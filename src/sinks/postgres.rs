@@ -20,7 +20,7 @@ pub use plan::{Reject, RejectReason, payload_hash};
 
 use crate::domain::{Event, Limits};
 use crate::error::{Error, Result};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPoolOptions, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, Postgres};
 use sqlx::{Connection, Executor, PgPool, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -222,7 +222,9 @@ impl PgTxn {
     /// Writes a batch's rows and stores `batch.next_offset` for `group`.
     /// Rejected records are not written; they are returned so the caller can
     /// DLQ them before [`commit`](Self::commit). May be called for several
-    /// batches (partitions) before one commit.
+    /// batches (partitions) before one commit. After an error the
+    /// transaction is aborted: drop it (that rolls back) and retry the batch
+    /// in a new one.
     pub async fn write(&mut self, group: &str, batch: &PgBatch<'_>) -> Result<PgOutcome> {
         let plan = plan::plan(&batch.records, &self.limits);
         let mut out = PgOutcome { rejects: plan.rejects.clone(), events: plan.events, ..PgOutcome::default() };
@@ -249,8 +251,9 @@ impl PgTxn {
         self.tx.rollback().await.map_err(Error::postgres("rollback"))
     }
 
-    async fn exec(&mut self, op: &str, sql: &str, args: PgArguments) -> Result<u64> {
-        let done = sqlx::query_with(sql, args).execute(&mut *self.tx).await.map_err(Error::postgres(op))?;
+    async fn exec(&mut self, op: &str, stmt: sql::Stmt) -> Result<u64> {
+        let args = stmt.args.map_err(|e| Error::Failed(format!("postgres: {op}: {e}")))?;
+        let done = sqlx::query_with(&stmt.sql, args).execute(&mut *self.tx).await.map_err(Error::postgres(op))?;
         Ok(done.rows_affected())
     }
 
@@ -261,8 +264,9 @@ impl PgTxn {
         rows: &[plan::Row<'_, T>],
         id: impl Fn(&T) -> Uuid,
     ) -> Result<Vec<Reject>> {
-        let (q, args) = sql::mismatches(table, rows, &id);
-        let offs: Vec<i64> = sqlx::query_scalar_with(&q, args)
+        let stmt = sql::mismatches(table, rows, &id);
+        let args = stmt.args.map_err(|e| Error::Failed(format!("postgres: check event ids of {table}: {e}")))?;
+        let offs: Vec<i64> = sqlx::query_scalar_with(&stmt.sql, args)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(Error::postgres(format!("check event ids of {table}")))?;
@@ -288,7 +292,7 @@ impl PgTxn {
         }
         let u = unnest(rows);
         let q = u.insert(table, sql::ON_EVENT_ID_DO_NOTHING);
-        let inserted = self.exec(&format!("insert into {table}"), &q, u.args).await?;
+        let inserted = self.exec(&format!("insert into {table}"), u.stmt(q)).await?;
         let rejects = self.mismatched(table, rows, id).await?;
         Ok(PgOutcome { rejects, inserted, events: 0 })
     }
@@ -306,7 +310,7 @@ impl PgTxn {
             }
             copy.finish().await.map_err(Error::postgres("copy latency"))?;
             out.inserted +=
-                self.exec("insert latency samples", &sql::insert_latency_from_stage(), PgArguments::default()).await?;
+                self.exec("insert latency samples", sql::Stmt::plain(sql::insert_latency_from_stage())).await?;
             out.rejects.extend(self.mismatched("latency_samples", &p.latency, |e| e.event_id).await?);
         }
         out.absorb(self.insert_checked("uncertainty_feedback", &p.feedback, sql::feedback, |e| e.event_id).await?);
@@ -361,23 +365,19 @@ impl PgTxn {
         let chunks: Vec<_> = p.chunks.iter().filter(|r| !rejected.contains(&r.offset)).copied().collect();
         let (upserts, deletes) = plan::split_ops(plan::newest_chunks(&chunks));
         if !upserts.is_empty() {
-            let (q, args) = sql::upsert_contexts(&upserts);
-            self.exec("upsert project_contexts", &q, args).await?;
+            self.exec("upsert project_contexts", sql::upsert_contexts(&upserts)).await?;
         }
         if !deletes.is_empty() {
-            let (q, args) = sql::delete_contexts(&deletes);
-            self.exec("delete from project_contexts", &q, args).await?;
+            self.exec("delete from project_contexts", sql::delete_contexts(&deletes)).await?;
         }
         let degradations: Vec<_> = p.degradations.iter().filter(|r| !rejected.contains(&r.offset)).copied().collect();
         let health = plan::newest_health(&degradations);
         if !health.is_empty() {
-            let (q, args) = sql::health(&health);
-            self.exec("upsert health_state", &q, args).await?;
+            self.exec("upsert health_state", sql::health(&health)).await?;
         }
         let activity = plan::project_activity(p, rejected);
         if !activity.is_empty() {
-            let (q, args) = sql::projects(&activity);
-            self.exec("upsert projects", &q, args).await?;
+            self.exec("upsert projects", sql::projects(&activity)).await?;
         }
         Ok(())
     }

@@ -119,17 +119,36 @@ pub fn vector_text(v: &[f32]) -> String {
     s
 }
 
+/// A statement and its bind values.
+pub struct Stmt {
+    pub sql: String,
+    /// Err names a value that could not be encoded (the statement must not run).
+    pub args: Result<PgArguments, String>,
+}
+
+impl Stmt {
+    pub fn plain(sql: String) -> Stmt {
+        Stmt { sql, args: Ok(PgArguments::default()) }
+    }
+}
+
 /// A set-based statement over parallel arrays: `SELECT … FROM UNNEST($1::t1[], $2::t2[], …) AS u(c1, c2, …)`.
 pub struct Unnest {
     /// (name in `u`, element type, target column, select expression)
     cols: Vec<(String, &'static str, String, String)>,
-    pub args: PgArguments,
-    pub len: usize,
+    args: PgArguments,
+    error: Option<String>,
+    len: usize,
 }
 
 impl Unnest {
     pub fn new(len: usize) -> Self {
-        Unnest { cols: Vec::new(), args: PgArguments::default(), len }
+        Unnest { cols: Vec::new(), args: PgArguments::default(), error: None, len }
+    }
+
+    /// The statement `sql` (built from this, e.g. by [`Unnest::insert`]) with these binds.
+    pub fn stmt(self, sql: String) -> Stmt {
+        Stmt { sql, args: self.error.map_or(Ok(self.args), Err) }
     }
 
     /// Adds a column `name` of Postgres element type `ty`, one value per row.
@@ -152,9 +171,9 @@ impl Unnest {
         T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + sqlx::postgres::PgHasArrayType + Send,
     {
         debug_assert_eq!(values.len(), self.len, "column {name}");
-        // Encoding a Vec of a supported element type cannot fail; if it ever
-        // did, the statement would fail on its missing parameter.
-        let _ = self.args.add(values);
+        if let Err(e) = self.args.add(values) {
+            self.error.get_or_insert(format!("encode column {name}: {e}"));
+        }
         self.cols.push((name, ty, target, expr));
         self
     }
@@ -239,7 +258,7 @@ pub fn chunk_events(rows: &[Row<'_, ContextChunk>]) -> Unnest {
 /// Upserts the newest chunk per key into `project_contexts`, unless the
 /// ledger already holds a newer event for that key (a later UPSERT, already
 /// applied, or a DELETE tombstone): newer wins by (occurred_at, event_id).
-pub fn upsert_contexts(rows: &[Row<'_, ContextChunk>]) -> (String, PgArguments) {
+pub fn upsert_contexts(rows: &[Row<'_, ContextChunk>]) -> Stmt {
     let mut u = Unnest::new(rows.len());
     u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
         .col("file_path", "text", map(rows, |e| e.file_path.clone()))
@@ -265,11 +284,11 @@ pub fn upsert_contexts(rows: &[Row<'_, ContextChunk>]) -> (String, PgArguments) 
         ts = ts("u.occurred_ms"),
         from = u.unnest_clause()
     );
-    (sql, u.args)
+    u.stmt(sql)
 }
 
 /// Deletes chunks older than the newest DELETE per key (idempotent).
-pub fn delete_contexts(rows: &[Row<'_, ContextChunk>]) -> (String, PgArguments) {
+pub fn delete_contexts(rows: &[Row<'_, ContextChunk>]) -> Stmt {
     let mut u = Unnest::new(rows.len());
     u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
         .col("file_path", "text", map(rows, |e| e.file_path.clone()))
@@ -283,7 +302,7 @@ pub fn delete_contexts(rows: &[Row<'_, ContextChunk>]) -> (String, PgArguments) 
         u.unnest_clause(),
         ts("u.occurred_ms")
     );
-    (sql, u.args)
+    u.stmt(sql)
 }
 
 fn window_cols<'a>(u: &mut Unnest, rows: &[Row<'a, WindowStats>]) {
@@ -376,7 +395,7 @@ pub fn promotions(rows: &[Row<'_, Promotion>]) -> Unnest {
 }
 
 /// Health per component from its newest degradation; a newer window wins.
-pub fn health(rows: &[&Degradation]) -> (String, PgArguments) {
+pub fn health(rows: &[&Degradation]) -> Stmt {
     let mut u = Unnest::new(rows.len());
     let status = |e: &Degradation| match e.kind {
         DegradationKind::Degraded => "DEGRADED",
@@ -396,11 +415,11 @@ pub fn health(rows: &[&Degradation]) -> (String, PgArguments) {
              error_rate = EXCLUDED.error_rate
          WHERE (h.since, h.event_id) < (EXCLUDED.since, EXCLUDED.event_id)",
     );
-    (sql, u.args)
+    u.stmt(sql)
 }
 
 /// Projects with their first/last event time; only ever widens the span.
-pub fn projects(activity: &std::collections::BTreeMap<String, (i64, i64)>) -> (String, PgArguments) {
+pub fn projects(activity: &std::collections::BTreeMap<String, (i64, i64)>) -> Stmt {
     let mut u = Unnest::new(activity.len());
     u.col("project_id", "text", activity.keys().cloned().collect())
         .ts_col("first_seen_at", activity.values().map(|v| v.0).collect())
@@ -412,11 +431,11 @@ pub fn projects(activity: &std::collections::BTreeMap<String, (i64, i64)>) -> (S
              last_seen_at = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at)
          WHERE p.first_seen_at > EXCLUDED.first_seen_at OR p.last_seen_at < EXCLUDED.last_seen_at",
     );
-    (sql, u.args)
+    u.stmt(sql)
 }
 
 /// Offsets of rows whose event id is stored in `table` with another payload hash.
-pub fn mismatches<T>(table: &str, rows: &[Row<'_, T>], id: impl Fn(&T) -> Uuid) -> (String, PgArguments) {
+pub fn mismatches<T>(table: &str, rows: &[Row<'_, T>], id: impl Fn(&T) -> Uuid) -> Stmt {
     let mut u = Unnest::new(rows.len());
     u.col("event_id", "uuid", map(rows, id)).col("payload_hash", "uuid", rows.iter().map(|r| r.hash).collect()).col(
         "off",
@@ -427,7 +446,7 @@ pub fn mismatches<T>(table: &str, rows: &[Row<'_, T>], id: impl Fn(&T) -> Uuid) 
         "SELECT u.off FROM {} JOIN {table} t ON t.event_id = u.event_id WHERE t.payload_hash <> u.payload_hash",
         u.unnest_clause()
     );
-    (sql, u.args)
+    u.stmt(sql)
 }
 
 pub const STORE_OFFSET: &str = "INSERT INTO consumer_offsets AS o (consumer_group, topic, partition, next_offset)

@@ -2,6 +2,7 @@
 //! own file; this one parses and dispatches.
 
 mod produce;
+mod run;
 mod schemas;
 mod tail;
 mod topics;
@@ -26,6 +27,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run pipelines (analyze, materialize-postgres, materialize-redis).
+    Run(run::RunArgs),
     /// Publish synthetic events (realistic distributions, injectable incidents).
     Produce(produce::ProduceArgs),
     /// Decode and print a topic, one JSON line per record.
@@ -41,6 +44,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> Result<()> {
     let shutdown = Shutdown::install();
     match cli.command {
+        Command::Run(args) => run::run(cli.common, args, shutdown).await,
         Command::Produce(args) => produce::run(cli.common, args, shutdown).await,
         Command::Tail(args) => tail::run(cli.common, args, shutdown).await,
         Command::Topics(cmd) => topics::run(cli.common, cmd).await,

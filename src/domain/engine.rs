@@ -50,6 +50,21 @@ pub struct TaskState {
     ratings: Windows<RatingKey, RatingAgg>,
     components: BTreeMap<String, ComponentRules>,
     uncertainty: BTreeMap<RatingKey, UncertaintyRules>,
+    /// Newest event time per input of the ratings windows.
+    rating_inputs: BTreeMap<Source, i64>,
+    /// Inputs declared idle by the caller (excluded from the watermark).
+    idle: std::collections::BTreeSet<Source>,
+}
+
+/// The two inputs of the ratings windows. Their watermark is the slower
+/// one's (Flink's rule for multi-input operators), so decision logs, which
+/// take one more hop through the repartition topic, are not declared late
+/// because ratings ran ahead; an input idle for `idle_timeout` stops holding
+/// it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Source {
+    Feedback,
+    Decisions,
 }
 
 /// An input the engine consumes.
@@ -100,8 +115,12 @@ impl Engine {
             ratings: Windows::new(cfg.spec),
             components: BTreeMap::new(),
             uncertainty: BTreeMap::new(),
+            rating_inputs: BTreeMap::new(),
+            idle: Default::default(),
         };
-        Engine { cfg, state }
+        let mut engine = Engine { cfg, state };
+        engine.limit_ratings();
+        engine
     }
 
     /// Resumes from a checkpoint. A state built with another window shape
@@ -135,17 +154,52 @@ impl Engine {
                 self.state.latency.add((s.component.clone(), None), s.occurred_at, &sample)?;
                 self.state.latency.add((s.component.clone(), Some(s.endpoint.clone())), s.occurred_at, &sample)
             }
-            Input::Rating(r) => self.state.ratings.add(
-                (r.project_id.clone(), r.component.clone()),
-                r.occurred_at,
-                &RatingItem::Rating(r.rating),
-            ),
-            Input::Decision(d) => self.state.ratings.add(
-                (d.project_id.clone(), d.component.clone()),
-                d.occurred_at,
-                &RatingItem::Decision(d.uncertainty_score),
-            ),
+            Input::Rating(r) => {
+                let added = self.state.ratings.add(
+                    (r.project_id.clone(), r.component.clone()),
+                    r.occurred_at,
+                    &RatingItem::Rating(r.rating),
+                );
+                self.observe(Source::Feedback, r.occurred_at);
+                added
+            }
+            Input::Decision(d) => {
+                let added = self.state.ratings.add(
+                    (d.project_id.clone(), d.component.clone()),
+                    d.occurred_at,
+                    &RatingItem::Decision(d.uncertainty_score),
+                );
+                self.observe(Source::Decisions, d.occurred_at);
+                added
+            }
         }
+    }
+
+    fn observe(&mut self, source: Source, t: i64) {
+        let max = self.state.rating_inputs.entry(source).or_insert(t);
+        *max = (*max).max(t);
+        self.state.idle.remove(&source);
+        self.limit_ratings();
+    }
+
+    /// Declares an input of the ratings windows idle (or active again).
+    pub fn set_idle(&mut self, source: Source, idle: bool) {
+        let changed = if idle { self.state.idle.insert(source) } else { self.state.idle.remove(&source) };
+        if changed {
+            self.limit_ratings();
+        }
+    }
+
+    /// Ratings watermark = the slowest active input's; an active input with
+    /// no event yet holds everything.
+    fn limit_ratings(&mut self) {
+        let lateness = self.cfg.spec.allowed_lateness_ms;
+        let limit = [Source::Feedback, Source::Decisions]
+            .into_iter()
+            .filter(|s| !self.state.idle.contains(s))
+            .map(|s| self.state.rating_inputs.get(&s).map_or(i64::MIN / 2, |t| t - lateness))
+            .min();
+        self.state.ratings.limit_watermark(limit);
     }
 
     /// The stream's inputs have been silent for `idle_ms` of wall clock:

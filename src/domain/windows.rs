@@ -83,11 +83,22 @@ pub struct Windows<K: Ord + Clone, A: Aggregate> {
     idle_watermark: Option<i64>,
     /// Every window with end <= this has been emitted.
     closed_through: Option<i64>,
+    /// Cap on the event watermark when several inputs feed these windows:
+    /// the slowest input's watermark (see `limit_watermark`).
+    #[serde(default)]
+    limit: Option<i64>,
 }
 
 impl<K: Ord + Clone, A: Aggregate + Clone> Windows<K, A> {
     pub fn new(spec: WindowSpec) -> Self {
-        Windows { spec, panes: BTreeMap::new(), max_event_time: None, idle_watermark: None, closed_through: None }
+        Windows {
+            spec,
+            panes: BTreeMap::new(),
+            max_event_time: None,
+            idle_watermark: None,
+            closed_through: None,
+            limit: None,
+        }
     }
 
     pub fn spec(&self) -> WindowSpec {
@@ -96,6 +107,10 @@ impl<K: Ord + Clone, A: Aggregate + Clone> Windows<K, A> {
 
     pub fn watermark(&self) -> Option<i64> {
         let event = self.max_event_time.map(|t| t - self.spec.allowed_lateness_ms);
+        let event = match (event, self.limit) {
+            (Some(e), Some(l)) => Some(e.min(l)),
+            (e, _) => e,
+        };
         match (event, self.idle_watermark) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -106,7 +121,13 @@ impl<K: Ord + Clone, A: Aggregate + Clone> Windows<K, A> {
     pub fn add(&mut self, key: K, t: i64, item: &A::Item) -> Result<(), Late> {
         // Late: the first window holding `t` ended at or behind the watermark,
         // so it is (or will be, at the next `close`) emitted without it.
-        if let Some(watermark) = self.watermark() {
+        // A capped watermark may sit behind windows already emitted; those
+        // are closed whatever the watermark says.
+        let closed = match (self.watermark(), self.closed_through) {
+            (Some(w), Some(c)) => Some(w.max(c)),
+            (w, c) => w.or(c),
+        };
+        if let Some(watermark) = closed {
             let first_window_end = self.spec.first_window_end(t);
             if first_window_end <= watermark {
                 return Err(Late { first_window_end, watermark });
@@ -115,6 +136,14 @@ impl<K: Ord + Clone, A: Aggregate + Clone> Windows<K, A> {
         self.max_event_time = Some(self.max_event_time.map_or(t, |m| m.max(t)));
         self.panes.entry(key).or_default().entry(self.spec.pane_of(t)).or_default().add(item);
         Ok(())
+    }
+
+    /// Caps the event watermark (`None` lifts the cap). With several inputs
+    /// the watermark is the slowest input's, as in Flink: an input running
+    /// behind another does not see its events declared late. Never moves the
+    /// watermark back past windows already closed.
+    pub fn limit_watermark(&mut self, limit: Option<i64>) {
+        self.limit = limit;
     }
 
     /// Moves the watermark by wall-clock idleness: the partition saw its last

@@ -1,4 +1,108 @@
 //! Pipelines: each is a consumer group running a `Stage` on the shared
-//! `runner` loop (DESIGN §2). `run` starts any subset in one process.
+//! `runner` loop (DESIGN §2). `start` runs any subset in one process, each
+//! on its own thread, with one metrics/health endpoint.
 
+pub mod analyze;
 pub mod runner;
+
+use crate::codec::OutputFormat;
+use crate::config::{CommonArgs, Settings};
+use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
+use crate::sinks::checkpoints::CheckpointStore;
+use crate::sources::kafka::Assignor;
+use crate::telemetry::Readiness;
+use runner::RunnerConfig;
+
+/// The pipelines of DESIGN §2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Pipeline {
+    Analyze,
+    MaterializePostgres,
+    MaterializeRedis,
+}
+
+impl Pipeline {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pipeline::Analyze => "analyze",
+            Pipeline::MaterializePostgres => "materialize-postgres",
+            Pipeline::MaterializeRedis => "materialize-redis",
+        }
+    }
+
+    /// Consumer group (`udo-<pipeline>`, after the topic prefix so test runs
+    /// and environments sharing a cluster never share a group).
+    pub fn group(self, common: &CommonArgs) -> String {
+        format!("{}udo-{}", common.topic_prefix, self.name())
+    }
+}
+
+/// Everything `start` needs besides the common flags.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub pipelines: Vec<Pipeline>,
+    pub settings: Settings,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub output_format: OutputFormat,
+}
+
+fn need<'a>(value: &'a Option<String>, what: &str, pipeline: Pipeline) -> Result<&'a str> {
+    value.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| {
+        Error::Config(format!("pipeline {} needs {what} (set the flag or the environment variable)", pipeline.name()))
+    })
+}
+
+/// Runs the chosen pipelines until shutdown; the first failure stops the others.
+pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, readiness: Readiness) -> Result<()> {
+    let rt = tokio::runtime::Handle::current();
+    let mut handles = Vec::new();
+    for &p in &opts.pipelines {
+        let group = p.group(&common);
+        match p {
+            Pipeline::Analyze => {
+                let url = need(&opts.database_url, "--database-url / DATABASE_URL (checkpoints)", p)?;
+                let store = CheckpointStore::connect(url, &group).await?;
+                let topics = analyze::AnalyzeTopics::with_prefix(&common.topic_prefix);
+                let s = &opts.settings;
+                let cfg = RunnerConfig {
+                    pipeline: analyze::PIPELINE,
+                    brokers: common.brokers.clone(),
+                    group,
+                    topics: topics.inputs(),
+                    assignor: Assignor::Range,
+                    batch_size: s.materialize.batch_size,
+                    linger: s.materialize.linger,
+                    retry_min_delay: s.materialize.retry_min_delay,
+                    retry_max_delay: s.materialize.retry_max_delay,
+                };
+                let stage = analyze::AnalyzeStage::new(
+                    rt.clone(),
+                    s.analyze.clone(),
+                    common.codec(opts.output_format),
+                    &common.topics(),
+                    topics,
+                    &common.brokers,
+                    store,
+                    shutdown.clone(),
+                    readiness.clone(),
+                )?;
+                let (sd, rd) = (shutdown.clone(), readiness.clone());
+                handles.push((p, tokio::task::spawn_blocking(move || runner::run(cfg, stage, sd, rd))));
+            }
+            Pipeline::MaterializePostgres | Pipeline::MaterializeRedis => {
+                return Err(Error::Config(format!("pipeline {} is not available in this build yet", p.name())));
+            }
+        }
+    }
+    let mut first_error = None;
+    for (p, h) in handles {
+        let result = h.await.map_err(|e| Error::Failed(format!("pipeline {} panicked: {e}", p.name())))?;
+        if let Err(e) = result {
+            tracing::error!(pipeline = p.name(), "failed: {e}");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,18 +100,31 @@ impl RunnerConfig {
     }
 }
 
-/// Offsets stored so far, for the lag gauge.
-type Positions = Arc<Mutex<HashMap<Tp, i64>>>;
-
 struct RunnerContext<S: Stage> {
     cfg: RunnerConfig,
     stage: Arc<Mutex<S>>,
-    positions: Positions,
     shutdown: Shutdown,
     readiness: Readiness,
 }
 
-impl<S: Stage> ClientContext for RunnerContext<S> {}
+impl<S: Stage> ClientContext for RunnerContext<S> {
+    /// librdkafka's statistics carry the lag per partition from its own fetch
+    /// responses: the high watermark minus the stored (durable) offset. No
+    /// extra broker round trips.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (id, p) in &t.partitions {
+                if *id < 0 || p.fetch_state == "none" || p.hi_offset < 0 {
+                    continue;
+                }
+                let lag = if p.consumer_lag_stored >= 0 { p.consumer_lag_stored } else { p.consumer_lag };
+                if lag >= 0 {
+                    ConsumerLag { pipeline: self.cfg.pipeline, topic, partition: *id, lag }.emit();
+                }
+            }
+        }
+    }
+}
 
 fn parts_of(tpl: &TopicPartitionList) -> Vec<Tp> {
     tpl.elements().iter().map(|e| Tp::new(e.topic(), e.partition())).collect()
@@ -137,12 +150,10 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                     let result = self.stage.lock().expect("stage lock").assigned(&parts);
                     match result {
                         Ok(offsets) => {
-                            let mut positions = self.positions.lock().expect("positions lock");
                             for (tp, off) in offsets {
                                 if let Err(e) = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(off)) {
                                     tracing::error!(pipeline, "cannot resume {tp} at {off}: {e}");
                                 }
-                                positions.insert(tp, off);
                             }
                             break;
                         }
@@ -179,12 +190,6 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                         tracing::warn!(pipeline, "commit on revoke failed (the next owner replays): {e}");
                     }
                 }
-                {
-                    let mut positions = self.positions.lock().expect("positions lock");
-                    for tp in &parts {
-                        positions.remove(tp);
-                    }
-                }
                 let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = r {
                     tracing::error!(pipeline, "unassign failed: {e}");
@@ -212,11 +217,9 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
     readiness.set(&format!("{pipeline}.assigned"), Err("waiting for partitions".into()));
     readiness.set(&format!("{pipeline}.sinks"), Ok(()));
     let stage = Arc::new(Mutex::new(stage));
-    let positions: Positions = Default::default();
     let ctx = RunnerContext {
         cfg: cfg.clone(),
         stage: stage.clone(),
-        positions: positions.clone(),
         shutdown: shutdown.clone(),
         readiness: readiness.clone(),
     };
@@ -235,13 +238,8 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
             // A partition revoked meanwhile: its new owner resumes from the stage's own offsets.
             tracing::debug!(pipeline, "offset store skipped: {e}");
         }
-        let mut p = positions.lock().expect("positions lock");
-        for (tp, off) in offsets {
-            p.insert(tp, off);
-        }
     };
 
-    let mut last_lag = Instant::now();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(cfg.batch_size);
     while !shutdown.requested() {
         // Fill a batch: wait up to 100 ms for the first record, then up to `linger`.
@@ -276,10 +274,6 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
         match ticked {
             Ok(offsets) => store(offsets),
             Err(e) => tracing::warn!(pipeline, "tick: {e}"),
-        }
-        if last_lag.elapsed() >= Duration::from_secs(5) {
-            last_lag = Instant::now();
-            report_lag(pipeline, &consumer, &positions);
         }
     }
     tracing::info!(pipeline, "stopping: finishing in-flight work");
@@ -358,22 +352,5 @@ pub fn sink_of(e: &Error) -> &'static str {
         Error::Redis { .. } => "redis",
         Error::Kafka { .. } => "kafka",
         _ => "other",
-    }
-}
-
-fn report_lag<C: ConsumerContext>(pipeline: &'static str, consumer: &BaseConsumer<C>, positions: &Positions) {
-    let Ok(assignment) = consumer.assignment() else { return };
-    let known = positions.lock().expect("positions lock").clone();
-    let current = consumer.position().ok();
-    for e in assignment.elements() {
-        let tp = Tp::new(e.topic(), e.partition());
-        let Ok((low, high)) = consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(1)) else {
-            continue;
-        };
-        let done = known.get(&tp).copied().or_else(|| {
-            current.as_ref().and_then(|c| c.find_partition(&tp.topic, tp.partition)).and_then(|p| p.offset().to_raw())
-        });
-        let lag = (high - done.filter(|d| *d >= 0).unwrap_or(low)).max(0);
-        ConsumerLag { pipeline, topic: &tp.topic, partition: tp.partition, lag }.emit();
     }
 }

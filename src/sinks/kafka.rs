@@ -58,3 +58,52 @@ impl ProducerContext for DeliveryCounter {
 pub fn counting_producer(brokers: &str) -> Result<ThreadedProducer<DeliveryCounter>> {
     producer_config(brokers).create_with_context(DeliveryCounter::default()).map_err(Error::kafka("create producer"))
 }
+
+/// One record to produce.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Sends every record and returns once the broker acknowledged all of them
+/// (the proof an effect is durable), or the first failure. A full local
+/// queue waits instead of failing.
+pub async fn produce_all(producer: &rdkafka::producer::FutureProducer, records: &[Outgoing]) -> Result<()> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    let mut pending = Vec::with_capacity(records.len());
+    for r in records {
+        loop {
+            let mut record = FutureRecord::to(&r.topic).key(r.key.as_slice()).payload(r.payload.as_slice());
+            if !r.headers.is_empty() {
+                let mut hs = OwnedHeaders::new_with_capacity(r.headers.len());
+                for (k, v) in &r.headers {
+                    hs = hs.insert(Header { key: k, value: Some(v) });
+                }
+                record = record.headers(hs);
+            }
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(Error::Kafka { op: format!("produce to {}", r.topic), source: e }),
+            }
+        }
+    }
+    for (delivery, r) in pending.into_iter().zip(records) {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(Error::Kafka { op: format!("deliver to {}", r.topic), source: e }),
+            Err(_) => return Err(Error::Failed(format!("producer dropped a delivery to {}", r.topic))),
+        }
+    }
+    Ok(())
+}

@@ -69,6 +69,8 @@ pub fn group_config_with(brokers: &str, group: &str, assignor: Assignor) -> Clie
         // A sink outage holds a batch in retry without polling; stay in the
         // group through a long one rather than rebalancing mid-retry.
         .set("max.poll.interval.ms", "600000")
+        // Lag per partition comes from these statistics (udo_consumer_lag_records).
+        .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("client.id", format!("udo-stream-{group}"));

@@ -17,4 +17,6 @@ pub mod names {
     pub const DEGRADATIONS: &str = "udo.degradations.v1";
     pub const PROMOTIONS: &str = "udo.promotions.v1";
     pub const DLQ: &str = "udo.dlq.v1";
+    /// Internal: decision logs re-keyed by component for the analyzer.
+    pub const DECISIONS_BY_COMPONENT: &str = "udo.analyze.decisions.v1";
 }

@@ -15,6 +15,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("udo.degradations.v1.yaml", include_str!("../../topics/udo.degradations.v1.yaml")),
     ("udo.promotions.v1.yaml", include_str!("../../topics/udo.promotions.v1.yaml")),
     ("udo.dlq.v1.yaml", include_str!("../../topics/udo.dlq.v1.yaml")),
+    ("udo.analyze.decisions.v1.yaml", include_str!("../../topics/udo.analyze.decisions.v1.yaml")),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -191,6 +192,7 @@ mod tests {
             super::super::names::DEGRADATIONS,
             super::super::names::PROMOTIONS,
             super::super::names::DLQ,
+            super::super::names::DECISIONS_BY_COMPONENT,
         ] {
             assert!(names.contains(&n), "{n} missing");
         }

@@ -313,3 +313,40 @@ fn severity_and_kind_names_are_the_contract_ones() {
     assert!(out.iter().any(|e| matches!(e, Event::Alert(a) if a.severity == Severity::Critical && a.status == AlertStatus::Firing)));
     assert!(out.iter().any(|e| matches!(e, Event::Degradation(d) if d.kind == DegradationKind::Recovered)));
 }
+
+#[test]
+fn a_lagging_input_holds_the_ratings_watermark_until_it_is_idle() {
+    let mut e = Engine::new(cfg());
+    let mut out = Vec::new();
+    // Ratings run ten minutes ahead of decisions (which take one more hop).
+    for m in 0..10 {
+        e.ingest(Input::Rating(&rating(m * MIN, "atlas", "search", true))).unwrap();
+    }
+    e.close(&mut out);
+    assert!(out.is_empty(), "no decision seen yet: the decisions input holds every window open");
+    for m in 0..10 {
+        e.ingest(Input::Decision(&decision(m * MIN + 1, "atlas", "search", 40))).expect("not late");
+    }
+    e.close(&mut out);
+    let first = out.iter().find_map(|ev| match ev {
+        Event::WindowStats(w) => w.uncertainty.clone().map(|u| (w.window_end / MIN, u.ratings, u.decisions)),
+        _ => None,
+    });
+    assert_eq!(first, Some((1, 1, 1)), "the first window holds both inputs");
+    // Decisions stop; once declared idle, ratings alone drive the watermark.
+    for m in 10..20 {
+        e.ingest(Input::Rating(&rating(m * MIN, "atlas", "search", true))).unwrap();
+    }
+    out.clear();
+    e.close(&mut out);
+    assert!(out.is_empty(), "held by the decisions input at minute 9");
+    e.set_idle(Source::Decisions, true);
+    e.close(&mut out);
+    let last_end = out.iter().filter_map(|ev| match ev {
+        Event::WindowStats(w) => Some(w.window_end / MIN),
+        _ => None,
+    }).max();
+    assert_eq!(last_end, Some(18), "watermark 19 min − 30 s");
+    // A decision behind already-closed windows is late, not folded in.
+    assert!(e.ingest(Input::Decision(&decision(12 * MIN, "atlas", "search", 40))).is_err());
+}

@@ -76,6 +76,8 @@ impl CommonArgs {
 pub struct Settings {
     pub analyze: AnalyzeSettings,
     pub materialize: MaterializeSettings,
+    /// `[promotion]`: store promotion thresholds (DESIGN §4).
+    pub promotion: crate::domain::promotion::PromotionConfig,
 }
 
 /// `[analyze]`: windows, evaluation minimums and rule thresholds (DESIGN §4).

@@ -3,6 +3,7 @@
 //! on its own thread, with one metrics/health endpoint.
 
 pub mod analyze;
+pub mod materialize;
 pub mod runner;
 
 use crate::codec::OutputFormat;
@@ -92,7 +93,9 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
                 handles.push((p, tokio::task::spawn_blocking(move || runner::run(cfg, stage, sd, rd))));
             }
             Pipeline::MaterializePostgres | Pipeline::MaterializeRedis => {
-                return Err(Error::Config(format!("pipeline {} is not available in this build yet", p.name())));
+                let job = materialize::prepare(p, &common, &opts, group, readiness.clone()).await?;
+                let (sd, rd) = (shutdown.clone(), readiness.clone());
+                handles.push((p, tokio::task::spawn_blocking(move || job.run(sd, rd))));
             }
         }
     }

@@ -460,6 +460,56 @@ impl RedisSink {
         })
     }
 
+    /// Applies several batches (one per partition) in one round trip: a
+    /// pipeline of EVALSHA calls, each atomic and fenced on its own, so a
+    /// failure part-way leaves every partition either applied or not. After
+    /// a Redis restart the script cache is empty (NOSCRIPT): the script is
+    /// loaded again and the pipeline resent, which the fences make safe.
+    pub async fn apply_all(&self, group: &str, batches: &[RedisBatch<'_>]) -> Result<Vec<RedisOutcome>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let calls: Vec<ScriptCall> = batches.iter().map(|b| plan(group, b)).collect();
+        let mut pipe = redis::pipe();
+        for call in &calls {
+            pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(call.keys.len()).arg(&call.keys).arg(&call.args);
+        }
+        let mut con = self.con.clone();
+        let replies: Vec<(i64, i64, i64)> = match pipe.query_async(&mut con).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                self.script.load_async(&mut con).await.map_err(Error::redis("reload apply script"))?;
+                pipe.query_async(&mut con).await.map_err(Error::redis("apply batches"))?
+            }
+            Err(e) => return Err(Error::Redis { op: "apply batches".into(), source: e }),
+        };
+        Ok(replies
+            .into_iter()
+            .map(|(applied, previous, writes)| RedisOutcome {
+                applied: applied == 1,
+                previous_offset: (previous >= 0).then_some(previous),
+                writes: usize::try_from(writes).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// The latest promotion event stored for `store` (`udo:store:roles`), if any.
+    pub async fn store_role(&self, store: &str) -> Result<Option<Promotion>> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(keys::STORE_ROLES)
+            .arg(store)
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis("read store role"))?;
+        match raw {
+            None => Ok(None),
+            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
+                Error::Failed(format!("redis: {} field {store} is not a promotion: {e}", keys::STORE_ROLES))
+            }),
+        }
+    }
+
     /// Stored next offsets of `group` for the given partitions (absent when
     /// none is stored): where the Redis consumer seeks on assignment.
     pub async fn stored_offsets(

@@ -238,3 +238,37 @@ impl AnalyzeProgress {
         }
     }
 }
+
+/// A materializer's first-attempt write success over its promotion window,
+/// and its role (1 = PRIMARY, 0 = SHADOW).
+pub struct SinkSuccessRatio {
+    pub pipeline: &'static str,
+    pub sink: &'static str,
+    pub ratio: f64,
+    pub primary: bool,
+}
+
+impl SinkSuccessRatio {
+    pub fn emit(&self) {
+        gauge!("udo_sink_success_ratio", "pipeline" => self.pipeline, "sink" => self.sink).set(self.ratio);
+        let primary = if self.primary { 1.0 } else { 0.0 };
+        gauge!("udo_store_primary", "pipeline" => self.pipeline, "sink" => self.sink).set(primary);
+    }
+}
+
+/// A store changed role (SHADOW ↔ PRIMARY).
+pub struct PromotionEmitted<'a> {
+    pub pipeline: &'static str,
+    pub store: &'a str,
+    pub to_role: &'static str,
+    pub reason: &'a str,
+}
+
+impl PromotionEmitted<'_> {
+    pub fn emit(&self) {
+        tracing::info!(pipeline = self.pipeline, store = self.store, "store is now {}: {}", self.to_role, self.reason);
+        counter!("udo_promotions_total", "pipeline" => self.pipeline, "store" => self.store.to_string(),
+            "to_role" => self.to_role)
+        .increment(1);
+    }
+}

@@ -1,0 +1,114 @@
+//! `materialize-postgres`: every input and output topic into PostgreSQL +
+//! pgvector through `sinks::postgres` (DESIGN §5).
+//!
+//! One runner batch is ONE transaction: each partition's rows and its next
+//! offset are written with `PgTxn::write`, the records the database refuses
+//! (a reused event id with another payload, a value a table cannot hold) go
+//! to the DLQ together with the undecodable ones, and only when the broker
+//! has acknowledged them does the transaction commit. So a crash anywhere
+//! leaves either the whole batch with its offsets or none of it, and the
+//! restart resumes at the offsets stored with the rows (loaded on
+//! assignment). A failed attempt rolls back and is retried by the runner
+//! with the partitions paused; dead letters already acknowledged are not
+//! sent twice.
+
+use super::{Common, Written, common_stage};
+use crate::domain::Promotion;
+use crate::error::{Error, Result};
+use crate::pipeline::runner::{Offsets, Stage, Tp};
+use crate::sinks::dlq::Reason;
+use crate::sinks::postgres::{PgBatch, PgSink};
+use rdkafka::message::OwnedMessage;
+use std::time::Duration;
+
+pub const PIPELINE: &str = "materialize-postgres";
+
+pub struct PostgresStage {
+    c: Common,
+    sink: PgSink,
+}
+
+impl PostgresStage {
+    pub(crate) fn new(c: Common, sink: PgSink) -> PostgresStage {
+        PostgresStage { c, sink }
+    }
+}
+
+/// The newest promotion event Postgres holds for `store`.
+pub async fn latest_promotion(sink: &PgSink, store: &str) -> Result<Option<Promotion>> {
+    let row: Option<(serde_json::Value,)> = sqlx::query_as(
+        "SELECT json_build_object(
+             'event_id', event_id, 'occurred_at', (extract(epoch FROM occurred_at) * 1000)::int8,
+             'source', source, 'store', store, 'from_role', from_role, 'to_role', to_role,
+             'success_ratio', success_ratio, 'attempts', attempts, 'lag', lag, 'reason', reason)
+         FROM promotions WHERE store = $1 ORDER BY occurred_at DESC, event_id DESC LIMIT 1",
+    )
+    .bind(store)
+    .fetch_optional(sink.pool())
+    .await
+    .map_err(Error::postgres("read the latest promotion"))?;
+    match row {
+        None => Ok(None),
+        Some((json,)) => serde_json::from_value(json)
+            .map(Some)
+            .map_err(|e| Error::Failed(format!("postgres: promotions row is not a promotion: {e}"))),
+    }
+}
+
+/// Writes one decoded batch in one transaction (see the module docs).
+async fn write(c: &mut Common, sink: &PgSink, batch: &[OwnedMessage]) -> Result<Written> {
+    let decoded = c.decode(batch)?;
+    if decoded.parts.is_empty() {
+        return Ok(Written::default());
+    }
+    let mut dead = decoded.dead;
+    let mut txn = sink.begin().await?;
+    let mut records = 0u64;
+    for part in &decoded.parts {
+        let b = PgBatch {
+            topic: &part.tp.topic,
+            partition: part.tp.partition,
+            next_offset: part.next_offset,
+            records: part.events.iter().map(|(o, e)| (*o, e)).collect(),
+        };
+        let out = txn.write(&c.group, &b).await?;
+        records += out.events as u64;
+        for r in out.rejects {
+            match part.msgs.get(&r.offset) {
+                Some(m) => dead.push((*m, Reason { class: r.reason.class().into(), message: r.to_string() })),
+                None => return Err(Error::Failed(format!("postgres rejected {r}, which is not in the batch"))),
+            }
+        }
+    }
+    c.send_dead(&dead).await?;
+    txn.commit().await?;
+    let offsets = decoded.parts.iter().map(|p| (p.tp.clone(), p.next_offset)).collect();
+    Ok(Written { offsets, records, at: decoded.at })
+}
+
+impl Stage for PostgresStage {
+    fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {
+        let keys: Vec<(String, i32)> = parts.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect();
+        let stored = self.c.rt.block_on(self.sink.stored_offsets(&self.c.group, &keys))?;
+        Ok(self.c.assign(parts, stored))
+    }
+
+    fn process(&mut self, batch: &[OwnedMessage]) -> Result<Offsets> {
+        let sink = &self.sink;
+        self.c.attempt(batch, |c| c.rt.clone().block_on(write(c, sink, batch)))
+    }
+
+    fn tick(&mut self) -> Result<Offsets> {
+        let sink = &self.sink;
+        self.c.tick(|c| {
+            c.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(2), sink.ping())
+                    .await
+                    .map_err(|_| Error::Failed("postgres: ping timed out".into()))?
+            })
+        });
+        Ok(Vec::new())
+    }
+
+    common_stage!();
+}

@@ -133,7 +133,9 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
     // Record type -> (contract topic, its declared records, full topic name).
     let topics = common.topics();
     let mut routes: HashMap<String, (String, Vec<String>, String)> = HashMap::new();
-    for spec in topics.specs() {
+    // The analyzer's internal repartition topic also declares DecisionLog;
+    // producers publish decision logs to udo.writes.v1 (DESIGN §1).
+    for spec in topics.specs().iter().filter(|s| s.name != crate::topics::names::DECISIONS_BY_COMPONENT) {
         for r in spec.records() {
             routes.entry(r.clone()).or_insert((spec.name.clone(), spec.records().to_vec(), common.topic(&spec.name)));
         }

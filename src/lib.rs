@@ -1,5 +1,6 @@
 //! udo-stream: an event-driven stream processor (see README for the map).
 
+pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod config;

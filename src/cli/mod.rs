@@ -1,6 +1,7 @@
 //! The `udo-stream` command line (DESIGN §7). Each subcommand lives in its
 //! own file; this one parses and dispatches.
 
+mod bench;
 mod produce;
 mod run;
 mod schemas;
@@ -39,6 +40,9 @@ pub enum Command {
     /// Avro schemas (`schemas/*.avsc`).
     #[command(subcommand)]
     Schemas(schemas::SchemasCommand),
+    /// Benchmarks (build with --release).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -49,5 +53,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tail(args) => tail::run(cli.common, args, shutdown).await,
         Command::Topics(cmd) => topics::run(cli.common, cmd).await,
         Command::Schemas(cmd) => schemas::run(cli.common, cmd).await,
+        Command::Bench(cmd) => bench::run_bench(cli.common, cmd).await,
     }
 }

@@ -1,0 +1,540 @@
+//! `udo-stream bench materialize`: the materializers' store paths against
+//! the fastest plain ways to load the same rows, in one run, on the same
+//! data and batch size (issue 3's targets: Postgres ≥ 50% of binary COPY
+//! and ≥ 2× multi-row INSERT; Redis ≥ 50% of a raw pipelined write).
+//!
+//! Kafka and decoding are excluded from every variant: events are generated
+//! in memory (the seeded `produce all` mix) and each variant is timed from
+//! its first store round trip to its last commit. What each variant does:
+//! - materializer: `PgSink` exactly as `materialize-postgres` uses it: per
+//!   batch one transaction with idempotent set-based writes (COPY for
+//!   latency samples), the reuse check, the derived tables
+//!   (project_contexts, projects) and the partition offset;
+//! - COPY: `COPY … (FORMAT binary)` of each batch's event rows into
+//!   same-schema staging tables (`LIKE … INCLUDING ALL`: same columns,
+//!   constraints, primary keys), one transaction per batch, no conflict
+//!   handling, no derived tables, payload hashes computed before timing;
+//! - INSERT: the same rows as multi-row `INSERT … VALUES (…), (…)` into
+//!   another set of staging tables, one transaction per batch.
+//! Redis: context chunks applied by the fenced Lua script (one pipelined
+//! round trip per batch, `RedisSink::apply_all`) against a pipelined
+//! `HSET project:{p}:context {file} {json}` per chunk, `batch` commands per
+//! round trip. The benchmark uses a scratch database (created and dropped)
+//! and a Redis database given by the caller (flushed).
+
+use crate::domain::{ContextChunk, DecisionLog, Event, FeedbackRating, LatencySample};
+use crate::error::{Error, Result};
+use crate::sinks::postgres::{PgBatch, PgSink, payload_hash};
+use crate::sinks::redis::{RedisBatch, RedisSink, keys};
+use crate::synth::{Generator, Kind, SynthConfig, simulated_time};
+use sqlx::{Connection, Executor};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub database_url: String,
+    pub redis_url: String,
+    pub records: usize,
+    pub batch_size: usize,
+    pub embedding_dim: u32,
+    pub seed: u64,
+}
+
+/// Measured throughput of every variant.
+#[derive(Debug, Clone, Default)]
+pub struct BenchReport {
+    pub records: usize,
+    pub batch_size: usize,
+    pub pg_materializer: Duration,
+    pub pg_copy: Duration,
+    pub pg_insert: Duration,
+    pub redis_records: usize,
+    pub redis_materializer: Duration,
+    pub redis_baseline: Duration,
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+impl BenchReport {
+    pub fn lines(&self) -> Vec<String> {
+        let (n, rn) = (self.records, self.redis_records);
+        let m = rate(n, self.pg_materializer);
+        let c = rate(n, self.pg_copy);
+        let i = rate(n, self.pg_insert);
+        let rm = rate(rn, self.redis_materializer);
+        let rb = rate(rn, self.redis_baseline);
+        vec![
+            format!("records: {n} mixed events, batch size {}", self.batch_size),
+            format!("postgres materializer (PgSink, Kafka excluded): {m:>9.0} rows/s"),
+            format!("postgres binary COPY into staging tables:       {c:>9.0} rows/s"),
+            format!("postgres multi-row INSERT into staging tables:  {i:>9.0} rows/s"),
+            format!("=> materializer {m:.0} rows/s = {:.2}x COPY, {:.2}x INSERT", m / c, m / i),
+            format!("redis: {rn} context chunks, batch size {}", self.batch_size),
+            format!("redis materializer (fenced Lua, pipelined):     {rm:>9.0} ops/s"),
+            format!("redis raw pipelined HSET:                       {rb:>9.0} ops/s"),
+            format!("=> materializer {rm:.0} ops/s = {:.2}x the raw pipeline", rm / rb),
+        ]
+    }
+}
+
+/// The seeded `produce all` mix, as in-memory events.
+pub fn events(records: usize, dim: usize, seed: u64) -> Vec<Event> {
+    let start = 1_767_225_600_000;
+    let mut g = Generator::new(SynthConfig::new(dim), seed, start);
+    (0..records).map(|i| g.next(Kind::All, simulated_time(start, i as u64, 1000.0))).collect()
+}
+
+/// Runs every variant and returns the figures.
+pub async fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    let evs = events(cfg.records, cfg.embedding_dim as usize, cfg.seed);
+    let (db_url, name) = scratch_database(&cfg.database_url).await?;
+    let result = async {
+        let sink = PgSink::connect_with(&db_url, cfg.embedding_dim, 2).await?;
+        let mut report = BenchReport { records: evs.len(), batch_size: cfg.batch_size, ..BenchReport::default() };
+        let rows = Rows::of(&evs);
+        report.pg_copy = copy_variant(&sink, &rows, cfg.batch_size).await?;
+        report.pg_insert = insert_variant(&sink, &rows, cfg.batch_size).await?;
+        report.pg_materializer = materializer_variant(&sink, &evs, cfg.batch_size).await?;
+        let chunks: Vec<&Event> = evs.iter().filter(|e| matches!(e, Event::ContextChunk(_))).collect();
+        let more = events(cfg.records, cfg.embedding_dim as usize, cfg.seed + 1);
+        let chunks: Vec<&Event> =
+            chunks.into_iter().chain(more.iter().filter(|e| matches!(e, Event::ContextChunk(_)))).collect();
+        report.redis_records = chunks.len();
+        let (rm, rb) = redis_variants(&cfg.redis_url, &chunks, cfg.batch_size).await?;
+        report.redis_materializer = rm;
+        report.redis_baseline = rb;
+        sink.pool().close().await;
+        Ok::<_, Error>(report)
+    }
+    .await;
+    drop_database(&cfg.database_url, &name).await;
+    result
+}
+
+async fn scratch_database(url: &str) -> Result<(String, String)> {
+    let mut conn = sqlx::PgConnection::connect(url).await.map_err(Error::postgres("connect"))?;
+    let name = format!("udo_bench_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
+        .await
+        .map_err(Error::postgres("create the scratch database (the user needs CREATEDB)"))?;
+    let _ = conn.close().await;
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let server = base.rsplit_once('/').map(|(s, _)| s).unwrap_or(base);
+    Ok((format!("{server}/{name}{query}"), name))
+}
+
+async fn drop_database(url: &str, name: &str) {
+    if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {
+        let _ = conn.execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str()).await;
+        let _ = conn.close().await;
+    }
+}
+
+/// The event rows of a batch split by table, with their payload hashes.
+struct Rows<'a> {
+    /// Records in the whole run.
+    n: usize,
+    latency: Vec<(usize, Uuid, &'a LatencySample)>,
+    feedback: Vec<(usize, Uuid, &'a FeedbackRating)>,
+    decisions: Vec<(usize, Uuid, &'a DecisionLog)>,
+    chunks: Vec<(usize, Uuid, &'a ContextChunk)>,
+}
+
+impl<'a> Rows<'a> {
+    fn of(evs: &'a [Event]) -> Rows<'a> {
+        let mut r =
+            Rows { n: evs.len(), latency: Vec::new(), feedback: Vec::new(), decisions: Vec::new(), chunks: Vec::new() };
+        for (i, e) in evs.iter().enumerate() {
+            let h = payload_hash(e);
+            match e {
+                Event::LatencySample(x) => r.latency.push((i, h, x)),
+                Event::FeedbackRating(x) => r.feedback.push((i, h, x)),
+                Event::DecisionLog(x) => r.decisions.push((i, h, x)),
+                Event::ContextChunk(x) => r.chunks.push((i, h, x)),
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// Rows of records `lo..hi` (the same batches as the materializer's).
+    fn batch(&self, lo: usize, hi: usize) -> Rows<'a> {
+        fn pick<T: Copy>(v: &[(usize, Uuid, T)], lo: usize, hi: usize) -> Vec<(usize, Uuid, T)> {
+            let a = v.partition_point(|x| x.0 < lo);
+            let b = v.partition_point(|x| x.0 < hi);
+            v[a..b].to_vec()
+        }
+        Rows {
+            n: hi.min(self.n) - lo.min(self.n),
+            latency: pick(&self.latency, lo, hi),
+            feedback: pick(&self.feedback, lo, hi),
+            decisions: pick(&self.decisions, lo, hi),
+            chunks: pick(&self.chunks, lo, hi),
+        }
+    }
+}
+
+const TABLES: [&str; 4] = ["latency_samples", "uncertainty_feedback", "uncertainty_logs", "project_context_events"];
+
+async fn staging(sink: &PgSink, prefix: &str) -> Result<()> {
+    for t in TABLES {
+        sqlx::query(&format!("CREATE TABLE {prefix}_{t} (LIKE {t} INCLUDING ALL)"))
+            .execute(sink.pool())
+            .await
+            .map_err(Error::postgres(format!("create staging table {prefix}_{t}")))?;
+    }
+    Ok(())
+}
+
+async fn materializer_variant(sink: &PgSink, evs: &[Event], batch: usize) -> Result<Duration> {
+    let started = Instant::now();
+    for (n, chunk) in evs.chunks(batch).enumerate() {
+        let first = (n * batch) as i64;
+        let records: Vec<(i64, &Event)> = chunk.iter().enumerate().map(|(i, e)| (first + i as i64, e)).collect();
+        let b = PgBatch { topic: "bench", partition: 0, next_offset: first + chunk.len() as i64, records };
+        let out = sink.write_batch("udo-bench", &b, async |_| Ok(())).await?;
+        if !out.rejects.is_empty() {
+            return Err(Error::Failed(format!("bench data rejected: {}", out.rejects[0])));
+        }
+    }
+    Ok(started.elapsed())
+}
+
+// ---- binary COPY
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+struct CopyBuf(Vec<u8>);
+
+impl CopyBuf {
+    fn new() -> CopyBuf {
+        let mut b = b"PGCOPY\n\xff\r\n\0".to_vec();
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b.extend_from_slice(&0i32.to_be_bytes());
+        CopyBuf(b)
+    }
+    fn row(&mut self, fields: i16) {
+        self.0.extend_from_slice(&fields.to_be_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.0.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        self.0.extend_from_slice(v);
+    }
+    fn uuid(&mut self, u: &Uuid) {
+        self.bytes(u.as_bytes());
+    }
+    fn ts(&mut self, ms: i64) {
+        self.bytes(&(ms * 1000 - PG_EPOCH_US).to_be_bytes());
+    }
+    fn text(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+    fn opt_text(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.text(s),
+            None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&(-1i16).to_be_bytes());
+        self.0
+    }
+}
+
+fn outcome(o: crate::domain::Outcome) -> &'static str {
+    match o {
+        crate::domain::Outcome::Ok => "OK",
+        crate::domain::Outcome::Error => "ERROR",
+        crate::domain::Outcome::Timeout => "TIMEOUT",
+    }
+}
+
+fn op(o: crate::domain::ChunkOp) -> &'static str {
+    match o {
+        crate::domain::ChunkOp::Upsert => "UPSERT",
+        crate::domain::ChunkOp::Delete => "DELETE",
+    }
+}
+
+async fn copy_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<Duration> {
+    staging(sink, "bench_copy").await?;
+    let n = rows.n;
+    let started = Instant::now();
+    let mut lo = 0;
+    while lo < n {
+        let b = rows.batch(lo, lo + batch);
+        let mut tx = sink.pool().begin().await.map_err(Error::postgres("begin"))?;
+        let mut bufs: Vec<(&str, Vec<u8>)> = Vec::new();
+        if !b.latency.is_empty() {
+            let mut c = CopyBuf::new();
+            for (_, h, e) in &b.latency {
+                c.row(9);
+                c.uuid(&e.event_id);
+                c.uuid(h);
+                c.ts(e.occurred_at);
+                c.text(&e.source);
+                c.text(&e.component);
+                c.text(&e.endpoint);
+                c.bytes(&e.latency_ms.to_be_bytes());
+                c.text(outcome(e.outcome));
+                match e.status_code {
+                    Some(s) => c.bytes(&s.to_be_bytes()),
+                    None => c.opt_text(None),
+                }
+            }
+            bufs.push(("latency_samples", c.finish()));
+        }
+        if !b.feedback.is_empty() {
+            let mut c = CopyBuf::new();
+            for (_, h, e) in &b.feedback {
+                c.row(9);
+                c.uuid(&e.event_id);
+                c.uuid(h);
+                c.ts(e.occurred_at);
+                c.text(&e.source);
+                c.text(&e.project_id);
+                c.text(&e.component);
+                c.uuid(&e.decision_id);
+                c.bytes(&(e.rating as i16).to_be_bytes());
+                c.opt_text(e.correction.as_deref());
+            }
+            bufs.push(("uncertainty_feedback", c.finish()));
+        }
+        if !b.decisions.is_empty() {
+            let mut c = CopyBuf::new();
+            for (_, h, e) in &b.decisions {
+                c.row(9);
+                c.uuid(&e.event_id);
+                c.uuid(h);
+                c.ts(e.occurred_at);
+                c.text(&e.source);
+                c.text(&e.project_id);
+                c.text(&e.component);
+                c.text(&e.decision);
+                c.bytes(&(e.uncertainty_score as i16).to_be_bytes());
+                c.opt_text(e.rationale.as_deref());
+            }
+            bufs.push(("uncertainty_logs", c.finish()));
+        }
+        if !b.chunks.is_empty() {
+            let mut c = CopyBuf::new();
+            for (_, h, e) in &b.chunks {
+                c.row(8);
+                c.uuid(&e.event_id);
+                c.uuid(h);
+                c.ts(e.occurred_at);
+                c.text(&e.source);
+                c.text(&e.project_id);
+                c.text(&e.file_path);
+                c.bytes(&e.chunk_index.to_be_bytes());
+                c.text(op(e.op));
+            }
+            bufs.push(("project_context_events", c.finish()));
+        }
+        for (table, data) in bufs {
+            let stmt = format!("COPY bench_copy_{table} FROM STDIN (FORMAT binary)");
+            let mut copy = tx.copy_in_raw(&stmt).await.map_err(Error::postgres("copy"))?;
+            if let Err(e) = copy.send(data).await {
+                let _ = copy.abort("send failed").await;
+                return Err(Error::Postgres { op: "copy".into(), source: e });
+            }
+            copy.finish().await.map_err(Error::postgres("copy"))?;
+        }
+        tx.commit().await.map_err(Error::postgres("commit"))?;
+        lo += batch;
+    }
+    Ok(started.elapsed())
+}
+
+// ---- multi-row INSERT
+
+/// A bind value of the INSERT variant.
+enum V<'a> {
+    Uuid(Uuid),
+    Ts(i64),
+    Text(Option<&'a str>),
+    F64(f64),
+    I32(Option<i32>),
+    I16(i16),
+}
+
+async fn insert_rows(tx: &mut sqlx::PgConnection, table: &str, cols: &str, rows: Vec<Vec<V<'_>>>) -> Result<()> {
+    let Some(width) = rows.first().map(Vec::len) else { return Ok(()) };
+    // PostgreSQL takes at most 65535 bind parameters per statement.
+    for chunk in rows.chunks(65_535 / width) {
+        let mut sql = format!("INSERT INTO bench_insert_{table} ({cols}) VALUES ");
+        let mut p = 0;
+        for (i, row) in chunk.iter().enumerate() {
+            sql.push_str(if i == 0 { "(" } else { ",(" });
+            for (j, v) in row.iter().enumerate() {
+                p += 1;
+                if j > 0 {
+                    sql.push(',');
+                }
+                match v {
+                    V::Ts(_) => sql.push_str(&format!("to_timestamp(${p}::float8 / 1000)")),
+                    _ => sql.push_str(&format!("${p}")),
+                }
+            }
+            sql.push(')');
+        }
+        let mut q = sqlx::query(&sql);
+        for row in chunk {
+            for v in row {
+                q = match v {
+                    V::Uuid(u) => q.bind(*u),
+                    V::Ts(ms) => q.bind(*ms),
+                    V::Text(s) => q.bind(*s),
+                    V::F64(f) => q.bind(*f),
+                    V::I32(i) => q.bind(*i),
+                    V::I16(i) => q.bind(*i),
+                };
+            }
+        }
+        q.execute(&mut *tx).await.map_err(Error::postgres(format!("insert into bench_insert_{table}")))?;
+    }
+    Ok(())
+}
+
+async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<Duration> {
+    staging(sink, "bench_insert").await?;
+    let n = rows.n;
+    let head = "event_id, payload_hash, occurred_at, source";
+    let started = Instant::now();
+    let mut lo = 0;
+    while lo < n {
+        let b = rows.batch(lo, lo + batch);
+        let mut tx = sink.pool().begin().await.map_err(Error::postgres("begin"))?;
+        let lat = b
+            .latency
+            .iter()
+            .map(|(_, h, e)| {
+                vec![
+                    V::Uuid(e.event_id),
+                    V::Uuid(*h),
+                    V::Ts(e.occurred_at),
+                    V::Text(Some(&e.source)),
+                    V::Text(Some(&e.component)),
+                    V::Text(Some(&e.endpoint)),
+                    V::F64(e.latency_ms),
+                    V::Text(Some(outcome(e.outcome))),
+                    V::I32(e.status_code),
+                ]
+            })
+            .collect();
+        let cols = format!("{head}, component, endpoint, latency_ms, outcome, status_code");
+        insert_rows(&mut tx, "latency_samples", &cols, lat).await?;
+        let fb = b
+            .feedback
+            .iter()
+            .map(|(_, h, e)| {
+                vec![
+                    V::Uuid(e.event_id),
+                    V::Uuid(*h),
+                    V::Ts(e.occurred_at),
+                    V::Text(Some(&e.source)),
+                    V::Text(Some(&e.project_id)),
+                    V::Text(Some(&e.component)),
+                    V::Uuid(e.decision_id),
+                    V::I16(e.rating as i16),
+                    V::Text(e.correction.as_deref()),
+                ]
+            })
+            .collect();
+        let cols = format!("{head}, project_id, component, decision_id, rating, correction");
+        insert_rows(&mut tx, "uncertainty_feedback", &cols, fb).await?;
+        let dec = b
+            .decisions
+            .iter()
+            .map(|(_, h, e)| {
+                vec![
+                    V::Uuid(e.event_id),
+                    V::Uuid(*h),
+                    V::Ts(e.occurred_at),
+                    V::Text(Some(&e.source)),
+                    V::Text(Some(&e.project_id)),
+                    V::Text(Some(&e.component)),
+                    V::Text(Some(&e.decision)),
+                    V::I16(e.uncertainty_score as i16),
+                    V::Text(e.rationale.as_deref()),
+                ]
+            })
+            .collect();
+        let cols = format!("{head}, project_id, component, decision, uncertainty_score, rationale");
+        insert_rows(&mut tx, "uncertainty_logs", &cols, dec).await?;
+        let ch = b
+            .chunks
+            .iter()
+            .map(|(_, h, e)| {
+                vec![
+                    V::Uuid(e.event_id),
+                    V::Uuid(*h),
+                    V::Ts(e.occurred_at),
+                    V::Text(Some(&e.source)),
+                    V::Text(Some(&e.project_id)),
+                    V::Text(Some(&e.file_path)),
+                    V::I32(Some(e.chunk_index)),
+                    V::Text(Some(op(e.op))),
+                ]
+            })
+            .collect();
+        let cols = format!("{head}, project_id, file_path, chunk_index, op");
+        insert_rows(&mut tx, "project_context_events", &cols, ch).await?;
+        tx.commit().await.map_err(Error::postgres("commit"))?;
+        lo += batch;
+    }
+    Ok(started.elapsed())
+}
+
+// ---- Redis
+
+async fn redis_variants(url: &str, chunks: &[&Event], batch: usize) -> Result<(Duration, Duration)> {
+    let client = redis::Client::open(url).map_err(|e| Error::Config(format!("REDIS_URL: {e}")))?;
+    let mut con = client.get_multiplexed_async_connection().await.map_err(Error::redis("connect"))?;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut con).await.map_err(Error::redis("flushdb"))?;
+    let sink = RedisSink::connect(url).await?;
+    let started = Instant::now();
+    for (n, part) in chunks.chunks(batch).enumerate() {
+        let first = (n * batch) as i64;
+        let records: Vec<(i64, &Event)> = part.iter().enumerate().map(|(i, e)| (first + i as i64, *e)).collect();
+        let b = RedisBatch { topic: "bench", partition: 0, next_offset: first + part.len() as i64, records };
+        sink.apply_all("udo-bench", &[b]).await?;
+    }
+    let materializer = started.elapsed();
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut con).await.map_err(Error::redis("flushdb"))?;
+    // The baseline writes the same JSON the materializer would, one HSET per chunk.
+    let payloads: Vec<(String, String, String)> = chunks
+        .iter()
+        .filter_map(|e| match e {
+            Event::ContextChunk(c) => Some((
+                keys::context(&c.project_id),
+                c.file_path.clone(),
+                serde_json::json!([{
+                    "chunk_index": c.chunk_index, "content": c.content, "event_id": c.event_id.to_string(),
+                    "occurred_at": c.occurred_at, "source": c.source,
+                }])
+                .to_string(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let started = Instant::now();
+    for part in payloads.chunks(batch) {
+        let mut pipe = redis::pipe();
+        for (k, f, v) in part {
+            pipe.cmd("HSET").arg(k).arg(f).arg(v).ignore();
+        }
+        let _: () = pipe.query_async(&mut con).await.map_err(Error::redis("pipelined HSET"))?;
+    }
+    let baseline = started.elapsed();
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut con).await.map_err(Error::redis("flushdb"))?;
+    Ok((materializer, baseline))
+}

@@ -16,6 +16,7 @@
 //!   handling, no derived tables, payload hashes computed before timing;
 //! - INSERT: the same rows as multi-row `INSERT … VALUES (…), (…)` into
 //!   another set of staging tables, one transaction per batch.
+//!
 //! Redis: context chunks applied by the fenced Lua script (one pipelined
 //! round trip per batch, `RedisSink::apply_all`) against a pipelined
 //! `HSET project:{p}:context {file} {json}` per chunk, `batch` commands per

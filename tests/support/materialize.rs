@@ -87,6 +87,16 @@ pub fn materializer(pipelines: &str, prefix: &str, db: &str, redis: &str, env: &
     Materializer { child: cmd.spawn().expect("start udo-stream run"), port }
 }
 
+/// A test that panics must not leave its materializer running.
+impl Drop for Materializer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Materializer {
     /// SIGKILL: no shutdown hook runs.
     pub fn kill9(mut self) {

@@ -110,37 +110,50 @@ while i <= n do
         redis.call('HSET', key, unpack(fv))
         applied = applied + 1
       end
-    elseif op == 'chunk' then
-      -- file path, chunk index, occurred_at, event id, UPSERT|DELETE, chunk JSON
-      local path, idx, occ, id, cop = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4]
+    elseif op == 'chunks' then
+      -- file path, count, then per chunk: record offset, chunk index,
+      -- occurred_at, event id, UPSERT|DELETE, chunk JSON. The file's array
+      -- is decoded once and written once for all of a batch's chunks.
+      local path, cnt = ARGV[a], tonumber(ARGV[a + 1])
       local raw = redis.call('HGET', key, path)
       local chunks = {}
       if raw then chunks = cjson.decode(raw) end
-      local pos = nil
-      for j, c in ipairs(chunks) do
-        if c.chunk_index == idx then pos = j break end
-      end
-      if pos == nil or newer(chunks[pos].occurred_at, chunks[pos].event_id, occ, id) then
-        if cop == 'UPSERT' then
-          local c = cjson.decode(ARGV[a + 5])
-          if pos then
-            chunks[pos] = c
-          else
-            local at = #chunks + 1
-            for j, x in ipairs(chunks) do
-              if x.chunk_index > idx then at = j break end
-            end
-            table.insert(chunks, at, c)
+      local changed = false
+      for j = 0, cnt - 1 do
+        local b = a + 2 + j * 6
+        local coff, idx, occ, id, cop = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+        if coff >= stored then
+          local pos = nil
+          for k, c in ipairs(chunks) do
+            if c.chunk_index == idx then pos = k break end
           end
-        elseif pos then
-          table.remove(chunks, pos)
+          if pos == nil or newer(chunks[pos].occurred_at, chunks[pos].event_id, occ, id) then
+            if cop == 'UPSERT' then
+              local c = cjson.decode(ARGV[b + 5])
+              if pos then
+                chunks[pos] = c
+              else
+                local at = #chunks + 1
+                for k, x in ipairs(chunks) do
+                  if x.chunk_index > idx then at = k break end
+                end
+                table.insert(chunks, at, c)
+              end
+              changed = true
+            elseif pos then
+              table.remove(chunks, pos)
+              changed = true
+            end
+            applied = applied + 1
+          end
         end
+      end
+      if changed then
         if #chunks == 0 then
           redis.call('HDEL', key, path)
         else
           redis.call('HSET', key, path, cjson.encode(chunks))
         end
-        applied = applied + 1
       end
     elseif op == 'alert' then
       -- field, FIRING|RESOLVED, window end, event id, alert JSON
@@ -269,9 +282,19 @@ pub fn plan(group: &str, batch: &RedisBatch<'_>) -> ScriptCall {
     call.key(keys::offsets(group));
     call.args.push(keys::offset_field(batch.topic, batch.partition));
     call.args.push(batch.next_offset.to_string());
+    // Chunks of one (project, file) become one op, in batch order.
+    let mut files: Vec<((&str, &str), Vec<(i64, &ContextChunk)>)> = Vec::new();
+    let mut file_index: HashMap<(&str, &str), usize> = HashMap::new();
     for &(offset, event) in &batch.records {
         match event {
-            Event::ContextChunk(c) => chunk_op(&mut call, offset, c),
+            Event::ContextChunk(c) => {
+                let k = (c.project_id.as_str(), c.file_path.as_str());
+                let i = *file_index.entry(k).or_insert_with(|| {
+                    files.push((k, Vec::new()));
+                    files.len() - 1
+                });
+                files[i].1.push((offset, c));
+            }
             Event::WindowStats(w) => window_ops(&mut call, offset, w),
             Event::Degradation(d) => health_op(&mut call, offset, d),
             Event::Alert(a) => alert_op(&mut call, offset, a),
@@ -280,32 +303,40 @@ pub fn plan(group: &str, batch: &RedisBatch<'_>) -> ScriptCall {
             Event::LatencySample(_) | Event::FeedbackRating(_) | Event::DecisionLog(_) => {}
         }
     }
+    for ((project, file), chunks) in files {
+        chunks_op(&mut call, project, file, &chunks);
+    }
     call
 }
 
-fn chunk_op(call: &mut ScriptCall, offset: i64, c: &ContextChunk) {
-    let (op, body) = match c.op {
-        ChunkOp::Upsert => (
-            "UPSERT",
-            json(&serde_json::json!({
-                "chunk_index": c.chunk_index,
-                "content": c.content,
-                "event_id": c.event_id.to_string(),
-                "occurred_at": c.occurred_at,
-                "source": c.source,
-            })),
-        ),
-        ChunkOp::Delete => ("DELETE", String::new()),
-    };
-    let args = vec![
-        c.file_path.clone(),
-        c.chunk_index.to_string(),
-        c.occurred_at.to_string(),
-        c.event_id.to_string(),
-        op.to_owned(),
-        body,
-    ];
-    call.op("chunk", offset, keys::context(&c.project_id), args);
+fn chunks_op(call: &mut ScriptCall, project: &str, file: &str, chunks: &[(i64, &ContextChunk)]) {
+    let mut args = vec![file.to_owned(), chunks.len().to_string()];
+    for &(offset, c) in chunks {
+        let (op, body) = match c.op {
+            ChunkOp::Upsert => (
+                "UPSERT",
+                json(&serde_json::json!({
+                    "chunk_index": c.chunk_index,
+                    "content": c.content,
+                    "event_id": c.event_id.to_string(),
+                    "occurred_at": c.occurred_at,
+                    "source": c.source,
+                })),
+            ),
+            ChunkOp::Delete => ("DELETE", String::new()),
+        };
+        args.extend([
+            offset.to_string(),
+            c.chunk_index.to_string(),
+            c.occurred_at.to_string(),
+            c.event_id.to_string(),
+            op.to_owned(),
+            body,
+        ]);
+    }
+    // The op runs when any of its chunks is at or past the stored offset.
+    let last = chunks.iter().map(|(o, _)| *o).max().unwrap_or(0);
+    call.op("chunks", last, keys::context(project), args);
 }
 
 fn window_ops(call: &mut ScriptCall, offset: i64, w: &WindowStats) {
@@ -567,16 +598,19 @@ mod tests {
             })
         };
         let (a, b) = (c(1, "src/a.rs", ChunkOp::Upsert), c(2, "src/b.rs", ChunkOp::Delete));
-        let call = plan("g", &batch(vec![(7, &a), (8, &b)]));
+        let a2 = c(3, "src/a.rs", ChunkOp::Delete);
+        let call = plan("g", &batch(vec![(7, &a), (8, &b), (9, &a2)]));
         assert_eq!(call.keys, ["udo:offsets:g", "project:atlas:context"]);
         let ops = &call.args[2..];
-        assert_eq!(&ops[..4], ["chunk", "7", "2", "6"]);
-        assert_eq!(&ops[4..9], ["src/a.rs", "2", &T.to_string(), &Uuid::from_u128(1).to_string(), "UPSERT"]);
-        let body: serde_json::Value = serde_json::from_str(&ops[9]).unwrap();
+        // One op per file, its chunks in batch order: src/a.rs (offsets 7, 9), then src/b.rs.
+        assert_eq!(&ops[..6], ["chunks", "9", "2", "14", "src/a.rs", "2"]);
+        assert_eq!(&ops[6..11], ["7", "2", &T.to_string(), &Uuid::from_u128(1).to_string(), "UPSERT"]);
+        let body: serde_json::Value = serde_json::from_str(&ops[11]).unwrap();
         assert_eq!(body["content"], "fn main() {}");
         assert!(body.get("embedding").is_none(), "vectors stay in Postgres");
-        assert_eq!(&ops[10..14], ["chunk", "8", "2", "6"]);
-        assert_eq!(ops[18], "DELETE");
+        assert_eq!(&ops[12..17], ["9", "2", &T.to_string(), &Uuid::from_u128(3).to_string(), "DELETE"]);
+        assert_eq!(&ops[18..24], ["chunks", "8", "2", "8", "src/b.rs", "1"]);
+        assert_eq!(ops[28], "DELETE");
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! trace. Each table is written set-based, one statement per table and batch
 //! (`UNNEST` of bound arrays; raw latency samples, the volume, via COPY into a
 //! session temp table), idempotently (`ON CONFLICT`), so a replay changes
-//! nothing. Reused event ids are found after the insert by comparing payload
-//! hashes, which is right even against a concurrent writer. Statement text
+//! nothing. Reused event ids are found by the insert itself (its conflict
+//! clause compares payload hashes, one statement and round trip per table),
+//! which is right even against a concurrent writer. Statement text
 //! and bind arrays are built by pure code in `postgres/` and unit-tested.
 
 mod plan;
@@ -257,25 +258,26 @@ impl PgTxn {
         Ok(done.rows_affected())
     }
 
-    /// Offsets of rows of `table` whose stored payload differs.
-    async fn mismatched<T>(
+    /// Runs a checked insert (see `sql::checked`) and turns the reused
+    /// event ids into rejects of `rows`.
+    async fn checked<T>(
         &mut self,
         table: &'static str,
+        stmt: sql::Stmt,
         rows: &[plan::Row<'_, T>],
         id: impl Fn(&T) -> Uuid,
-    ) -> Result<Vec<Reject>> {
-        let stmt = sql::mismatches(table, rows, &id);
-        let args = stmt.args.map_err(|e| Error::Failed(format!("postgres: check event ids of {table}: {e}")))?;
-        let offs: Vec<i64> = sqlx::query_scalar_with(&stmt.sql, args)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(Error::postgres(format!("check event ids of {table}")))?;
-        let offs: HashSet<i64> = offs.into_iter().collect();
-        Ok(rows
+    ) -> Result<PgOutcome> {
+        let op = format!("insert into {table}");
+        let args = stmt.args.map_err(|e| Error::Failed(format!("postgres: {op}: {e}")))?;
+        let (inserted, reused): (i64, Vec<Uuid>) =
+            sqlx::query_as_with(&stmt.sql, args).fetch_one(&mut *self.tx).await.map_err(Error::postgres(op))?;
+        let reused: HashSet<Uuid> = reused.into_iter().collect();
+        let rejects = rows
             .iter()
-            .filter(|r| offs.contains(&r.offset))
+            .filter(|r| reused.contains(&id(r.event)))
             .map(|r| Reject { offset: r.offset, event_id: id(r.event), reason: RejectReason::ReusedEventId { table } })
-            .collect())
+            .collect();
+        Ok(PgOutcome { rejects, inserted: u64::try_from(inserted).unwrap_or(0), events: 0 })
     }
 
     /// Inserts one table's rows and returns the ones whose event id was
@@ -291,10 +293,8 @@ impl PgTxn {
             return Ok(PgOutcome::default());
         }
         let u = unnest(rows);
-        let q = u.insert(table, sql::ON_EVENT_ID_DO_NOTHING);
-        let inserted = self.exec(&format!("insert into {table}"), u.stmt(q)).await?;
-        let rejects = self.mismatched(table, rows, id).await?;
-        Ok(PgOutcome { rejects, inserted, events: 0 })
+        let q = sql::checked(&u, table);
+        self.checked(table, u.stmt(q), rows, id).await
     }
 
     async fn write_events(&mut self, p: &plan::Plan<'_>) -> Result<PgOutcome> {
@@ -309,9 +309,8 @@ impl PgTxn {
                 return Err(Error::Postgres { op: "copy latency".into(), source: e });
             }
             copy.finish().await.map_err(Error::postgres("copy latency"))?;
-            out.inserted +=
-                self.exec("insert latency samples", sql::Stmt::plain(sql::insert_latency_from_stage())).await?;
-            out.rejects.extend(self.mismatched("latency_samples", &p.latency, |e| e.event_id).await?);
+            let stmt = sql::Stmt::plain(sql::insert_latency_from_stage());
+            out.absorb(self.checked("latency_samples", stmt, &p.latency, |e| e.event_id).await?);
         }
         out.absorb(self.insert_checked("uncertainty_feedback", &p.feedback, sql::feedback, |e| e.event_id).await?);
         out.absorb(self.insert_checked("uncertainty_logs", &p.decisions, sql::decisions, |e| e.event_id).await?);

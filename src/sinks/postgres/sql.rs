@@ -30,16 +30,36 @@ pub fn copy_latency_statement() -> String {
     format!("COPY {STAGE_LATENCY} ({STAGE_LATENCY_COLUMNS}) FROM STDIN")
 }
 
-/// Moves the staged rows into `latency_samples` (the stage is empty after).
+/// Moves the staged rows into `latency_samples` (the stage is empty after),
+/// checked like [`checked`]: one row (inserted count, reused event ids).
 pub fn insert_latency_from_stage() -> String {
     format!(
-        "WITH s AS (DELETE FROM {STAGE_LATENCY} RETURNING *)
-         INSERT INTO latency_samples
+        "WITH s AS (DELETE FROM {STAGE_LATENCY} RETURNING *),
+         w AS (INSERT INTO latency_samples AS t
              (event_id, payload_hash, occurred_at, source, component, endpoint, latency_ms, outcome, status_code)
          SELECT event_id, payload_hash, {}, source, component, endpoint, latency_ms, outcome, status_code FROM s
-         ON CONFLICT (event_id) DO NOTHING",
+         {REUSE_CHECK})
+         {CHECK_RESULT}",
         ts("occurred_ms")
     )
+}
+
+/// Conflict clause of a checked insert into a table aliased `t`: a new
+/// event is inserted; a stored event with the same payload hash is left
+/// alone (a replay); a stored event with another hash, a reused event id,
+/// is kept as it is (the no-op update only makes it visible to RETURNING).
+pub const REUSE_CHECK: &str = "ON CONFLICT (event_id) DO UPDATE SET payload_hash = t.payload_hash
+     WHERE t.payload_hash <> EXCLUDED.payload_hash
+     RETURNING t.event_id, (t.xmax = 0) AS fresh";
+
+/// Reads a checked insert's `w` rows: (rows inserted, reused event ids).
+const CHECK_RESULT: &str = "SELECT count(*) FILTER (WHERE w.fresh),
+     coalesce(array_agg(w.event_id) FILTER (WHERE NOT w.fresh), '{}'::uuid[]) FROM w";
+
+/// A set-based insert into `table` that also reports reused event ids, in
+/// one statement and round trip: one row (inserted count, reused ids).
+pub fn checked(u: &Unnest, table: &str) -> String {
+    format!("WITH w AS ({}) {CHECK_RESULT}", u.insert(&format!("{table} AS t"), REUSE_CHECK))
 }
 
 fn ts(col: &str) -> String {
@@ -215,8 +235,6 @@ fn header<T>(
         .col("source", "text", map(rows, source));
     u
 }
-
-pub const ON_EVENT_ID_DO_NOTHING: &str = "ON CONFLICT (event_id) DO NOTHING";
 
 pub fn feedback(rows: &[Row<'_, FeedbackRating>]) -> Unnest {
     let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
@@ -430,21 +448,6 @@ pub fn projects(activity: &std::collections::BTreeMap<String, (i64, i64)>) -> St
              first_seen_at = LEAST(p.first_seen_at, EXCLUDED.first_seen_at),
              last_seen_at = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at)
          WHERE p.first_seen_at > EXCLUDED.first_seen_at OR p.last_seen_at < EXCLUDED.last_seen_at",
-    );
-    u.stmt(sql)
-}
-
-/// Offsets of rows whose event id is stored in `table` with another payload hash.
-pub fn mismatches<T>(table: &str, rows: &[Row<'_, T>], id: impl Fn(&T) -> Uuid) -> Stmt {
-    let mut u = Unnest::new(rows.len());
-    u.col("event_id", "uuid", map(rows, id)).col("payload_hash", "uuid", rows.iter().map(|r| r.hash).collect()).col(
-        "off",
-        "int8",
-        rows.iter().map(|r| r.offset).collect(),
-    );
-    let sql = format!(
-        "SELECT u.off FROM {} JOIN {table} t ON t.event_id = u.event_id WHERE t.payload_hash <> u.payload_hash",
-        u.unnest_clause()
     );
     u.stmt(sql)
 }

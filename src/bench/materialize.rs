@@ -10,10 +10,12 @@
 //!   batch one transaction with idempotent set-based writes (COPY for
 //!   latency samples), the reuse check, the derived tables
 //!   (project_contexts, projects) and the partition offset;
-//! - COPY: `COPY … (FORMAT binary)` of each batch's event rows into
-//!   same-schema staging tables (`LIKE … INCLUDING ALL`: same columns,
-//!   constraints, primary keys), one transaction per batch, no conflict
-//!   handling, no derived tables, payload hashes computed before timing;
+//! - COPY: `COPY … (FORMAT binary)` of each batch's rows into same-schema
+//!   staging tables: the four event tables (`LIKE … INCLUDING ALL`: same
+//!   columns, constraints, primary keys, indexes) and the current chunks
+//!   with their vectors (`LIKE project_contexts` with the same HNSW index,
+//!   every UPSERT appended: no primary key), one transaction per batch, no
+//!   conflict handling, payload hashes computed before timing;
 //! - INSERT: the same rows as multi-row `INSERT … VALUES (…), (…)` into
 //!   another set of staging tables, one transaction per batch.
 //!
@@ -185,11 +187,15 @@ impl<'a> Rows<'a> {
 const TABLES: [&str; 4] = ["latency_samples", "uncertainty_feedback", "uncertainty_logs", "project_context_events"];
 
 async fn staging(sink: &PgSink, prefix: &str) -> Result<()> {
-    for t in TABLES {
-        sqlx::query(&format!("CREATE TABLE {prefix}_{t} (LIKE {t} INCLUDING ALL)"))
-            .execute(sink.pool())
-            .await
-            .map_err(Error::postgres(format!("create staging table {prefix}_{t}")))?;
+    let mut ddl: Vec<String> =
+        TABLES.iter().map(|t| format!("CREATE TABLE {prefix}_{t} (LIKE {t} INCLUDING ALL)")).collect();
+    // Current chunks with their vectors and the HNSW index; without the
+    // primary key, since a plain load appends every UPSERT (the
+    // materializer keeps only the newest per chunk).
+    ddl.push(format!("CREATE TABLE {prefix}_project_contexts (LIKE project_contexts INCLUDING DEFAULTS)"));
+    ddl.push(format!("CREATE INDEX ON {prefix}_project_contexts USING hnsw (embedding vector_cosine_ops)"));
+    for q in ddl {
+        sqlx::query(&q).execute(sink.pool()).await.map_err(Error::postgres(format!("create staging: {q}")))?;
     }
     Ok(())
 }
@@ -339,6 +345,31 @@ async fn copy_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<Du
                 c.text(op(e.op));
             }
             bufs.push(("project_context_events", c.finish()));
+            let mut c = CopyBuf::new();
+            for (_, _, e) in b.chunks.iter().filter(|x| x.2.op == crate::domain::ChunkOp::Upsert) {
+                c.row(8);
+                c.text(&e.project_id);
+                c.text(&e.file_path);
+                c.bytes(&e.chunk_index.to_be_bytes());
+                c.uuid(&e.event_id);
+                c.ts(e.occurred_at);
+                c.text(&e.source);
+                c.text(&e.content);
+                match &e.embedding {
+                    // pgvector's binary form: dimension, unused, then float4s.
+                    Some(v) => {
+                        let mut vb = Vec::with_capacity(4 + 4 * v.len());
+                        vb.extend_from_slice(&(v.len() as i16).to_be_bytes());
+                        vb.extend_from_slice(&0i16.to_be_bytes());
+                        for x in v {
+                            vb.extend_from_slice(&x.to_be_bytes());
+                        }
+                        c.bytes(&vb);
+                    }
+                    None => c.opt_text(None),
+                }
+            }
+            bufs.push(("project_contexts", c.finish()));
         }
         for (table, data) in bufs {
             let stmt = format!("COPY bench_copy_{table} FROM STDIN (FORMAT binary)");
@@ -357,6 +388,11 @@ async fn copy_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<Du
 
 // ---- multi-row INSERT
 
+fn vector_text(v: &[f32]) -> String {
+    let items: Vec<String> = v.iter().map(f32::to_string).collect();
+    format!("[{}]", items.join(","))
+}
+
 /// A bind value of the INSERT variant.
 enum V<'a> {
     Uuid(Uuid),
@@ -365,6 +401,7 @@ enum V<'a> {
     F64(f64),
     I32(Option<i32>),
     I16(i16),
+    Vector(Option<String>),
 }
 
 async fn insert_rows(tx: &mut sqlx::PgConnection, table: &str, cols: &str, rows: Vec<Vec<V<'_>>>) -> Result<()> {
@@ -382,6 +419,7 @@ async fn insert_rows(tx: &mut sqlx::PgConnection, table: &str, cols: &str, rows:
                 }
                 match v {
                     V::Ts(_) => sql.push_str(&format!("to_timestamp(${p}::float8 / 1000)")),
+                    V::Vector(_) => sql.push_str(&format!("${p}::vector")),
                     _ => sql.push_str(&format!("${p}")),
                 }
             }
@@ -397,6 +435,7 @@ async fn insert_rows(tx: &mut sqlx::PgConnection, table: &str, cols: &str, rows:
                     V::F64(f) => q.bind(*f),
                     V::I32(i) => q.bind(*i),
                     V::I16(i) => q.bind(*i),
+                    V::Vector(t) => q.bind(t.as_deref()),
                 };
             }
         }
@@ -489,6 +528,25 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
             .collect();
         let cols = format!("{head}, project_id, file_path, chunk_index, op");
         insert_rows(&mut tx, "project_context_events", &cols, ch).await?;
+        let ctx = b
+            .chunks
+            .iter()
+            .filter(|x| x.2.op == crate::domain::ChunkOp::Upsert)
+            .map(|(_, _, e)| {
+                vec![
+                    V::Text(Some(&e.project_id)),
+                    V::Text(Some(&e.file_path)),
+                    V::I32(Some(e.chunk_index)),
+                    V::Uuid(e.event_id),
+                    V::Ts(e.occurred_at),
+                    V::Text(Some(&e.source)),
+                    V::Text(Some(&e.content)),
+                    V::Vector(e.embedding.as_deref().map(vector_text)),
+                ]
+            })
+            .collect();
+        let cols = "project_id, file_path, chunk_index, event_id, occurred_at, source, content, embedding";
+        insert_rows(&mut tx, "project_contexts", cols, ctx).await?;
         tx.commit().await.map_err(Error::postgres("commit"))?;
         lo += batch;
     }

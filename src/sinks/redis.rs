@@ -283,7 +283,8 @@ pub fn plan(group: &str, batch: &RedisBatch<'_>) -> ScriptCall {
     call.args.push(keys::offset_field(batch.topic, batch.partition));
     call.args.push(batch.next_offset.to_string());
     // Chunks of one (project, file) become one op, in batch order.
-    let mut files: Vec<((&str, &str), Vec<(i64, &ContextChunk)>)> = Vec::new();
+    type FileChunks<'e> = ((&'e str, &'e str), Vec<(i64, &'e ContextChunk)>);
+    let mut files: Vec<FileChunks<'_>> = Vec::new();
     let mut file_index: HashMap<(&str, &str), usize> = HashMap::new();
     for &(offset, event) in &batch.records {
         match event {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 #[derive(Clone)]
@@ -17,12 +18,22 @@ impl Shutdown {
         let (tx, rx) = watch::channel(false);
         let flag = Arc::new(AtomicBool::new(false));
         let f = flag.clone();
+        // One listener per signal for the whole process: a listener created
+        // after a signal arrived would see that same signal again.
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
         tokio::spawn(async move {
-            wait_signal().await;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
             tracing::info!("shutdown requested: finishing in-flight work (signal again to exit at once)");
             f.store(true, Ordering::SeqCst);
             let _ = tx.send(true);
-            wait_signal().await;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
             eprintln!("second signal: exiting now");
             std::process::exit(130);
         });
@@ -43,14 +54,5 @@ impl Shutdown {
     /// Resolves once shutdown is requested.
     pub async fn wait(&mut self) {
         let _ = self.rx.wait_for(|v| *v).await;
-    }
-}
-
-async fn wait_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

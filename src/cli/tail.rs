@@ -29,6 +29,17 @@ pub struct TailArgs {
     pub idle_exit: Option<Duration>,
 }
 
+fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+    match e {
+        KafkaError::MessageConsumption(code) => !matches!(
+            code,
+            C::AllBrokersDown | C::BrokerTransportFailure | C::OperationTimedOut | C::PartitionEOF
+        ),
+        _ => true,
+    }
+}
+
 pub async fn run(common: CommonArgs, args: TailArgs, mut shutdown: Shutdown) -> Result<()> {
     let codec = common.codec(OutputFormat::Avro);
     let topics = common.topics();
@@ -50,7 +61,16 @@ pub async fn run(common: CommonArgs, args: TailArgs, mut shutdown: Shutdown) -> 
             _ = tokio::time::sleep(idle) => break,
             _ = shutdown.wait() => break,
         };
-        let msg = msg.map_err(Error::kafka(format!("consume {}", args.topic)))?;
+        let msg = match msg {
+            Ok(m) => m,
+            // Connection drops are transient (librdkafka reconnects by itself):
+            // say so and keep reading, as a tail should.
+            Err(e) if !is_fatal(&e) => {
+                tracing::warn!(topic = %args.topic, "{e}; retrying");
+                continue;
+            }
+            Err(e) => return Err(Error::kafka(format!("consume {}", args.topic))(e)),
+        };
         let line = render(&codec, allowed.as_deref(), &msg);
         writeln!(out, "{line}").map_err(|e| Error::Io { op: "write stdout".into(), source: e })?;
         printed += 1;

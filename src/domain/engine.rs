@@ -28,11 +28,14 @@ pub struct EngineConfig {
     pub thresholds: Thresholds,
     /// The `source` field of output events.
     pub source: String,
+    /// Partitions of `udo.writes.v1`: decision channels expected to hold
+    /// the ratings watermark until seen or idle.
+    pub decision_channels: i32,
 }
 
 impl EngineConfig {
     pub fn new(spec: WindowSpec) -> EngineConfig {
-        EngineConfig { spec, min_samples: 20, min_ratings: 10, thresholds: Thresholds::default(), source: "udo-analyze".into() }
+        EngineConfig { spec, min_samples: 20, min_ratings: 10, thresholds: Thresholds::default(), source: "udo-analyze".into(), decision_channels: 1 }
     }
 }
 
@@ -54,17 +57,22 @@ pub struct TaskState {
     rating_inputs: BTreeMap<Source, i64>,
     /// Inputs declared idle by the caller (excluded from the watermark).
     idle: std::collections::BTreeSet<Source>,
+    /// Last source offset ingested per decision channel (deduplication).
+    channel_offsets: BTreeMap<i32, i64>,
 }
 
-/// The two inputs of the ratings windows. Their watermark is the slower
-/// one's (Flink's rule for multi-input operators), so decision logs, which
-/// take one more hop through the repartition topic, are not declared late
-/// because ratings ran ahead; an input idle for `idle_timeout` stops holding
-/// it back.
+/// The inputs of the ratings windows: the feedback partition, and one
+/// channel per `udo.writes.v1` partition that decision logs were re-keyed
+/// from. Their watermark is the slowest input's (Flink's rule for
+/// multi-input operators and shuffles): decision logs take one more hop and
+/// arrive interleaved from several source partitions, so neither ratings
+/// running ahead nor one writes partition running ahead of another makes
+/// them late. An input idle for `idle_timeout` stops holding it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Source {
     Feedback,
-    Decisions,
+    /// Decision logs from this `udo.writes.v1` partition.
+    Decisions(i32),
 }
 
 /// An input the engine consumes.
@@ -72,7 +80,11 @@ pub enum Source {
 pub enum Input<'a> {
     Latency(&'a LatencySample),
     Rating(&'a FeedbackRating),
-    Decision(&'a DecisionLog),
+    /// A decision log, the `udo.writes.v1` partition it came from (its
+    /// channel) and its offset there. The re-keying hop is at-least-once, so
+    /// after a restart a channel may repeat itself: offsets at or below the
+    /// last one seen are duplicates and are skipped.
+    Decision(&'a DecisionLog, i32, i64),
 }
 
 /// Which window set an input or an idle advance concerns.
@@ -89,7 +101,7 @@ impl Input<'_> {
     pub fn stream(&self) -> Stream {
         match self {
             Input::Latency(_) => Stream::Latency,
-            Input::Rating(_) | Input::Decision(_) => Stream::Ratings,
+            Input::Rating(_) | Input::Decision(..) => Stream::Ratings,
         }
     }
 }
@@ -117,6 +129,7 @@ impl Engine {
             uncertainty: BTreeMap::new(),
             rating_inputs: BTreeMap::new(),
             idle: Default::default(),
+            channel_offsets: BTreeMap::new(),
         };
         let mut engine = Engine { cfg, state };
         engine.limit_ratings();
@@ -144,15 +157,17 @@ impl Engine {
         &self.cfg
     }
 
-    /// Adds one input, or says why it is late (the caller counts and reports it).
-    pub fn ingest(&mut self, input: Input<'_>) -> Result<(), Late> {
+    /// Adds one input (`Ok(false)`: a repeated decision, skipped), or says
+    /// why it is late (the caller counts and reports it).
+    pub fn ingest(&mut self, input: Input<'_>) -> Result<bool, Late> {
         match input {
             Input::Latency(s) => {
                 let sample = Sample { latency_ms: s.latency_ms, is_error: s.outcome.is_error() };
                 // The component key decides lateness for both: it holds every
                 // sample, so it cannot be late where its endpoint is not.
                 self.state.latency.add((s.component.clone(), None), s.occurred_at, &sample)?;
-                self.state.latency.add((s.component.clone(), Some(s.endpoint.clone())), s.occurred_at, &sample)
+                self.state.latency.add((s.component.clone(), Some(s.endpoint.clone())), s.occurred_at, &sample)?;
+                Ok(true)
             }
             Input::Rating(r) => {
                 let added = self.state.ratings.add(
@@ -161,16 +176,20 @@ impl Engine {
                     &RatingItem::Rating(r.rating),
                 );
                 self.observe(Source::Feedback, r.occurred_at);
-                added
+                added.map(|()| true)
             }
-            Input::Decision(d) => {
+            Input::Decision(d, channel, offset) => {
+                if self.state.channel_offsets.get(&channel).is_some_and(|last| offset <= *last) {
+                    return Ok(false);
+                }
+                self.state.channel_offsets.insert(channel, offset);
                 let added = self.state.ratings.add(
                     (d.project_id.clone(), d.component.clone()),
                     d.occurred_at,
                     &RatingItem::Decision(d.uncertainty_score),
                 );
-                self.observe(Source::Decisions, d.occurred_at);
-                added
+                self.observe(Source::Decisions(channel), d.occurred_at);
+                added.map(|()| true)
             }
         }
     }
@@ -194,7 +213,10 @@ impl Engine {
     /// no event yet holds everything.
     fn limit_ratings(&mut self) {
         let lateness = self.cfg.spec.allowed_lateness_ms;
-        let limit = [Source::Feedback, Source::Decisions]
+        let expected = (0..self.cfg.decision_channels).map(Source::Decisions).chain([Source::Feedback]);
+        let inputs: std::collections::BTreeSet<Source> =
+            expected.chain(self.state.rating_inputs.keys().copied()).collect();
+        let limit = inputs
             .into_iter()
             .filter(|s| !self.state.idle.contains(s))
             .map(|s| self.state.rating_inputs.get(&s).map_or(i64::MIN / 2, |t| t - lateness))

@@ -84,8 +84,15 @@ impl AnalyzeTopics {
 enum Kind {
     Latency,
     Feedback,
-    Decisions,
+    /// Decision logs from this writes partition.
+    Decisions(i32),
 }
+
+/// Header naming the `udo.writes.v1` partition a re-keyed decision came from
+/// (its channel, for the ratings watermark).
+pub const CHANNEL_HEADER: &str = "udo.analyze.channel";
+/// Header with the decision's offset in that partition (deduplication).
+pub const SOURCE_OFFSET_HEADER: &str = "udo.analyze.source-offset";
 
 struct Task {
     engine: Engine,
@@ -111,6 +118,11 @@ pub struct AnalyzeStage {
     /// Writes partitions: next offset whose decisions were forwarded.
     writes_next: HashMap<Tp, i64>,
     last_checkpoint: Instant,
+    /// Records per runner batch, and when the last full batch arrived: while
+    /// batches come full the consumer is catching up (a backfill), and a
+    /// silent partition is merely not fetched yet, not idle.
+    batch_size: usize,
+    last_full_batch: Option<Instant>,
     /// Set when outputs of ingested records could not be delivered before
     /// shutdown: the state must not be checkpointed past them.
     unflushed: bool,
@@ -128,6 +140,7 @@ impl AnalyzeStage {
         topics: AnalyzeTopics,
         brokers: &str,
         store: CheckpointStore,
+        batch_size: usize,
         shutdown: Shutdown,
         readiness: Readiness,
     ) -> Result<AnalyzeStage> {
@@ -138,6 +151,7 @@ impl AnalyzeStage {
             min_ratings: settings.min_ratings,
             thresholds: settings.thresholds.clone(),
             source: "udo-analyze".into(),
+            decision_channels: catalog.get(names::WRITES).map_or(1, |t| t.partitions),
         };
         let mut allowed = HashMap::new();
         for (full, contract) in [
@@ -169,6 +183,8 @@ impl AnalyzeStage {
             tasks: BTreeMap::new(),
             writes_next: HashMap::new(),
             last_checkpoint: Instant::now(),
+            batch_size,
+            last_full_batch: None,
             unflushed: false,
             shutdown,
             readiness,
@@ -340,6 +356,21 @@ impl AnalyzeStage {
     }
 }
 
+/// The writes partition and offset a re-keyed decision came from. Written
+/// without the headers (by another producer), it is its own channel -1 with
+/// its own offset.
+fn channel_of(msg: &OwnedMessage) -> (i32, i64) {
+    use rdkafka::message::Headers;
+    let header = |name: &str| -> Option<i64> {
+        let h = msg.headers()?.iter().find(|h| h.key == name)?;
+        std::str::from_utf8(h.value?).ok()?.parse().ok()
+    };
+    match (header(CHANNEL_HEADER), header(SOURCE_OFFSET_HEADER)) {
+        (Some(c), Some(o)) => (c as i32, o),
+        _ => (-1, msg.offset()),
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -358,7 +389,10 @@ impl Stage for AnalyzeStage {
             let mut task = Task {
                 engine: Engine::new(self.engine_cfg.clone()),
                 next: BTreeMap::new(),
-                last_input: [(Kind::Latency, now), (Kind::Feedback, now), (Kind::Decisions, now)].into(),
+                last_input: [(Kind::Latency, now), (Kind::Feedback, now)]
+                    .into_iter()
+                    .chain((0..self.engine_cfg.decision_channels).map(|c| (Kind::Decisions(c), now)))
+                    .collect(),
                 dirty: false,
             };
             if let Some(cp) = by_task.remove(&p) {
@@ -419,6 +453,9 @@ impl Stage for AnalyzeStage {
         let mut writes_done: Vec<(Tp, i64)> = Vec::new();
         let mut touched = BTreeSet::new();
         let now = Instant::now();
+        if batch.len() >= self.batch_size {
+            self.last_full_batch = Some(now);
+        }
         for msg in batch {
             let (topic, p, offset) = (msg.topic(), msg.partition(), msg.offset());
             if topic == self.topics.writes {
@@ -431,7 +468,10 @@ impl Stage for AnalyzeStage {
                         topic: self.topics.decisions.clone(),
                         key: d.component.into_bytes(),
                         payload: msg.payload().unwrap_or(&[]).to_vec(),
-                        headers: Vec::new(),
+                        headers: vec![
+                            (CHANNEL_HEADER.into(), p.to_string().into_bytes()),
+                            (SOURCE_OFFSET_HEADER.into(), offset.to_string().into_bytes()),
+                        ],
                     }),
                     Ok(_) => {}
                     Err(reason) => dead.push((msg, reason)),
@@ -460,7 +500,10 @@ impl Stage for AnalyzeStage {
             let (input, kind) = match &event {
                 Event::LatencySample(s) => (Input::Latency(s), Kind::Latency),
                 Event::FeedbackRating(r) => (Input::Rating(r), Kind::Feedback),
-                Event::DecisionLog(d) => (Input::Decision(d), Kind::Decisions),
+                Event::DecisionLog(d) => {
+                    let (channel, source_offset) = channel_of(msg);
+                    (Input::Decision(d, channel, source_offset), Kind::Decisions(channel))
+                }
                 other => {
                     let message = format!("{} is not an analyzer input", other.record_name());
                     dead.push((msg, Reason { class: "wrong_schema".into(), message }));
@@ -485,17 +528,28 @@ impl Stage for AnalyzeStage {
     }
 
     fn tick(&mut self) -> Result<Offsets> {
-        // Idle streams advance by wall clock so their windows still close.
+        // Idle streams advance by wall clock so their windows still close;
+        // not while catching up, when silence only means "not fetched yet".
         let idle = self.settings.idle_timeout;
+        let catching_up = self.last_full_batch.is_some_and(|t| t.elapsed() < idle);
         let mut advanced = Vec::new();
-        for (p, task) in self.tasks.iter_mut() {
-            let silent = |k: Kind| task.last_input.get(&k).map_or(Duration::ZERO, Instant::elapsed);
-            let (lat, fb, dec) = (silent(Kind::Latency), silent(Kind::Feedback), silent(Kind::Decisions));
+        for (p, task) in self.tasks.iter_mut().filter(|_| !catching_up) {
+            let silent = |k: &Kind| task.last_input.get(k).map_or(Duration::ZERO, Instant::elapsed);
+            let lat = silent(&Kind::Latency);
             // A silent input stops holding the ratings watermark back...
-            task.engine.set_idle(Source::Feedback, fb >= idle);
-            task.engine.set_idle(Source::Decisions, dec >= idle);
+            let mut ratings_quiet = Duration::MAX;
+            for kind in task.last_input.keys() {
+                let source = match kind {
+                    Kind::Latency => continue,
+                    Kind::Feedback => Source::Feedback,
+                    Kind::Decisions(c) => Source::Decisions(*c),
+                };
+                let quiet = silent(kind);
+                ratings_quiet = ratings_quiet.min(quiet);
+                task.engine.set_idle(source, quiet >= idle);
+            }
             // ...and a silent stream advances by wall clock.
-            for (stream, quiet) in [(Stream::Latency, lat), (Stream::Ratings, fb.min(dec))] {
+            for (stream, quiet) in [(Stream::Latency, lat), (Stream::Ratings, ratings_quiet)] {
                 if quiet >= idle && task.engine.watermark(stream).is_some() {
                     task.engine.advance_idle(stream, quiet.as_millis() as i64);
                     advanced.push(*p);

@@ -86,6 +86,7 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
                     topics,
                     &common.brokers,
                     store,
+                    s.materialize.batch_size,
                     shutdown.clone(),
                     readiness.clone(),
                 )?;

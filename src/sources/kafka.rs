@@ -68,7 +68,7 @@ pub fn group_config_with(brokers: &str, group: &str, assignor: Assignor) -> Clie
         )
         // A sink outage holds a batch in retry without polling; stay in the
         // group through a long one rather than rebalancing mid-retry.
-        .set("max.poll.interval.ms", "600000")
+        .set("max.poll.interval.ms", "30000")
         // Lag per partition comes from these statistics (udo_consumer_lag_records).
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
@@ -96,7 +96,7 @@ pub fn inspector(brokers: &str, topic: &str, start: Offset) -> Result<StreamCons
         .create()
         .map_err(Error::kafka("create consumer"))?;
     let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
         .map_err(Error::kafka(format!("metadata of {topic}")))?;
     let partitions: Vec<i32> = md
         .topics()

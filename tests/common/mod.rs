@@ -13,10 +13,16 @@ pub fn brokers() -> String {
         "KAFKA_BROKERS is not set: run integration tests with scripts/test (it starts the stack and exports it)",
     );
     let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create().expect("client");
-    if let Err(e) = probe.fetch_metadata(None, Duration::from_secs(10)) {
-        panic!("Kafka broker at {b} is unreachable ({e}); start it with scripts/stack up");
+    // The local broker can be busy for a few seconds (storage maintenance):
+    // only a broker silent for a minute is unreachable.
+    let mut last = None;
+    for _ in 0..6 {
+        match probe.fetch_metadata(Some("__udo_probe"), Duration::from_secs(10)) {
+            Ok(_) => return b,
+            Err(e) => last = Some(e),
+        }
     }
-    b
+    panic!("Kafka broker at {b} is unreachable ({last:?}); start it with scripts/stack up");
 }
 
 /// A topic prefix no other test run uses, so tests never see each other's records.

@@ -218,7 +218,7 @@ fn uncertainty_alerts_per_project_component_with_calibration() {
             let t = m * MIN + k * 5000;
             let bad = (5..10).contains(&m);
             e.ingest(Input::Rating(&rating(t, "atlas", "search", !bad || k == 0))).unwrap();
-            e.ingest(Input::Decision(&decision(t + 1, "atlas", "search", 30))).unwrap();
+            e.ingest(Input::Decision(&decision(t + 1, "atlas", "search", 30), 0, t)).unwrap();
             e.close(&mut out);
         }
     }
@@ -325,7 +325,7 @@ fn a_lagging_input_holds_the_ratings_watermark_until_it_is_idle() {
     e.close(&mut out);
     assert!(out.is_empty(), "no decision seen yet: the decisions input holds every window open");
     for m in 0..10 {
-        e.ingest(Input::Decision(&decision(m * MIN + 1, "atlas", "search", 40))).expect("not late");
+        e.ingest(Input::Decision(&decision(m * MIN + 1, "atlas", "search", 40), 0, m)).expect("not late");
     }
     e.close(&mut out);
     let first = out.iter().find_map(|ev| match ev {
@@ -340,7 +340,7 @@ fn a_lagging_input_holds_the_ratings_watermark_until_it_is_idle() {
     out.clear();
     e.close(&mut out);
     assert!(out.is_empty(), "held by the decisions input at minute 9");
-    e.set_idle(Source::Decisions, true);
+    e.set_idle(Source::Decisions(0), true);
     e.close(&mut out);
     let last_end = out.iter().filter_map(|ev| match ev {
         Event::WindowStats(w) => Some(w.window_end / MIN),
@@ -348,5 +348,47 @@ fn a_lagging_input_holds_the_ratings_watermark_until_it_is_idle() {
     }).max();
     assert_eq!(last_end, Some(18), "watermark 19 min − 30 s");
     // A decision behind already-closed windows is late, not folded in.
-    assert!(e.ingest(Input::Decision(&decision(12 * MIN, "atlas", "search", 40))).is_err());
+    assert!(e.ingest(Input::Decision(&decision(12 * MIN, "atlas", "search", 40), 0, 100)).is_err());
+}
+
+#[test]
+fn decision_channels_hold_the_watermark_at_the_slowest_source_partition() {
+    let mut c = cfg();
+    c.decision_channels = 2;
+    let mut e = Engine::new(c);
+    let mut out = Vec::new();
+    for m in 0..20 {
+        e.ingest(Input::Rating(&rating(m * MIN, "atlas", "search", true))).unwrap();
+        // Channel 0 (one writes partition) runs to minute 19 ...
+        e.ingest(Input::Decision(&decision(m * MIN + 2, "atlas", "search", 40), 0, m)).unwrap();
+    }
+    e.close(&mut out);
+    assert!(out.is_empty(), "channel 1 not seen yet: held");
+    // ... while channel 1 is still at minute 3: its decisions are not late.
+    for m in 0..4 {
+        e.ingest(Input::Decision(&decision(m * MIN + 3, "atlas", "search", 40), 1, m)).expect("not late");
+    }
+    e.close(&mut out);
+    let ends: Vec<i64> = out.iter().filter_map(|ev| match ev {
+        Event::WindowStats(w) => Some(w.window_end / MIN),
+        _ => None,
+    }).collect();
+    assert_eq!(ends, [1, 2], "closed up to channel 1's watermark (minute 3 − 30 s)");
+}
+
+#[test]
+fn repeated_decisions_from_a_replayed_channel_count_once() {
+    let mut e = Engine::new(cfg());
+    let mut out = Vec::new();
+    let d = decision(MIN / 2, "atlas", "search", 40);
+    assert_eq!(e.ingest(Input::Decision(&d, 0, 7)), Ok(true));
+    assert_eq!(e.ingest(Input::Decision(&d, 0, 7)), Ok(false), "same channel offset: a replay");
+    assert_eq!(e.ingest(Input::Decision(&d, 0, 3)), Ok(false), "older offset: a replay");
+    e.ingest(Input::Rating(&rating(MIN / 2, "atlas", "search", true))).unwrap();
+    e.advance_idle(Stream::Ratings, 10 * MIN);
+    e.set_idle(Source::Feedback, true);
+    e.set_idle(Source::Decisions(0), true);
+    e.close(&mut out);
+    let Some(Event::WindowStats(w)) = out.first() else { panic!("{out:?}") };
+    assert_eq!(w.uncertainty.as_ref().unwrap().decisions, 1);
 }

@@ -300,7 +300,7 @@ impl PgTxn {
     async fn write_events(&mut self, p: &plan::Plan<'_>) -> Result<PgOutcome> {
         let mut out = PgOutcome::default();
         if !p.latency.is_empty() {
-            let text = sql::latency_copy_text(&p.latency);
+            let text = sql::latency_copy_binary(&p.latency);
             let mut copy =
                 self.tx.copy_in_raw(&sql::copy_latency_statement()).await.map_err(Error::postgres("copy latency"))?;
             if let Err(e) = copy.send(text).await {

@@ -149,13 +149,13 @@ pub fn plan<'a>(records: &[(i64, &'a Event)], limits: &Limits) -> Plan<'a> {
     let mut p = Plan::default();
     // (record name, event id) -> payload hash of the first occurrence.
     let mut seen: HashMap<(&'static str, Uuid), Uuid> = HashMap::with_capacity(records.len());
-    for &(offset, event) in records {
+    let hashes = payload_hashes(records);
+    for (&(offset, event), hash) in records.iter().zip(hashes) {
         let event_id = event.event_id();
         if let Err(e) = event.validate(limits) {
             p.rejects.push(Reject { offset, event_id, reason: RejectReason::Invalid(e) });
             continue;
         }
-        let hash = payload_hash(event);
         match seen.entry((event.record_name(), event_id)) {
             Entry::Occupied(first) if *first.get() == hash => {
                 p.duplicates += 1;
@@ -198,6 +198,26 @@ pub fn plan<'a>(records: &[(i64, &'a Event)], limits: &Limits) -> Plan<'a> {
         }
     }
     p
+}
+
+/// Payload hashes of a batch, in order. Hashing (canonical JSON + SHA-1)
+/// is the sink's main CPU cost, so a large batch is hashed on two threads.
+fn payload_hashes(records: &[(i64, &Event)]) -> Vec<Uuid> {
+    const PARALLEL_FROM: usize = 512;
+    if records.len() < PARALLEL_FROM {
+        return records.iter().map(|(_, e)| payload_hash(e)).collect();
+    }
+    let (a, b) = records.split_at(records.len() / 2);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| b.iter().map(|(_, e)| payload_hash(e)).collect::<Vec<_>>());
+        let mut out: Vec<Uuid> = a.iter().map(|(_, e)| payload_hash(e)).collect();
+        match second.join() {
+            Ok(rest) => out.extend(rest),
+            // Hashing cannot panic on a valid event; if it did, do it here.
+            Err(_) => out.extend(b.iter().map(|(_, e)| payload_hash(e))),
+        }
+        out
+    })
 }
 
 /// The table whose `event_id` an event is checked against.

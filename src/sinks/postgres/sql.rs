@@ -2,7 +2,7 @@
 //! is written set-based: one `INSERT … SELECT … FROM UNNEST($1::t[], …)` per
 //! table and batch (arrays bound as parameters, so no SQL is ever built from
 //! data), except raw latency samples, which are the volume and go through
-//! text COPY into a session temp table. Epoch milliseconds travel as int8 and
+//! binary COPY into a session temp table. Epoch milliseconds travel as int8 and
 //! become timestamptz in SQL (`to_timestamp(ms / 1000.0)`, exact to the ms).
 
 use super::plan::Row;
@@ -27,7 +27,37 @@ const STAGE_LATENCY_COLUMNS: &str =
     "event_id, payload_hash, occurred_ms, source, component, endpoint, latency_ms, outcome, status_code";
 
 pub fn copy_latency_statement() -> String {
-    format!("COPY {STAGE_LATENCY} ({STAGE_LATENCY_COLUMNS}) FROM STDIN")
+    format!("COPY {STAGE_LATENCY} ({STAGE_LATENCY_COLUMNS}) FROM STDIN (FORMAT binary)")
+}
+
+/// COPY binary format of staged latency samples: the server parses no text.
+pub fn latency_copy_binary(rows: &[Row<'_, LatencySample>]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let mut out = Vec::with_capacity(19 + rows.len() * 160);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension
+    for r in rows {
+        let e = r.event;
+        out.extend_from_slice(&9i16.to_be_bytes());
+        field(&mut out, e.event_id.as_bytes());
+        field(&mut out, r.hash.as_bytes());
+        field(&mut out, &e.occurred_at.to_be_bytes());
+        field(&mut out, e.source.as_bytes());
+        field(&mut out, e.component.as_bytes());
+        field(&mut out, e.endpoint.as_bytes());
+        field(&mut out, &e.latency_ms.to_be_bytes());
+        field(&mut out, outcome(e.outcome).as_bytes());
+        match e.status_code {
+            Some(c) => field(&mut out, &c.to_be_bytes()),
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
 }
 
 /// Moves the staged rows into `latency_samples` (the stage is empty after),
@@ -64,42 +94,6 @@ pub fn checked(u: &Unnest, table: &str) -> String {
 
 fn ts(col: &str) -> String {
     format!("to_timestamp({col}::float8 / 1000)")
-}
-
-/// COPY text format of staged latency samples (tab-separated, `\N` = NULL).
-pub fn latency_copy_text(rows: &[Row<'_, LatencySample>]) -> Vec<u8> {
-    let mut out = String::with_capacity(rows.len() * 160);
-    for r in rows {
-        let e = r.event;
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{}\t{}\t{}\t", e.event_id, r.hash, e.occurred_at);
-        copy_escape(&mut out, &e.source);
-        out.push('\t');
-        copy_escape(&mut out, &e.component);
-        out.push('\t');
-        copy_escape(&mut out, &e.endpoint);
-        let _ = write!(out, "\t{}\t{}\t", e.latency_ms, outcome(e.outcome));
-        match e.status_code {
-            Some(c) => {
-                let _ = write!(out, "{c}");
-            }
-            None => out.push_str("\\N"),
-        }
-        out.push('\n');
-    }
-    out.into_bytes()
-}
-
-fn copy_escape(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
 }
 
 pub fn outcome(o: Outcome) -> &'static str {
@@ -484,11 +478,11 @@ mod tests {
     }
 
     #[test]
-    fn copy_text_escapes_and_writes_nulls() {
+    fn copy_binary_has_header_fields_and_nulls() {
         let e = LatencySample {
             event_id: Uuid::from_u128(1),
             occurred_at: 1_750_000_000_123,
-            source: "a\tb\\c\nd".into(),
+            source: "a\tb".into(),
             component: "checkout".into(),
             endpoint: "/pay".into(),
             latency_ms: 12.5,
@@ -496,12 +490,14 @@ mod tests {
             status_code: None,
         };
         let rows = [Row { offset: 0, hash: Uuid::from_u128(2), event: &e }];
-        let text = String::from_utf8(latency_copy_text(&rows)).unwrap();
-        assert_eq!(
-            text,
-            "00000000-0000-0000-0000-000000000001\t00000000-0000-0000-0000-000000000002\t1750000000123\t\
-             a\\tb\\\\c\\nd\tcheckout\t/pay\t12.5\tTIMEOUT\t\\N\n"
-        );
+        let b = latency_copy_binary(&rows);
+        assert_eq!(&b[..11], b"PGCOPY\n\xff\r\n\0");
+        assert_eq!(&b[19..21], &9i16.to_be_bytes(), "nine fields");
+        assert_eq!(&b[21..25], &16i32.to_be_bytes());
+        assert_eq!(&b[25..41], Uuid::from_u128(1).as_bytes());
+        assert_eq!(&b[b.len() - 6..], &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff], "NULL status, then the trailer");
+        let text = String::from_utf8_lossy(&b);
+        assert!(text.contains("a\tb") && text.contains("TIMEOUT"), "text travels raw, unescaped");
     }
 
     #[test]

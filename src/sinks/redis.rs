@@ -112,15 +112,15 @@ while i <= n do
       end
     elseif op == 'chunks' then
       -- file path, count, then per chunk: record offset, chunk index,
-      -- occurred_at, event id, UPSERT|DELETE, chunk JSON. The file's array
-      -- is decoded once and written once for all of a batch's chunks.
+      -- occurred_at, event id, UPSERT|DELETE, content, source. The file's
+      -- array is decoded once and written once for all of a batch's chunks.
       local path, cnt = ARGV[a], tonumber(ARGV[a + 1])
       local raw = redis.call('HGET', key, path)
       local chunks = {}
       if raw then chunks = cjson.decode(raw) end
       local changed = false
       for j = 0, cnt - 1 do
-        local b = a + 2 + j * 6
+        local b = a + 2 + j * 7
         local coff, idx, occ, id, cop = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
         if coff >= stored then
           local pos = nil
@@ -129,7 +129,7 @@ while i <= n do
           end
           if pos == nil or newer(chunks[pos].occurred_at, chunks[pos].event_id, occ, id) then
             if cop == 'UPSERT' then
-              local c = cjson.decode(ARGV[b + 5])
+              local c = {chunk_index = idx, content = ARGV[b + 5], event_id = id, occurred_at = occ, source = ARGV[b + 6]}
               if pos then
                 chunks[pos] = c
               else
@@ -310,20 +310,23 @@ pub fn plan(group: &str, batch: &RedisBatch<'_>) -> ScriptCall {
     call
 }
 
+/// One op for a file's chunks in a batch. Only the newest event per chunk
+/// (by occurred_at, then event id) is sent: it is the only one that can
+/// change the chunk, since newer always wins (this also keeps an older
+/// UPSERT later in the same batch from resurrecting a deleted chunk).
 fn chunks_op(call: &mut ScriptCall, project: &str, file: &str, chunks: &[(i64, &ContextChunk)]) {
-    let mut args = vec![file.to_owned(), chunks.len().to_string()];
+    let mut newest: Vec<(i64, &ContextChunk)> = Vec::with_capacity(chunks.len());
     for &(offset, c) in chunks {
-        let (op, body) = match c.op {
-            ChunkOp::Upsert => (
-                "UPSERT",
-                json(&serde_json::json!({
-                    "chunk_index": c.chunk_index,
-                    "content": c.content,
-                    "event_id": c.event_id.to_string(),
-                    "occurred_at": c.occurred_at,
-                    "source": c.source,
-                })),
-            ),
+        match newest.iter_mut().find(|(_, n)| n.chunk_index == c.chunk_index) {
+            Some(slot) if (c.occurred_at, c.event_id) > (slot.1.occurred_at, slot.1.event_id) => *slot = (offset, c),
+            Some(_) => {}
+            None => newest.push((offset, c)),
+        }
+    }
+    let mut args = vec![file.to_owned(), newest.len().to_string()];
+    for (offset, c) in newest {
+        let (op, content) = match c.op {
+            ChunkOp::Upsert => ("UPSERT", c.content.clone()),
             ChunkOp::Delete => ("DELETE", String::new()),
         };
         args.extend([
@@ -332,10 +335,11 @@ fn chunks_op(call: &mut ScriptCall, project: &str, file: &str, chunks: &[(i64, &
             c.occurred_at.to_string(),
             c.event_id.to_string(),
             op.to_owned(),
-            body,
+            content,
+            c.source.clone(),
         ]);
     }
-    // The op runs when any of its chunks is at or past the stored offset.
+    // The op runs when any of the file's records is at or past the stored offset.
     let last = chunks.iter().map(|(o, _)| *o).max().unwrap_or(0);
     call.op("chunks", last, keys::context(project), args);
 }
@@ -599,19 +603,24 @@ mod tests {
             })
         };
         let (a, b) = (c(1, "src/a.rs", ChunkOp::Upsert), c(2, "src/b.rs", ChunkOp::Delete));
-        let a2 = c(3, "src/a.rs", ChunkOp::Delete);
-        let call = plan("g", &batch(vec![(7, &a), (8, &b), (9, &a2)]));
+        let (a2, a3) = (c(3, "src/a.rs", ChunkOp::Delete), c(4, "src/a.rs", ChunkOp::Upsert));
+        let mut other = c(5, "src/a.rs", ChunkOp::Upsert);
+        if let Event::ContextChunk(x) = &mut other {
+            x.chunk_index = 0;
+        }
+        let recs = vec![(7, &a), (8, &b), (9, &a2), (10, &other), (11, &a3)];
+        let call = plan("g", &batch(recs));
         assert_eq!(call.keys, ["udo:offsets:g", "project:atlas:context"]);
         let ops = &call.args[2..];
-        // One op per file, its chunks in batch order: src/a.rs (offsets 7, 9), then src/b.rs.
-        assert_eq!(&ops[..6], ["chunks", "9", "2", "14", "src/a.rs", "2"]);
-        assert_eq!(&ops[6..11], ["7", "2", &T.to_string(), &Uuid::from_u128(1).to_string(), "UPSERT"]);
-        let body: serde_json::Value = serde_json::from_str(&ops[11]).unwrap();
-        assert_eq!(body["content"], "fn main() {}");
-        assert!(body.get("embedding").is_none(), "vectors stay in Postgres");
-        assert_eq!(&ops[12..17], ["9", "2", &T.to_string(), &Uuid::from_u128(3).to_string(), "DELETE"]);
-        assert_eq!(&ops[18..24], ["chunks", "8", "2", "8", "src/b.rs", "1"]);
-        assert_eq!(ops[28], "DELETE");
+        // One op per file: src/a.rs carries chunk 2's newest event (id 4 wins
+        // the tie on time by id) and chunk 0; then src/b.rs.
+        assert_eq!(&ops[..6], ["chunks", "11", "2", "16", "src/a.rs", "2"]);
+        let id = |n: u128| Uuid::from_u128(n).to_string();
+        assert_eq!(&ops[6..13], ["11", "2", &T.to_string(), &id(4), "UPSERT", "fn main() {}", "s"]);
+        assert_eq!(&ops[13..18], ["10", "0", &T.to_string(), &id(5), "UPSERT"]);
+        assert_eq!(&ops[20..26], ["chunks", "8", "2", "9", "src/b.rs", "1"]);
+        assert_eq!(&ops[26..33], ["8", "2", &T.to_string(), &id(2), "DELETE", "", "s"]);
+        assert!(!call.args.iter().any(|a| a.contains("0.1")), "vectors stay in Postgres");
     }
 
     #[test]

@@ -42,8 +42,14 @@ fn avro(contract: &str, event: &Event) -> Vec<u8> {
     codec().encode(contract, &allowed, event).unwrap()
 }
 
+/// Partitions like `udo-stream produce` (Java-compatible murmur2), so a
+/// record keyed like an earlier one lands after it in the same partition.
 fn producer() -> FutureProducer {
-    rdkafka::config::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap()
+    rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap()
 }
 
 fn send(p: &FutureProducer, topic: &str, key: &str, value: &[u8]) {

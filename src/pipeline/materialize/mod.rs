@@ -269,20 +269,17 @@ impl Common {
     }
 
     /// Positions the store holds for newly assigned partitions; they become
-    /// the resume offsets of the assign call.
+    /// the resume offsets of the assign call. The store is the source of
+    /// truth: a partition it holds nothing of starts at the beginning of the
+    /// log (offset 0, or the earliest retained one), whatever the group
+    /// committed, so a new or wiped store is rebuilt from Kafka.
     fn assign(&mut self, parts: &[Tp], stored: HashMap<(String, i32), i64>) -> Offsets {
         self.set_ready(Ok(()));
         let mut offsets = Vec::new();
         for tp in parts {
-            match stored.get(&(tp.topic.clone(), tp.partition)) {
-                Some(&off) => {
-                    self.next.insert(tp.clone(), off);
-                    offsets.push((tp.clone(), off));
-                }
-                None => {
-                    self.next.remove(tp);
-                }
-            }
+            let off = stored.get(&(tp.topic.clone(), tp.partition)).copied().unwrap_or(0);
+            self.next.insert(tp.clone(), off);
+            offsets.push((tp.clone(), off));
         }
         offsets
     }

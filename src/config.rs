@@ -207,6 +207,15 @@ impl Settings {
         if self.materialize.batch_size == 0 {
             return Err("field `materialize.batch_size` must be at least 1".into());
         }
+        let p = &self.promotion;
+        let ratios_ok = (0.0..=1.0).contains(&p.demote_ratio) && (p.demote_ratio..=1.0).contains(&p.promote_ratio);
+        if p.window == 0 || !ratios_ok {
+            return Err(format!(
+                "fields `promotion.*`: need window >= 1 and 0 <= demote_ratio <= promote_ratio <= 1 \
+                 (got window {}, demote_ratio {}, promote_ratio {})",
+                p.window, p.demote_ratio, p.promote_ratio
+            ));
+        }
         Ok(())
     }
 }

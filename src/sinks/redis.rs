@@ -121,7 +121,8 @@ while i <= n do
       local changed = false
       for j = 0, cnt - 1 do
         local b = a + 2 + j * 7
-        local coff, idx, occ, id, cop = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4]
+        local coff, idx, occ = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+        local id, cop = ARGV[b + 3], ARGV[b + 4]
         if coff >= stored then
           local pos = nil
           for k, c in ipairs(chunks) do
@@ -129,7 +130,9 @@ while i <= n do
           end
           if pos == nil or newer(chunks[pos].occurred_at, chunks[pos].event_id, occ, id) then
             if cop == 'UPSERT' then
-              local c = {chunk_index = idx, content = ARGV[b + 5], event_id = id, occurred_at = occ, source = ARGV[b + 6]}
+              local c = {
+                chunk_index = idx, content = ARGV[b + 5], event_id = id, occurred_at = occ, source = ARGV[b + 6],
+              }
               if pos then
                 chunks[pos] = c
               else

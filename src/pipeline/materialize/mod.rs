@@ -6,12 +6,13 @@
 //! What they share lives here, so the two stages differ only in how a batch
 //! reaches their store:
 //! - decoding per topic (the records `topics/*.yaml` declares for it) and
-//!   grouping a runner batch by partition, skipping records at or below the
+//!   grouping a runner batch by partition, skipping records below the
 //!   position the store already holds (a retried batch, a rebalance overlap);
 //! - dead letters: sent once per record even when the batch is retried (a
 //!   DLQ write is not idempotent, and the DLQ count must be exact);
 //! - the store's own offsets, loaded on assignment and handed to the assign
-//!   call, so a restart or a new owner resumes exactly where the store is;
+//!   call, so a restart or a new owner resumes exactly where the store is (a
+//!   partition the store holds nothing of starts at the log's beginning);
 //! - store promotion (DESIGN §4): each batch write is one attempt of the
 //!   pure state machine in `domain::promotion`; a batch the runner had to
 //!   retry counts as a first-attempt failure. Role changes are produced to

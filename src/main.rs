@@ -1,4 +1,9 @@
 use clap::Parser;
+
+// Counts heap bytes for `bench analyze`'s memory-per-key figure.
+#[global_allocator]
+static ALLOC: udo_stream::bench::alloc::Counting = udo_stream::bench::alloc::Counting;
+
 use udo_stream::cli::{Cli, run};
 
 #[tokio::main]

@@ -46,6 +46,13 @@ impl Shutdown {
         Shutdown { flag: Arc::new(AtomicBool::new(false)), rx }
     }
 
+    /// A handle fired by its trigger instead of a signal (benchmarks, embedding).
+    pub fn manual() -> (Shutdown, ShutdownTrigger) {
+        let (tx, rx) = watch::channel(false);
+        let flag = Arc::new(AtomicBool::new(false));
+        (Shutdown { flag: flag.clone(), rx }, ShutdownTrigger { flag, tx })
+    }
+
     /// For synchronous loops.
     pub fn requested(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
@@ -54,5 +61,18 @@ impl Shutdown {
     /// Resolves once shutdown is requested.
     pub async fn wait(&mut self) {
         let _ = self.rx.wait_for(|v| *v).await;
+    }
+}
+
+/// Fires a `Shutdown::manual` handle.
+pub struct ShutdownTrigger {
+    flag: Arc<AtomicBool>,
+    tx: watch::Sender<bool>,
+}
+
+impl ShutdownTrigger {
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(true);
     }
 }

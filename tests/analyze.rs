@@ -59,6 +59,13 @@ impl Drop for Analyzer {
     }
 }
 
+/// The analyzer's log, appended per run (kept for a failing test's reader).
+fn log_file(prefix: &str) -> std::fs::File {
+    let path = std::env::temp_dir().join(format!("{}log", prefix));
+    eprintln!("analyzer log: {}", path.display());
+    std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the analyzer log")
+}
+
 fn analyzer(prefix: &str, db: &str) -> Analyzer {
     let child = Command::new(env!("CARGO_BIN_EXE_udo-stream"))
         .args(["run", "--pipelines", "analyze", "--metrics-addr", "127.0.0.1:0", "--topic-prefix", prefix])
@@ -67,9 +74,9 @@ fn analyzer(prefix: &str, db: &str) -> Analyzer {
         .env("UDO_EMBEDDING_DIM", "8")
         .env("UDO__ANALYZE__IDLE_TIMEOUT", "3s")
         .env("UDO__ANALYZE__CHECKPOINT_INTERVAL", "500ms")
-        .env("UDO_LOG", "warn")
+        .env("UDO_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log_file(prefix))
         .spawn()
         .expect("start the analyzer");
     Analyzer(child)

@@ -11,6 +11,9 @@ pub enum BenchCommand {
     /// Materializer store paths vs binary COPY / multi-row INSERT (Postgres)
     /// and a raw pipelined HSET (Redis), on the same data and batch size.
     Materialize(MaterializeArgs),
+    /// Analyzer: engine samples/s on one core, memory per key, P95 error,
+    /// and the pipeline through the broker vs a raw rdkafka drain.
+    Analyze(crate::bench::analyze::AnalyzeBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -34,6 +37,7 @@ pub struct MaterializeArgs {
 
 pub async fn run_bench(common: CommonArgs, cmd: BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::Analyze(a) => crate::bench::analyze::run(common, a).await,
         BenchCommand::Materialize(a) => {
             if a.records == 0 || a.batch_size == 0 {
                 return Err(Error::Config("--records and --batch-size must be at least 1".into()));

@@ -24,7 +24,10 @@ use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::sinks::checkpoints::{Checkpoint, CheckpointStore};
 use crate::sinks::dlq::{Dlq, Reason};
-use crate::sinks::kafka::{Outgoing, produce_all};
+use crate::sinks::kafka::{Outgoing, future_record};
+use futures_util::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::DeliveryFuture;
 use crate::telemetry::Readiness;
 use crate::telemetry::events::{
     AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, LateEvent, RecordsProduced, SinkRetry,
@@ -123,6 +126,11 @@ pub struct AnalyzeStage {
     /// silent partition is merely not fetched yet, not idle.
     batch_size: usize,
     last_full_batch: Option<Instant>,
+    /// Outputs sent and not yet acknowledged. Sending does not wait, so
+    /// consumption runs on; the next checkpoint (and the writes offsets,
+    /// held in `pending_writes` meanwhile) waits for all of them.
+    in_flight: Vec<(Outgoing, DeliveryFuture)>,
+    pending_writes: BTreeMap<Tp, i64>,
     /// Set when outputs of ingested records could not be delivered before
     /// shutdown: the state must not be checkpointed past them.
     unflushed: bool,
@@ -185,6 +193,8 @@ impl AnalyzeStage {
             last_checkpoint: Instant::now(),
             batch_size,
             last_full_batch: None,
+            in_flight: Vec::new(),
+            pending_writes: BTreeMap::new(),
             unflushed: false,
             shutdown,
             readiness,
@@ -248,11 +258,79 @@ impl AnalyzeStage {
         Ok(out)
     }
 
-    /// Delivers outputs and dead letters, retrying until the broker takes
-    /// them: records already ingested cannot be handed back. `Err` only on
-    /// shutdown, which leaves the state unflushed (not checkpointed).
-    fn deliver(&mut self, records: &[Outgoing], dead: &[(&OwnedMessage, Reason)]) -> Result<()> {
-        if records.is_empty() && dead.is_empty() {
+    /// Sends outputs without waiting for acknowledgements (see `in_flight`).
+    fn send(&mut self, records: Vec<Outgoing>) -> Result<()> {
+        for r in records {
+            loop {
+                match self.producer.send_result(future_record(&r)) {
+                    Ok(delivery) => {
+                        self.in_flight.push((r, delivery));
+                        break;
+                    }
+                    // The local queue is full: wait for what is in flight.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => self.flush()?,
+                    Err((e, _)) => return Err(Error::Kafka { op: format!("produce to {}", r.topic), source: e }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the broker acknowledged every output in flight, resending
+    /// failures with backoff: records already ingested cannot be handed back.
+    /// `Err` only on shutdown, which leaves the state unflushed (never
+    /// checkpointed past the lost outputs).
+    fn flush(&mut self) -> Result<()> {
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut attempt = 0;
+        loop {
+            let pending = std::mem::take(&mut self.in_flight);
+            if pending.is_empty() {
+                return Ok(());
+            }
+            attempt += 1;
+            let results = self.rt.block_on(join_all(pending.into_iter().map(|(r, f)| async move { (r, f.await) })));
+            let mut delivered: BTreeMap<String, u64> = BTreeMap::new();
+            let mut failed = Vec::new();
+            let mut error = String::new();
+            for (r, result) in results {
+                match result {
+                    Ok(Ok(_)) => *delivered.entry(r.topic).or_default() += 1,
+                    Ok(Err((e, _))) => {
+                        error = format!("deliver to {}: {e}", r.topic);
+                        failed.push(r);
+                    }
+                    Err(_) => {
+                        error = format!("delivery to {} was cancelled", r.topic);
+                        failed.push(r);
+                    }
+                }
+            }
+            for (topic, count) in delivered {
+                RecordsProduced { pipeline: PIPELINE, topic: &topic, count }.emit();
+            }
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if self.shutdown.requested() {
+                self.unflushed = true;
+                return Err(Error::Failed(format!("{} outputs undelivered at shutdown: {error}", failed.len())));
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+            SinkRetry { pipeline: PIPELINE, sink: "kafka", attempt, delay, error: &error }.emit();
+            std::thread::sleep(delay);
+            self.send(failed)?;
+        }
+    }
+
+    /// Dead letters are few: sent and awaited at once.
+    fn dead_letters(&mut self, dead: &[(&OwnedMessage, Reason)]) -> Result<()> {
+        if dead.is_empty() {
             return Ok(());
         }
         let mut backoff = ExponentialBuilder::default()
@@ -264,12 +342,8 @@ impl AnalyzeStage {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self.rt.block_on(async {
-                produce_all(&self.producer, records).await?;
-                self.dlq.send_all(dead).await
-            });
-            match result {
-                Ok(()) => break,
+            match self.rt.block_on(self.dlq.send_all(dead)) {
+                Ok(()) => return Ok(()),
                 Err(e) if self.shutdown.requested() => {
                     self.unflushed = true;
                     return Err(e);
@@ -281,14 +355,6 @@ impl AnalyzeStage {
                 }
             }
         }
-        let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
-        for r in records {
-            *per_topic.entry(r.topic.as_str()).or_default() += 1;
-        }
-        for (topic, count) in per_topic {
-            RecordsProduced { pipeline: PIPELINE, topic, count }.emit();
-        }
-        Ok(())
     }
 
     fn close_tasks(&mut self, which: impl IntoIterator<Item = i32>, out: &mut Vec<Event>) {
@@ -311,9 +377,12 @@ impl AnalyzeStage {
     /// Writes the checkpoints of `which` tasks (dirty ones) and returns the
     /// offsets they cover.
     fn checkpoint(&mut self, which: &[i32]) -> Offsets {
-        if self.unflushed {
+        if self.unflushed || self.flush().is_err() {
             return Vec::new();
         }
+        // Everything sent so far is acknowledged: the forwarded decisions'
+        // writes offsets may be stored.
+        let mut done: Offsets = std::mem::take(&mut self.pending_writes).into_iter().collect();
         let mut cps = Vec::new();
         for p in which {
             let Some(task) = self.tasks.get(p) else { continue };
@@ -329,7 +398,7 @@ impl AnalyzeStage {
         }
         self.last_checkpoint = Instant::now();
         if cps.is_empty() {
-            return Vec::new();
+            return done;
         }
         let started = Instant::now();
         match self.rt.block_on(self.store.save(&cps)) {
@@ -337,7 +406,7 @@ impl AnalyzeStage {
                 let bytes = cps.iter().map(|c| c.state.len()).sum();
                 CheckpointWritten { tasks: cps.len(), bytes, elapsed: started.elapsed() }.emit();
                 self.readiness.set("analyze.postgres", Ok(()));
-                let mut offsets = Vec::new();
+                let mut offsets = std::mem::take(&mut done);
                 for c in &cps {
                     if let Some(task) = self.tasks.get_mut(&c.task) {
                         task.dirty = false;
@@ -350,7 +419,7 @@ impl AnalyzeStage {
                 // Nothing is lost: offsets stay where the last checkpoint put them.
                 tracing::warn!(pipeline = PIPELINE, "checkpoint failed, retrying at the next interval: {e}");
                 self.readiness.set("analyze.postgres", Err(e.to_string()));
-                Vec::new()
+                done
             }
         }
     }
@@ -435,14 +504,12 @@ impl Stage for AnalyzeStage {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut offsets = self.checkpoint(&tasks);
+        let offsets = self.checkpoint(&tasks);
         for p in &tasks {
             self.tasks.remove(p);
         }
         for tp in parts {
-            if let Some(off) = self.writes_next.remove(tp) {
-                offsets.push((tp.clone(), off));
-            }
+            self.writes_next.remove(tp);
         }
         offsets
     }
@@ -484,10 +551,13 @@ impl Stage for AnalyzeStage {
                 tracing::warn!(pipeline = PIPELINE, topic, partition = p, "record of an unassigned task skipped");
                 continue;
             };
-            if offset < task.next.get(topic).copied().unwrap_or(0) {
-                continue; // already ingested (a retried batch)
+            match task.next.get_mut(topic) {
+                Some(next) if offset < *next => continue, // already ingested (a retried batch)
+                Some(next) => *next = offset + 1,
+                None => {
+                    task.next.insert(topic.to_string(), offset + 1);
+                }
             }
-            task.next.insert(topic.to_string(), offset + 1);
             task.dirty = true;
             touched.insert(p);
             let event = match decoded {
@@ -520,11 +590,13 @@ impl Stage for AnalyzeStage {
         self.close_tasks(touched, &mut events);
         let mut records = forward;
         records.extend(self.outgoing(&events)?);
-        self.deliver(&records, &dead)?;
-        for (tp, off) in &writes_done {
-            self.writes_next.insert(tp.clone(), *off);
+        self.send(records)?;
+        self.dead_letters(&dead)?;
+        for (tp, off) in writes_done {
+            self.writes_next.insert(tp.clone(), off);
+            self.pending_writes.insert(tp, off);
         }
-        Ok(writes_done)
+        Ok(Vec::new())
     }
 
     fn tick(&mut self) -> Result<Offsets> {
@@ -567,7 +639,7 @@ impl Stage for AnalyzeStage {
                     }
                 }
                 let records = self.outgoing(&events)?;
-                self.deliver(&records, &[])?;
+                self.send(records)?;
             }
         }
         let (mut degraded, mut firing, mut keys) = (0, 0, 0);
@@ -596,8 +668,6 @@ impl Stage for AnalyzeStage {
 
     fn finish(&mut self) -> Offsets {
         let all: Vec<i32> = self.tasks.keys().copied().collect();
-        let mut offsets = self.checkpoint(&all);
-        offsets.extend(self.writes_next.iter().map(|(tp, off)| (tp.clone(), *off)));
-        offsets
+        self.checkpoint(&all)
     }
 }

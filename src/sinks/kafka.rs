@@ -68,25 +68,29 @@ pub struct Outgoing {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// The rdkafka record for `r` (borrowing its bytes).
+pub fn future_record(r: &Outgoing) -> rdkafka::producer::FutureRecord<'_, [u8], [u8]> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let mut record = rdkafka::producer::FutureRecord::to(&r.topic).key(r.key.as_slice()).payload(r.payload.as_slice());
+    if !r.headers.is_empty() {
+        let mut hs = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            hs = hs.insert(Header { key: k, value: Some(v) });
+        }
+        record = record.headers(hs);
+    }
+    record
+}
+
 /// Sends every record and returns once the broker acknowledged all of them
 /// (the proof an effect is durable), or the first failure. A full local
 /// queue waits instead of failing.
 pub async fn produce_all(producer: &rdkafka::producer::FutureProducer, records: &[Outgoing]) -> Result<()> {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-    use rdkafka::message::{Header, OwnedHeaders};
-    use rdkafka::producer::FutureRecord;
     let mut pending = Vec::with_capacity(records.len());
     for r in records {
         loop {
-            let mut record = FutureRecord::to(&r.topic).key(r.key.as_slice()).payload(r.payload.as_slice());
-            if !r.headers.is_empty() {
-                let mut hs = OwnedHeaders::new_with_capacity(r.headers.len());
-                for (k, v) in &r.headers {
-                    hs = hs.insert(Header { key: k, value: Some(v) });
-                }
-                record = record.headers(hs);
-            }
-            match producer.send_result(record) {
+            match producer.send_result(future_record(r)) {
                 Ok(delivery) => {
                     pending.push(delivery);
                     break;

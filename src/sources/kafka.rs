@@ -56,7 +56,7 @@ pub fn group_config_with(brokers: &str, group: &str, assignor: Assignor) -> Clie
     c.set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        .set("auto.commit.interval.ms", "5000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set(

@@ -1,0 +1,362 @@
+//! `udo-stream bench analyze`: the analyzer's figures of issue 4, in one run.
+//!
+//! 1. Engine throughput on one core: Avro decode + windows + sketches + rule
+//!    state machines over pre-encoded latency samples (the broker excluded).
+//! 2. Memory per active key at 10k keys, from the heap bytes the engine
+//!    holds (counted by the binary's allocator, `bench::alloc`).
+//! 3. P95 relative error of every closed component window against the exact
+//!    P95 of the same samples.
+//! 4. Full pipeline through the broker (the `run --pipelines analyze` stage on
+//!    the shared runner, checkpoints included) as a ratio to a raw rdkafka
+//!    drain of the same topic by a plain consumer, measured before and after.
+
+use crate::bench::alloc;
+use crate::codec::{Codec, OutputFormat};
+use crate::config::{AnalyzeSettings, CommonArgs};
+use crate::domain::Event;
+use crate::domain::engine::{Engine, EngineConfig, Input, Stream};
+use crate::domain::windows::WindowSpec;
+use crate::error::{Error, Result};
+use crate::pipeline::analyze::{AnalyzeStage, AnalyzeTopics, PIPELINE};
+use crate::pipeline::runner::{self, Offsets, RunnerConfig, Stage, Tp};
+use crate::shutdown::Shutdown;
+use crate::sinks::checkpoints::CheckpointStore;
+use crate::sources::kafka::Assignor;
+use crate::synth::{Generator, Kind, SynthConfig};
+use crate::telemetry::Readiness;
+use crate::topics::names;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{BaseRecord, Producer};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AnalyzeBenchArgs {
+    /// Latency samples for the in-process engine run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub samples: usize,
+    /// Active keys for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    /// Records produced to the broker for the pipeline vs raw drain run (0 skips it).
+    #[arg(long, default_value_t = 300_000)]
+    pub pipeline_records: usize,
+    /// PostgreSQL URL for the analyzer's checkpoints (pipeline run).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+const START_MS: i64 = 1_767_225_600_000;
+
+pub async fn run(common: CommonArgs, args: AnalyzeBenchArgs) -> Result<()> {
+    let settings = AnalyzeSettings::default();
+    let spec = settings.window_spec().map_err(Error::Config)?;
+    let codec = common.codec(OutputFormat::Avro);
+    println!("bench analyze: window {} ms sliding {} ms, lateness {} ms", spec.size_ms, spec.slide_ms, spec.allowed_lateness_ms);
+
+    let (rate, p95) = engine_throughput(&codec, spec, args.samples)?;
+    println!(
+        "engine (1 core, decode + windows + sketches + rules): {} samples in {:.2} s = {:.0} samples/s ({:.2}x the 300k/s target)",
+        args.samples,
+        args.samples as f64 / rate,
+        rate,
+        rate / 300_000.0
+    );
+    println!(
+        "P95 vs exact over {} closed component windows: max relative error {:.3}%, mean {:.3}% (target <= 1%)",
+        p95.windows,
+        p95.max * 100.0,
+        p95.mean * 100.0
+    );
+    let (bytes_per_key, keys) = memory_per_key(spec, args.keys);
+    println!(
+        "memory: {keys} active keys hold {:.1} KB each ({:.2}x the 16 KB budget)",
+        bytes_per_key / 1024.0,
+        bytes_per_key / 16384.0
+    );
+    if args.pipeline_records > 0 {
+        let url = args.database_url.as_deref().ok_or_else(|| {
+            Error::Config("the pipeline run needs --database-url / DATABASE_URL (or --pipeline-records 0)".into())
+        })?;
+        pipeline_vs_drain(&common, &settings, url, args.pipeline_records).await?;
+    }
+    Ok(())
+}
+
+struct P95Error {
+    windows: usize,
+    max: f64,
+    mean: f64,
+}
+
+fn engine_throughput(codec: &Codec, spec: WindowSpec, n: usize) -> Result<(f64, P95Error)> {
+    let allowed = vec!["LatencySample".to_string()];
+    let topic = names::LATENCY;
+    let mut generator = Generator::new(SynthConfig::new(8), 42, START_MS);
+    // 2000 samples per second of event time: 5 components x ~12 endpoints.
+    let mut encoded = Vec::with_capacity(n);
+    let mut exact: HashMap<(String, i64), Vec<f64>> = HashMap::new();
+    for i in 0..n {
+        let t = START_MS + (i as i64) / 2;
+        let e = generator.next(Kind::Latency, t);
+        if let Event::LatencySample(s) = &e {
+            exact.entry((s.component.clone(), spec.pane_of(t))).or_default().push(s.latency_ms);
+        }
+        encoded.push(codec.encode(topic, &allowed, &e)?);
+    }
+    let mut engine = Engine::new(EngineConfig::new(spec));
+    let mut out = Vec::new();
+    let started = Instant::now();
+    for (i, bytes) in encoded.iter().enumerate() {
+        let event = codec.decode(&allowed, bytes).map_err(|e| Error::Failed(format!("decode: {e}")))?;
+        if let Event::LatencySample(s) = &event {
+            let _ = engine.ingest(Input::Latency(s));
+        }
+        // The pipeline closes once per batch (up to 5000 records); every
+        // 1000 records is stricter.
+        if i % 1000 == 999 {
+            engine.close(&mut out);
+            out.clear();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut stats = Vec::new();
+    let mut all = Vec::new();
+    let mut check = Engine::new(EngineConfig::new(spec));
+    for bytes in &encoded {
+        if let Ok(Event::LatencySample(s)) = codec.decode(&allowed, bytes) {
+            let _ = check.ingest(Input::Latency(&s));
+        }
+    }
+    check.advance_idle(Stream::Latency, spec.size_ms * 2);
+    check.close(&mut all);
+    for e in &all {
+        if let Event::WindowStats(w) = e {
+            if w.endpoint.is_some() {
+                continue;
+            }
+            let Some(l) = &w.latency else { continue };
+            let mut v: Vec<f64> = (w.window_start..w.window_end)
+                .step_by(spec.slide_ms as usize)
+                .filter_map(|pane| exact.get(&(w.component.clone(), pane)))
+                .flatten()
+                .copied()
+                .collect();
+            if v.len() < 20 {
+                continue;
+            }
+            v.sort_by(f64::total_cmp);
+            let truth = v[(0.95 * (v.len() - 1) as f64) as usize];
+            stats.push(((l.p95_ms - truth) / truth).abs());
+        }
+    }
+    let p95 = P95Error {
+        windows: stats.len(),
+        max: stats.iter().copied().fold(0.0, f64::max),
+        mean: stats.iter().sum::<f64>() / stats.len().max(1) as f64,
+    };
+    Ok((n as f64 / elapsed, p95))
+}
+
+/// Heap bytes per active key once `keys` keys each hold a full window of panes.
+fn memory_per_key(spec: WindowSpec, keys: usize) -> (f64, usize) {
+    let components = (keys / 5).max(1);
+    let mut generator = Generator::new(SynthConfig::new(8), 7, START_MS);
+    let before = alloc::allocated();
+    let mut engine = Engine::new(EngineConfig::new(spec));
+    // Every key gets 60 samples spread over one window length (all panes live).
+    let per_key = 60;
+    for i in 0..components * 4 * per_key {
+        let t = START_MS + (i * spec.size_ms as usize / (components * 4 * per_key)) as i64;
+        let Event::LatencySample(mut s) = generator.next(Kind::Latency, t) else { continue };
+        let c = i % components;
+        s.component = format!("component-{c:05}");
+        s.endpoint = format!("GET /endpoint/{}", (i / components) % 4);
+        let _ = engine.ingest(Input::Latency(&s));
+    }
+    let held = alloc::allocated().saturating_sub(before);
+    let active = engine.active_keys();
+    drop(engine);
+    (held as f64 / active.max(1) as f64, active)
+}
+
+/// Counts records the wrapped stage processed, and when the first came.
+struct Counting<S> {
+    inner: S,
+    seen: Arc<AtomicU64>,
+    first: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl<S: Stage> Stage for Counting<S> {
+    fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {
+        self.inner.assigned(parts)
+    }
+    fn revoked(&mut self, parts: &[Tp]) -> Offsets {
+        self.inner.revoked(parts)
+    }
+    fn process(&mut self, batch: &[OwnedMessage]) -> Result<Offsets> {
+        self.first.lock().expect("first lock").get_or_insert_with(Instant::now);
+        let r = self.inner.process(batch);
+        if r.is_ok() {
+            self.seen.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn tick(&mut self) -> Result<Offsets> {
+        self.inner.tick()
+    }
+    fn finish(&mut self) -> Offsets {
+        self.inner.finish()
+    }
+}
+
+async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: &str, n: usize) -> Result<()> {
+    let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let specs = common.topics();
+    crate::topics::admin::apply(&common.brokers, specs.specs(), &prefix, false).await?;
+    let topics = AnalyzeTopics::with_prefix(&prefix);
+    // Produce n latency samples.
+    let codec = common.codec(OutputFormat::Avro);
+    let allowed = vec!["LatencySample".to_string()];
+    let producer = crate::sinks::kafka::counting_producer(&common.brokers)?;
+    let mut generator = Generator::new(SynthConfig::new(8), 9, START_MS);
+    let started = Instant::now();
+    for i in 0..n {
+        let e = generator.next(Kind::Latency, START_MS + i as i64 * 5);
+        let payload = codec.encode(&topics.latency, &allowed, &e)?;
+        let key = e.partition_key().to_string();
+        let mut record = BaseRecord::to(&topics.latency).key(&key).payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).map_err(Error::kafka("flush"))?;
+    println!("pipeline: produced {n} latency samples to {} in {:.1} s", topics.latency, started.elapsed().as_secs_f64());
+
+    let drain_1 = raw_drain(&common.brokers, &[&topics.latency], n)?;
+    println!(
+        "raw rdkafka drain: {n} records in {:.2} s = {:.0}/s ({:.2} s from the first record)",
+        drain_1.0,
+        n as f64 / drain_1.0,
+        drain_1.1
+    );
+
+    let group = format!("{prefix}udo-analyze");
+    let store = CheckpointStore::connect(db, &group).await?;
+    let (shutdown, trigger) = Shutdown::manual();
+    let stage = AnalyzeStage::new(
+        tokio::runtime::Handle::current(),
+        settings.clone(),
+        common.codec(OutputFormat::Avro),
+        &common.topics(),
+        topics.clone(),
+        &common.brokers,
+        store,
+        5000,
+        shutdown.clone(),
+        Readiness::default(),
+    )?;
+    let seen = Arc::new(AtomicU64::new(0));
+    let cfg = RunnerConfig {
+        pipeline: PIPELINE,
+        brokers: common.brokers.clone(),
+        group,
+        topics: topics.inputs(),
+        assignor: Assignor::Range,
+        batch_size: 5000,
+        linger: Duration::from_millis(100),
+        retry_min_delay: Duration::from_millis(100),
+        retry_max_delay: Duration::from_secs(5),
+    };
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let counting = Counting { inner: stage, seen: seen.clone(), first: first.clone() };
+    let started = Instant::now();
+    let handle = tokio::task::spawn_blocking(move || runner::run(cfg, counting, shutdown, Readiness::default()));
+    while seen.load(Ordering::Relaxed) < n as u64 {
+        if handle.is_finished() {
+            return Err(Error::Failed("the analyzer stopped before consuming the topic".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done = Instant::now();
+    let pipeline = (done - started).as_secs_f64();
+    let pipeline_steady = first.lock().expect("first lock").map_or(pipeline, |f| (done - f).as_secs_f64());
+    trigger.trigger();
+    handle.await.map_err(|e| Error::Failed(format!("analyzer thread: {e}")))??;
+    println!(
+        "analyze pipeline: {n} records in {pipeline:.2} s = {:.0}/s ({pipeline_steady:.2} s from the first record = {:.0}/s)",
+        n as f64 / pipeline,
+        n as f64 / pipeline_steady
+    );
+
+    let drain_2 = raw_drain(&common.brokers, &[&topics.latency], n)?;
+    println!(
+        "raw rdkafka drain (again): {n} records in {:.2} s = {:.0}/s ({:.2} s from the first record)",
+        drain_2.0,
+        n as f64 / drain_2.0,
+        drain_2.1
+    );
+    // The analyzer subscribes to 4 topics (24 partitions, 18 of them empty
+    // here); a drain with the same subscription shows the broker's share.
+    let inputs = topics.inputs();
+    let all: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let drain_all = raw_drain(&common.brokers, &all, n)?;
+    println!(
+        "raw rdkafka drain subscribed to the analyzer's 4 input topics: {n} records in {:.2} s ({:.2} s from the first record)",
+        drain_all.0, drain_all.1
+    );
+    let raw = (drain_1.0 + drain_2.0) / 2.0;
+    let raw_steady = (drain_1.1 + drain_2.1) / 2.0;
+    println!(
+        "pipeline / raw drain throughput: {:.2} from subscribe (group join included), {:.2} from the first record (target >= 0.80)",
+        raw / pipeline,
+        raw_steady / pipeline_steady
+    );
+    println!(
+        "pipeline / same-subscription drain: {:.2} from subscribe, {:.2} from the first record",
+        drain_all.0 / pipeline,
+        drain_all.1 / pipeline_steady
+    );
+    Ok(())
+}
+
+/// A plain group consumer reading `n` records of `topic`: the baseline.
+/// Seconds from subscribe, and from the first record.
+fn raw_drain(brokers: &str, topics: &[&str], n: usize) -> Result<(f64, f64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-raw-{}", uuid::Uuid::new_v4().simple()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(Error::kafka("create drain consumer"))?;
+    consumer.subscribe(topics).map_err(Error::kafka("subscribe"))?;
+    let started = Instant::now();
+    let mut first = None;
+    let mut count = 0;
+    while count < n {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                first.get_or_insert_with(Instant::now);
+                count += 1
+            }
+            Some(Err(e)) => tracing::warn!("drain: {e}"),
+            None if started.elapsed() > Duration::from_secs(600) => {
+                return Err(Error::Failed(format!("raw drain stalled at {count} of {n}")));
+            }
+            None => {}
+        }
+    }
+    let first = first.unwrap_or(started);
+    Ok((started.elapsed().as_secs_f64(), first.elapsed().as_secs_f64()))
+}

@@ -102,6 +102,8 @@ fn assigned_analyzer(prefix: &str, db: &str) -> Analyzer {
             }
         }
         eprintln!("analyzer got no partitions in 40 s; replacing it");
+        drop(child);
+        std::thread::sleep(Duration::from_secs(11));
     }
     panic!("the analyzer never got partitions (log: {})", path.display());
 }
@@ -246,6 +248,9 @@ fn incident_sequence_and_kill_restart_give_the_same_outputs() {
         let child = assigned_analyzer(&b, &db);
         std::thread::sleep(kill_after); // mid-run: the clean run takes ~8 s
         drop(child);
+        // Let the broker expire the killed member (session timeout 10 s)
+        // before the next one joins; see `assigned_analyzer`.
+        std::thread::sleep(Duration::from_secs(11));
     }
     let child = assigned_analyzer(&b, &db);
     let restarted = settle(&b);

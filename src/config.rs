@@ -159,7 +159,10 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 impl Settings {
     /// Defaults, then `file` (if any), then `UDO__SECTION__KEY` variables
     /// from `env`. Errors name the file or variable and the field.
-    pub fn load(file: Option<&std::path::Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings, String> {
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, String> {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -256,7 +259,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("udo-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("udo.toml");
-        std::fs::write(&file, "[analyze]\nwindow_size = \"10m\"\nmin_samples = 5\n[analyze.thresholds]\np95_warning_ms = 250.0\n").unwrap();
+        std::fs::write(
+            &file,
+            "[analyze]\nwindow_size = \"10m\"\nmin_samples = 5\n[analyze.thresholds]\np95_warning_ms = 250.0\n",
+        )
+        .unwrap();
         let s = Settings::load(Some(&file), env(&[("UDO__ANALYZE__MIN_SAMPLES", "7"), ("OTHER", "x")])).unwrap();
         assert_eq!(s.analyze.window_size, Duration::from_secs(600));
         assert_eq!(s.analyze.min_samples, 7, "env wins over the file");

@@ -144,9 +144,7 @@ fn settle(prefix: &str) -> Vec<(String, Value)> {
         let complete: BTreeSet<&str> = out
             .iter()
             .filter(|(t, v)| {
-                t == "udo.windows.v1"
-                    && v["endpoint"].is_null()
-                    && v["window_end"].as_i64() >= Some(CLOSED_BY_DATA)
+                t == "udo.windows.v1" && v["endpoint"].is_null() && v["window_end"].as_i64() >= Some(CLOSED_BY_DATA)
             })
             .filter_map(|(_, v)| v["subject"].as_str())
             .collect();

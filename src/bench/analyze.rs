@@ -56,7 +56,10 @@ pub async fn run(common: CommonArgs, args: AnalyzeBenchArgs) -> Result<()> {
     let settings = AnalyzeSettings::default();
     let spec = settings.window_spec().map_err(Error::Config)?;
     let codec = common.codec(OutputFormat::Avro);
-    println!("bench analyze: window {} ms sliding {} ms, lateness {} ms", spec.size_ms, spec.slide_ms, spec.allowed_lateness_ms);
+    println!(
+        "bench analyze: window {} ms sliding {} ms, lateness {} ms",
+        spec.size_ms, spec.slide_ms, spec.allowed_lateness_ms
+    );
 
     let (rate, p95) = engine_throughput(&codec, spec, args.samples)?;
     println!(
@@ -241,7 +244,11 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
         }
     }
     producer.flush(Duration::from_secs(120)).map_err(Error::kafka("flush"))?;
-    println!("pipeline: produced {n} latency samples to {} in {:.1} s", topics.latency, started.elapsed().as_secs_f64());
+    println!(
+        "pipeline: produced {n} latency samples to {} in {:.1} s",
+        topics.latency,
+        started.elapsed().as_secs_f64()
+    );
 
     let drain_1 = raw_drain(&common.brokers, &[&topics.latency], n)?;
     println!(

@@ -32,10 +32,9 @@ pub struct TailArgs {
 fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
     match e {
-        KafkaError::MessageConsumption(code) => !matches!(
-            code,
-            C::AllBrokersDown | C::BrokerTransportFailure | C::OperationTimedOut | C::PartitionEOF
-        ),
+        KafkaError::MessageConsumption(code) => {
+            !matches!(code, C::AllBrokersDown | C::BrokerTransportFailure | C::OperationTimedOut | C::PartitionEOF)
+        }
         _ => true,
     }
 }

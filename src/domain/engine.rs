@@ -35,7 +35,14 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     pub fn new(spec: WindowSpec) -> EngineConfig {
-        EngineConfig { spec, min_samples: 20, min_ratings: 10, thresholds: Thresholds::default(), source: "udo-analyze".into(), decision_channels: 1 }
+        EngineConfig {
+            spec,
+            min_samples: 20,
+            min_ratings: 10,
+            thresholds: Thresholds::default(),
+            source: "udo-analyze".into(),
+            decision_channels: 1,
+        }
     }
 }
 
@@ -323,7 +330,12 @@ impl Engine {
             .values()
             .map(|r| [r.p95_warning, r.p95_critical, r.error_rate_warning].iter().filter(|h| h.active).count())
             .sum::<usize>()
-            + self.state.uncertainty.values().map(|r| r.warning.active as usize + r.critical.active as usize).sum::<usize>();
+            + self
+                .state
+                .uncertainty
+                .values()
+                .map(|r| r.warning.active as usize + r.critical.active as usize)
+                .sum::<usize>();
         (degraded, firing)
     }
 

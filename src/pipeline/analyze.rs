@@ -25,9 +25,6 @@ use crate::shutdown::Shutdown;
 use crate::sinks::checkpoints::{Checkpoint, CheckpointStore};
 use crate::sinks::dlq::{Dlq, Reason};
 use crate::sinks::kafka::{Outgoing, future_record};
-use futures_util::future::join_all;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::DeliveryFuture;
 use crate::telemetry::Readiness;
 use crate::telemetry::events::{
     AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, LateEvent, RecordsProduced, SinkRetry,
@@ -35,7 +32,10 @@ use crate::telemetry::events::{
 };
 use crate::topics::{TopicCatalog, names};
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::DeliveryFuture;
 use rdkafka::producer::FutureProducer;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -209,7 +209,9 @@ impl AnalyzeStage {
     fn decode(&self, msg: &OwnedMessage) -> std::result::Result<Event, Reason> {
         let allowed = self.allowed.get(msg.topic()).map(Vec::as_slice).unwrap_or(&[]);
         let payload = msg.payload().unwrap_or(&[]);
-        self.codec.decode(allowed, payload).map_err(|e| Reason { class: e.class.as_str().into(), message: e.to_string() })
+        self.codec
+            .decode(allowed, payload)
+            .map_err(|e| Reason { class: e.class.as_str().into(), message: e.to_string() })
     }
 
     /// Encodes outputs for their topics, keyed by subject.

@@ -150,7 +150,8 @@ mod tests {
         let d = dead_letter(&msg, "materialize-postgres", &reason);
         assert_eq!(d.payload.as_deref(), Some(&[0xff, 0x00][..]));
         assert_eq!(d.key.as_deref(), Some(&b"proj-1"[..]));
-        let get = |k: &str| d.headers.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let get =
+            |k: &str| d.headers.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         assert_eq!(get("trace").as_deref(), Some("abc"), "original headers are kept");
         assert_eq!(get(headers::TOPIC).as_deref(), Some("udo.writes.v1"));
         assert_eq!(get(headers::PARTITION).as_deref(), Some("4"));

@@ -46,8 +46,13 @@ pub struct DlqRecord<'a> {
 impl DlqRecord<'_> {
     pub fn emit(&self) {
         tracing::warn!(
-            pipeline = self.pipeline, topic = self.topic, partition = self.partition, offset = self.offset,
-            class = self.class, "record sent to the DLQ: {}", self.message
+            pipeline = self.pipeline,
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            class = self.class,
+            "record sent to the DLQ: {}",
+            self.message
         );
         counter!("udo_dlq_records_total", "pipeline" => self.pipeline, "topic" => self.topic.to_string(),
             "class" => self.class.to_string())
@@ -68,8 +73,12 @@ pub struct SinkRetry<'a> {
 impl SinkRetry<'_> {
     pub fn emit(&self) {
         tracing::warn!(
-            pipeline = self.pipeline, sink = self.sink, attempt = self.attempt,
-            "write failed, partitions paused, retrying in {:?}: {}", self.delay, self.error
+            pipeline = self.pipeline,
+            sink = self.sink,
+            attempt = self.attempt,
+            "write failed, partitions paused, retrying in {:?}: {}",
+            self.delay,
+            self.error
         );
         counter!("udo_sink_retries_total", "pipeline" => self.pipeline, "sink" => self.sink).increment(1);
         gauge!("udo_sink_paused", "pipeline" => self.pipeline).set(1.0);
@@ -87,8 +96,11 @@ pub struct SinkRecovered {
 impl SinkRecovered {
     pub fn emit(&self) {
         tracing::info!(
-            pipeline = self.pipeline, sink = self.sink, attempts = self.attempts,
-            "write succeeded after {:.1?}; partitions resumed", self.outage
+            pipeline = self.pipeline,
+            sink = self.sink,
+            attempts = self.attempts,
+            "write succeeded after {:.1?}; partitions resumed",
+            self.outage
         );
         gauge!("udo_sink_paused", "pipeline" => self.pipeline).set(0.0);
     }

@@ -88,7 +88,10 @@ fn an_incident_degrades_alerts_then_recovers_and_resolves() {
         })
         .collect();
     let subjects: std::collections::BTreeSet<&str> = stats.iter().map(|w| w.subject.as_str()).collect();
-    assert_eq!(subjects.into_iter().collect::<Vec<_>>(), ["auth", "auth /a", "auth /b", "checkout", "checkout /a", "checkout /b"]);
+    assert_eq!(
+        subjects.into_iter().collect::<Vec<_>>(),
+        ["auth", "auth /a", "auth /b", "checkout", "checkout /a", "checkout /b"]
+    );
     let checkout_p95 =
         stats.iter().find(|w| w.subject == "checkout" && w.window_end == 16 * MIN).unwrap().latency.clone().unwrap();
     assert!(checkout_p95.p95_ms > 500.0 && checkout_p95.count == 3000, "{checkout_p95:?}");
@@ -310,7 +313,11 @@ proptest! {
 #[test]
 fn severity_and_kind_names_are_the_contract_ones() {
     let out = run(&mut Engine::new(cfg()), &incident(40, 10..20, 1));
-    assert!(out.iter().any(|e| matches!(e, Event::Alert(a) if a.severity == Severity::Critical && a.status == AlertStatus::Firing)));
+    assert!(
+        out.iter().any(
+            |e| matches!(e, Event::Alert(a) if a.severity == Severity::Critical && a.status == AlertStatus::Firing)
+        )
+    );
     assert!(out.iter().any(|e| matches!(e, Event::Degradation(d) if d.kind == DegradationKind::Recovered)));
 }
 
@@ -342,10 +349,13 @@ fn a_lagging_input_holds_the_ratings_watermark_until_it_is_idle() {
     assert!(out.is_empty(), "held by the decisions input at minute 9");
     e.set_idle(Source::Decisions(0), true);
     e.close(&mut out);
-    let last_end = out.iter().filter_map(|ev| match ev {
-        Event::WindowStats(w) => Some(w.window_end / MIN),
-        _ => None,
-    }).max();
+    let last_end = out
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::WindowStats(w) => Some(w.window_end / MIN),
+            _ => None,
+        })
+        .max();
     assert_eq!(last_end, Some(18), "watermark 19 min − 30 s");
     // A decision behind already-closed windows is late, not folded in.
     assert!(e.ingest(Input::Decision(&decision(12 * MIN, "atlas", "search", 40), 0, 100)).is_err());
@@ -369,10 +379,13 @@ fn decision_channels_hold_the_watermark_at_the_slowest_source_partition() {
         e.ingest(Input::Decision(&decision(m * MIN + 3, "atlas", "search", 40), 1, m)).expect("not late");
     }
     e.close(&mut out);
-    let ends: Vec<i64> = out.iter().filter_map(|ev| match ev {
-        Event::WindowStats(w) => Some(w.window_end / MIN),
-        _ => None,
-    }).collect();
+    let ends: Vec<i64> = out
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::WindowStats(w) => Some(w.window_end / MIN),
+            _ => None,
+        })
+        .collect();
     assert_eq!(ends, [1, 2], "closed up to channel 1's watermark (minute 3 − 30 s)");
 }
 

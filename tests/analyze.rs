@@ -35,18 +35,8 @@ const MIN: i64 = 60_000;
 /// A database of its own for this run (checkpoints are per group anyway,
 /// but a fresh schema proves the migrations run from nothing).
 fn fresh_database(tag: &str) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is not set: run tests with scripts/test");
-    let name = format!("it_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&base)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {base} is unreachable ({e}); start it with scripts/stack up"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
-    });
-    let (head, _) = base.rsplit_once('/').unwrap();
-    format!("{head}/{name}")
+    rt.block_on(common::fresh_database(tag))
 }
 
 /// Kills the analyzer when dropped, so a failing assertion leaves no process behind.

@@ -15,7 +15,7 @@
 //! restart restores the state and resumes at the checkpointed offsets, so it
 //! re-emits exactly the outputs since the checkpoint, with identical ids.
 
-use super::runner::{Offsets, Stage, Tp};
+use super::runner::{self, Offsets, Stage, Tp};
 use crate::codec::Codec;
 use crate::config::AnalyzeSettings;
 use crate::domain::engine::{Engine, EngineConfig, Input, Source, Stream, TaskState};
@@ -31,7 +31,6 @@ use crate::telemetry::events::{
     StateMachines, WindowsClosed,
 };
 use crate::topics::{TopicCatalog, names};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
@@ -283,12 +282,7 @@ impl AnalyzeStage {
     /// `Err` only on shutdown, which leaves the state unflushed (never
     /// checkpointed past the lost outputs).
     fn flush(&mut self) -> Result<()> {
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = runner::backoff(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 0;
         loop {
             let pending = std::mem::take(&mut self.in_flight);
@@ -335,12 +329,7 @@ impl AnalyzeStage {
         if dead.is_empty() {
             return Ok(());
         }
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = runner::backoff(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 0;
         loop {
             attempt += 1;

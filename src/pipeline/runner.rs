@@ -91,13 +91,14 @@ pub struct RunnerConfig {
 
 impl RunnerConfig {
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        ExponentialBuilder::default()
-            .with_min_delay(self.retry_min_delay)
-            .with_max_delay(self.retry_max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        backoff(self.retry_min_delay, self.retry_max_delay)
     }
+}
+
+/// Retry delays of every pipeline: exponential from `min` to `max`, with
+/// jitter, never giving up (a record is never skipped).
+pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default().with_min_delay(min).with_max_delay(max).with_jitter().without_max_times().build()
 }
 
 struct RunnerContext<S: Stage> {

@@ -458,6 +458,53 @@ async fn postgres_replay_changes_nothing() {
     common::drop_database(&url).await;
 }
 
+/// A batch of new events goes straight into the tables by COPY; a batch
+/// that meets a stored event id takes the checked path instead. Both must
+/// store the same rows, to the microsecond.
+#[tokio::test]
+async fn postgres_bulk_and_checked_paths_store_identical_rows() {
+    let (url_bulk, bulk) = pg("paths_bulk").await;
+    let (url_checked, checked) = pg("paths_checked").await;
+    // Odd milliseconds, far from the epochs, so a rounding difference shows.
+    let mut events = every_kind();
+    for (i, e) in events.iter_mut().enumerate() {
+        let at = T0 + 987_654_321 + (i as i64) * 1_001;
+        match e {
+            Event::LatencySample(x) => x.occurred_at = at,
+            Event::FeedbackRating(x) => x.occurred_at = at,
+            Event::DecisionLog(x) => x.occurred_at = at,
+            Event::ContextChunk(x) => x.occurred_at = at,
+            _ => {}
+        }
+    }
+    let first = [events[0].clone()];
+    // Bulk: the first event alone, then the others, all new.
+    write(&bulk, &pg_batch("udo.writes.v1", &first, 0)).await;
+    let a = write(&bulk, &pg_batch("udo.writes.v1", &events[1..], 1)).await;
+    // Checked: the first event, then all of them (the first is stored).
+    write(&checked, &pg_batch("udo.writes.v1", &first, 0)).await;
+    let b = write(&checked, &pg_batch("udo.writes.v1", &events, 0)).await;
+    assert_eq!((a.inserted, a.rejects.len()), (b.inserted, 0));
+    assert_eq!(a.inserted as usize, events.len() - 1);
+    // consumer_offsets.updated_at is the write's wall-clock time.
+    let rows = async |sink: &PgSink| -> Vec<_> {
+        pg_snapshot(sink.pool()).await.into_iter().filter(|t| t.0 != "consumer_offsets").collect()
+    };
+    assert_eq!(rows(&bulk).await, rows(&checked).await);
+    let us: i64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM occurred_at) * 1000000)::int8 FROM latency_samples WHERE event_id = $1",
+    )
+    .bind(id(0))
+    .fetch_one(bulk.pool())
+    .await
+    .unwrap();
+    assert_eq!(us, (T0 + 987_654_321) * 1000, "exact to the microsecond");
+    for (sink, url) in [(bulk, url_bulk), (checked, url_checked)] {
+        sink.pool().close().await;
+        common::drop_database(&url).await;
+    }
+}
+
 #[tokio::test]
 async fn postgres_offsets_are_stored_with_the_rows_and_never_go_back() {
     let (url, sink) = pg("offsets").await;

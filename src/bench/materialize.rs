@@ -7,9 +7,10 @@
 //! in memory (the seeded `produce all` mix) and each variant is timed from
 //! its first store round trip to its last commit. What each variant does:
 //! - materializer: `PgSink` exactly as `materialize-postgres` uses it: per
-//!   batch one transaction with idempotent set-based writes (COPY for
-//!   latency samples), the reuse check, the derived tables
-//!   (project_contexts, projects) and the partition offset;
+//!   batch one transaction with the event rows (binary COPY while no event
+//!   id is already stored, otherwise checked idempotent inserts), the derived
+//!   tables (project_contexts: the newest chunk per key, staged by COPY and
+//!   upserted; projects) and the partition offset;
 //! - COPY: `COPY … (FORMAT binary)` of each batch's rows into same-schema
 //!   staging tables: the four event tables (`LIKE … INCLUDING ALL`: same
 //!   columns, constraints, primary keys, indexes) and the current chunks
@@ -27,6 +28,7 @@
 
 use crate::domain::{ContextChunk, DecisionLog, Event, FeedbackRating, LatencySample};
 use crate::error::{Error, Result};
+use crate::sinks::postgres::copy::CopyBuf;
 use crate::sinks::postgres::{PgBatch, PgSink, payload_hash};
 use crate::sinks::redis::{RedisBatch, RedisSink, keys};
 use crate::synth::{Generator, Kind, SynthConfig, simulated_time};
@@ -216,46 +218,6 @@ async fn materializer_variant(sink: &PgSink, evs: &[Event], batch: usize) -> Res
 
 // ---- binary COPY
 
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_US: i64 = 946_684_800_000_000;
-
-struct CopyBuf(Vec<u8>);
-
-impl CopyBuf {
-    fn new() -> CopyBuf {
-        let mut b = b"PGCOPY\n\xff\r\n\0".to_vec();
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes());
-        CopyBuf(b)
-    }
-    fn row(&mut self, fields: i16) {
-        self.0.extend_from_slice(&fields.to_be_bytes());
-    }
-    fn bytes(&mut self, v: &[u8]) {
-        self.0.extend_from_slice(&(v.len() as i32).to_be_bytes());
-        self.0.extend_from_slice(v);
-    }
-    fn uuid(&mut self, u: &Uuid) {
-        self.bytes(u.as_bytes());
-    }
-    fn ts(&mut self, ms: i64) {
-        self.bytes(&(ms * 1000 - PG_EPOCH_US).to_be_bytes());
-    }
-    fn text(&mut self, s: &str) {
-        self.bytes(s.as_bytes());
-    }
-    fn opt_text(&mut self, s: Option<&str>) {
-        match s {
-            Some(s) => self.text(s),
-            None => self.0.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
-    }
-    fn finish(mut self) -> Vec<u8> {
-        self.0.extend_from_slice(&(-1i16).to_be_bytes());
-        self.0
-    }
-}
-
 fn outcome(o: crate::domain::Outcome) -> &'static str {
     match o {
         crate::domain::Outcome::Ok => "OK",
@@ -281,93 +243,78 @@ async fn copy_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<Du
         let mut tx = sink.pool().begin().await.map_err(Error::postgres("begin"))?;
         let mut bufs: Vec<(&str, Vec<u8>)> = Vec::new();
         if !b.latency.is_empty() {
-            let mut c = CopyBuf::new();
+            let mut c = CopyBuf::with_capacity(1 << 16);
             for (_, h, e) in &b.latency {
                 c.row(9);
                 c.uuid(&e.event_id);
                 c.uuid(h);
-                c.ts(e.occurred_at);
+                c.ts_ms(e.occurred_at);
                 c.text(&e.source);
                 c.text(&e.component);
                 c.text(&e.endpoint);
-                c.bytes(&e.latency_ms.to_be_bytes());
+                c.f64(e.latency_ms);
                 c.text(outcome(e.outcome));
-                match e.status_code {
-                    Some(s) => c.bytes(&s.to_be_bytes()),
-                    None => c.opt_text(None),
-                }
+                c.opt_i32(e.status_code);
             }
             bufs.push(("latency_samples", c.finish()));
         }
         if !b.feedback.is_empty() {
-            let mut c = CopyBuf::new();
+            let mut c = CopyBuf::with_capacity(1 << 16);
             for (_, h, e) in &b.feedback {
                 c.row(9);
                 c.uuid(&e.event_id);
                 c.uuid(h);
-                c.ts(e.occurred_at);
+                c.ts_ms(e.occurred_at);
                 c.text(&e.source);
                 c.text(&e.project_id);
                 c.text(&e.component);
                 c.uuid(&e.decision_id);
-                c.bytes(&(e.rating as i16).to_be_bytes());
+                c.i16(e.rating as i16);
                 c.opt_text(e.correction.as_deref());
             }
             bufs.push(("uncertainty_feedback", c.finish()));
         }
         if !b.decisions.is_empty() {
-            let mut c = CopyBuf::new();
+            let mut c = CopyBuf::with_capacity(1 << 16);
             for (_, h, e) in &b.decisions {
                 c.row(9);
                 c.uuid(&e.event_id);
                 c.uuid(h);
-                c.ts(e.occurred_at);
+                c.ts_ms(e.occurred_at);
                 c.text(&e.source);
                 c.text(&e.project_id);
                 c.text(&e.component);
                 c.text(&e.decision);
-                c.bytes(&(e.uncertainty_score as i16).to_be_bytes());
+                c.i16(e.uncertainty_score as i16);
                 c.opt_text(e.rationale.as_deref());
             }
             bufs.push(("uncertainty_logs", c.finish()));
         }
         if !b.chunks.is_empty() {
-            let mut c = CopyBuf::new();
+            let mut c = CopyBuf::with_capacity(1 << 16);
             for (_, h, e) in &b.chunks {
                 c.row(8);
                 c.uuid(&e.event_id);
                 c.uuid(h);
-                c.ts(e.occurred_at);
+                c.ts_ms(e.occurred_at);
                 c.text(&e.source);
                 c.text(&e.project_id);
                 c.text(&e.file_path);
-                c.bytes(&e.chunk_index.to_be_bytes());
+                c.i32(e.chunk_index);
                 c.text(op(e.op));
             }
             bufs.push(("project_context_events", c.finish()));
-            let mut c = CopyBuf::new();
+            let mut c = CopyBuf::with_capacity(1 << 16);
             for (_, _, e) in b.chunks.iter().filter(|x| x.2.op == crate::domain::ChunkOp::Upsert) {
                 c.row(8);
                 c.text(&e.project_id);
                 c.text(&e.file_path);
-                c.bytes(&e.chunk_index.to_be_bytes());
+                c.i32(e.chunk_index);
                 c.uuid(&e.event_id);
-                c.ts(e.occurred_at);
+                c.ts_ms(e.occurred_at);
                 c.text(&e.source);
                 c.text(&e.content);
-                match &e.embedding {
-                    // pgvector's binary form: dimension, unused, then float4s.
-                    Some(v) => {
-                        let mut vb = Vec::with_capacity(4 + 4 * v.len());
-                        vb.extend_from_slice(&(v.len() as i16).to_be_bytes());
-                        vb.extend_from_slice(&0i16.to_be_bytes());
-                        for x in v {
-                            vb.extend_from_slice(&x.to_be_bytes());
-                        }
-                        c.bytes(&vb);
-                    }
-                    None => c.opt_text(None),
-                }
+                c.vector(e.embedding.as_deref());
             }
             bufs.push(("project_contexts", c.finish()));
         }

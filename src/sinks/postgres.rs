@@ -6,14 +6,25 @@
 //! transaction handle: [`PgSink::begin`] → [`PgTxn::write`] (rows and offset;
 //! returns the rejects) → the caller DLQs the rejects → [`PgTxn::commit`];
 //! dropping the handle rolls everything back, so a failed DLQ write leaves no
-//! trace. Each table is written set-based, one statement per table and batch
-//! (`UNNEST` of bound arrays; raw latency samples, the volume, via COPY into a
-//! session temp table), idempotently (`ON CONFLICT`), so a replay changes
-//! nothing. Reused event ids are found by the insert itself (its conflict
-//! clause compares payload hashes, one statement and round trip per table),
-//! which is right even against a concurrent writer. Statement text
-//! and bind arrays are built by pure code in `postgres/` and unit-tested.
+//! trace. Every table is written set-based, one statement per table and
+//! batch, so that a replay changes nothing:
+//! - the high-volume event tables (samples, ratings, decisions, the chunk
+//!   ledger) take a bulk path first: binary COPY straight into the tables
+//!   under a savepoint, as fast as a plain bulk load. Only a batch that meets
+//!   an already stored event id (a replay, a producer retry, a reused id)
+//!   rolls back to the savepoint and takes the checked path;
+//! - the checked path, and every other table, are idempotent inserts
+//!   (`UNNEST` of bound arrays, or a COPY into a session temp table, then
+//!   `INSERT … ON CONFLICT`) whose conflict clause compares payload hashes,
+//!   so reused event ids are found by the insert itself, in one statement and
+//!   round trip per table, which is right even against a concurrent writer;
+//! - current chunks are staged by binary COPY (embeddings travel as pgvector's
+//!   binary form, never as text) and upserted newest-wins.
+//!
+//! Statement text, bind arrays and COPY payloads are built by pure code in
+//! `postgres/` and unit-tested.
 
+pub mod copy;
 mod plan;
 mod sql;
 
@@ -107,7 +118,14 @@ impl PgSink {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
-            .after_connect(|conn, _| Box::pin(async move { conn.execute(sql::CREATE_STAGE_LATENCY).await.map(|_| ()) }))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    for stage in sql::CREATE_STAGES {
+                        conn.execute(stage).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(opts)
             .await
             .map_err(Error::postgres("connect pool"))?;
@@ -297,24 +315,73 @@ impl PgTxn {
         self.checked(table, u.stmt(q), rows, id).await
     }
 
-    async fn write_events(&mut self, p: &plan::Plan<'_>) -> Result<PgOutcome> {
+    /// Sends one binary COPY payload; returns the rows it wrote.
+    async fn copy_in(&mut self, op: &str, statement: &str, data: Vec<u8>) -> Result<u64> {
+        let mut copy = self.tx.copy_in_raw(statement).await.map_err(Error::postgres(op))?;
+        if let Err(e) = copy.send(data).await {
+            // Abort so the connection is usable for the rollback.
+            let _ = copy.abort("send failed").await;
+            return Err(Error::Postgres { op: op.into(), source: e });
+        }
+        copy.finish().await.map_err(Error::postgres(op))
+    }
+
+    /// The fast path of the high-volume event tables (samples, ratings,
+    /// decisions, chunk ledger): normally none of a batch's event ids is
+    /// stored yet, so their rows go straight into the tables by binary COPY,
+    /// as fast as a bulk load, under one savepoint. A stored id (a replay, a
+    /// producer retry, a reused id) fails a COPY with a unique violation; the
+    /// savepoint undoes the partial work and `None` sends the batch down the
+    /// checked path, which tells replays from reused ids.
+    async fn copy_events(&mut self, p: &plan::Plan<'_>) -> Result<Option<u64>> {
+        let copies = sql::event_copies(p);
+        if copies.is_empty() {
+            return Ok(Some(0));
+        }
+        self.simple("SAVEPOINT udo_events").await?;
+        let mut inserted = 0;
+        for (table, statement, data) in copies {
+            match self.copy_in(&format!("copy into {table}"), &statement, data).await {
+                Ok(n) => inserted += n,
+                Err(Error::Postgres { source: sqlx::Error::Database(db), .. }) if db.is_unique_violation() => {
+                    self.simple("ROLLBACK TO SAVEPOINT udo_events").await?;
+                    self.simple("RELEASE SAVEPOINT udo_events").await?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.simple("RELEASE SAVEPOINT udo_events").await?;
+        Ok(Some(inserted))
+    }
+
+    /// The checked path of the high-volume event tables: idempotent inserts
+    /// that report reused event ids (latency samples through the stage).
+    async fn insert_events_checked(&mut self, p: &plan::Plan<'_>) -> Result<PgOutcome> {
         let mut out = PgOutcome::default();
         if !p.latency.is_empty() {
-            let text = sql::latency_copy_binary(&p.latency);
-            let mut copy =
-                self.tx.copy_in_raw(&sql::copy_latency_statement()).await.map_err(Error::postgres("copy latency"))?;
-            if let Err(e) = copy.send(text).await {
-                // Abort so the connection is usable for the rollback.
-                let _ = copy.abort("send failed").await;
-                return Err(Error::Postgres { op: "copy latency".into(), source: e });
-            }
-            copy.finish().await.map_err(Error::postgres("copy latency"))?;
+            let statement = sql::copy_into("udo_stage_latency", sql::LATENCY_COLUMNS);
+            self.copy_in("stage latency", &statement, sql::latency_copy(&p.latency)).await?;
             let stmt = sql::Stmt::plain(sql::insert_latency_from_stage());
             out.absorb(self.checked("latency_samples", stmt, &p.latency, |e| e.event_id).await?);
         }
         out.absorb(self.insert_checked("uncertainty_feedback", &p.feedback, sql::feedback, |e| e.event_id).await?);
         out.absorb(self.insert_checked("uncertainty_logs", &p.decisions, sql::decisions, |e| e.event_id).await?);
         out.absorb(self.insert_checked("project_context_events", &p.chunks, sql::chunk_events, |e| e.event_id).await?);
+        Ok(out)
+    }
+
+    /// A statement without parameters or results (transaction control).
+    async fn simple(&mut self, statement: &str) -> Result<()> {
+        self.tx.execute(statement).await.map_err(Error::postgres(statement.to_lowercase()))?;
+        Ok(())
+    }
+
+    async fn write_events(&mut self, p: &plan::Plan<'_>) -> Result<PgOutcome> {
+        let mut out = match self.copy_events(p).await? {
+            Some(inserted) => PgOutcome { inserted, ..PgOutcome::default() },
+            None => self.insert_events_checked(p).await?,
+        };
         let lw =
             self.insert_checked("latency_windows", &p.latency_windows, sql::latency_windows, |e| e.event_id).await?;
         let uw = self
@@ -364,7 +431,9 @@ impl PgTxn {
         let chunks: Vec<_> = p.chunks.iter().filter(|r| !rejected.contains(&r.offset)).copied().collect();
         let (upserts, deletes) = plan::split_ops(plan::newest_chunks(&chunks));
         if !upserts.is_empty() {
-            self.exec("upsert project_contexts", sql::upsert_contexts(&upserts)).await?;
+            let statement = sql::copy_into("udo_stage_contexts", sql::CONTEXT_COLUMNS);
+            self.copy_in("stage project_contexts", &statement, sql::contexts_copy(&upserts)).await?;
+            self.exec("upsert project_contexts", sql::Stmt::plain(sql::upsert_contexts_from_stage())).await?;
         }
         if !deletes.is_empty() {
             self.exec("delete from project_contexts", sql::delete_contexts(&deletes)).await?;

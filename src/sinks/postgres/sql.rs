@@ -1,10 +1,13 @@
-//! Statement text and bind values for a batch, built without IO. Every table
-//! is written set-based: one `INSERT … SELECT … FROM UNNEST($1::t[], …)` per
-//! table and batch (arrays bound as parameters, so no SQL is ever built from
-//! data), except raw latency samples, which are the volume and go through
-//! binary COPY into a session temp table. Epoch milliseconds travel as int8 and
-//! become timestamptz in SQL (`to_timestamp(ms / 1000.0)`, exact to the ms).
+//! Statement text, bind values and COPY payloads for a batch, built without
+//! IO. Bulk rows travel as binary COPY payloads (see [`super::copy`]), the
+//! rest as `INSERT … SELECT … FROM UNNEST($1::t[], …)` with arrays bound as
+//! parameters, so no SQL is ever built from data. In UNNEST binds epoch
+//! milliseconds travel as int8 and become timestamptz in SQL
+//! (`to_timestamp(ms / 1000.0)`); in COPY payloads they are encoded as
+//! microseconds. Both are exact, and a test checks that the two paths store
+//! identical rows.
 
+use super::copy::CopyBuf;
 use super::plan::Row;
 use crate::domain::{
     Alert, ChunkOp, ContextChunk, DecisionLog, Degradation, DegradationKind, FeedbackRating, LatencySample, Outcome,
@@ -12,65 +15,157 @@ use crate::domain::{
 };
 use sqlx::Arguments;
 use sqlx::postgres::{PgArguments, Postgres};
-use std::fmt::Write as _;
 use uuid::Uuid;
 
-/// Session temp table the latency COPY lands in (created per connection).
-pub const STAGE_LATENCY: &str = "udo_stage_latency";
+/// Columns of the COPY payloads below, in the order they write them.
+pub const LATENCY_COLUMNS: &str =
+    "event_id, payload_hash, occurred_at, source, component, endpoint, latency_ms, outcome, status_code";
+pub const FEEDBACK_COLUMNS: &str =
+    "event_id, payload_hash, occurred_at, source, project_id, component, decision_id, rating, correction";
+pub const DECISION_COLUMNS: &str =
+    "event_id, payload_hash, occurred_at, source, project_id, component, decision, uncertainty_score, rationale";
+pub const CHUNK_EVENT_COLUMNS: &str =
+    "event_id, payload_hash, occurred_at, source, project_id, file_path, chunk_index, op";
+pub const CONTEXT_COLUMNS: &str =
+    "project_id, file_path, chunk_index, event_id, occurred_at, source, content, embedding";
 
-pub const CREATE_STAGE_LATENCY: &str = "CREATE TEMP TABLE IF NOT EXISTS udo_stage_latency (
-    event_id uuid, payload_hash uuid, occurred_ms int8, source text, component text, endpoint text,
-    latency_ms float8, outcome text, status_code int4
-) ON COMMIT DELETE ROWS";
+/// Session temp tables that COPY payloads are staged in before a checked
+/// insert or upsert (created once per connection; emptied by the statement
+/// that reads them, and at commit anyway).
+pub const CREATE_STAGES: [&str; 2] = [
+    "CREATE TEMP TABLE IF NOT EXISTS udo_stage_latency (LIKE latency_samples) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS udo_stage_contexts (LIKE project_contexts) ON COMMIT DELETE ROWS",
+];
 
-const STAGE_LATENCY_COLUMNS: &str =
-    "event_id, payload_hash, occurred_ms, source, component, endpoint, latency_ms, outcome, status_code";
-
-pub fn copy_latency_statement() -> String {
-    format!("COPY {STAGE_LATENCY} ({STAGE_LATENCY_COLUMNS}) FROM STDIN (FORMAT binary)")
+/// `COPY table (columns) FROM STDIN` in binary format.
+pub fn copy_into(table: &str, columns: &str) -> String {
+    format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)")
 }
 
-/// COPY binary format of staged latency samples: the server parses no text.
-pub fn latency_copy_binary(rows: &[Row<'_, LatencySample>]) -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-        out.extend_from_slice(bytes);
+/// The high-volume event tables of a batch as binary COPY payloads:
+/// (table, COPY statement, payload), for tables with rows.
+pub fn event_copies(p: &super::plan::Plan<'_>) -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if !p.latency.is_empty() {
+        out.push(("latency_samples", copy_into("latency_samples", LATENCY_COLUMNS), latency_copy(&p.latency)));
     }
-    let mut out = Vec::with_capacity(19 + rows.len() * 160);
-    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    out.extend_from_slice(&0i32.to_be_bytes()); // flags
-    out.extend_from_slice(&0i32.to_be_bytes()); // header extension
+    if !p.feedback.is_empty() {
+        let stmt = copy_into("uncertainty_feedback", FEEDBACK_COLUMNS);
+        out.push(("uncertainty_feedback", stmt, feedback_copy(&p.feedback)));
+    }
+    if !p.decisions.is_empty() {
+        out.push(("uncertainty_logs", copy_into("uncertainty_logs", DECISION_COLUMNS), decisions_copy(&p.decisions)));
+    }
+    if !p.chunks.is_empty() {
+        let stmt = copy_into("project_context_events", CHUNK_EVENT_COLUMNS);
+        out.push(("project_context_events", stmt, chunk_events_copy(&p.chunks)));
+    }
+    out
+}
+
+/// Payload of [`LATENCY_COLUMNS`].
+pub fn latency_copy(rows: &[Row<'_, LatencySample>]) -> Vec<u8> {
+    let mut c = CopyBuf::with_capacity(rows.len() * 150);
     for r in rows {
         let e = r.event;
-        out.extend_from_slice(&9i16.to_be_bytes());
-        field(&mut out, e.event_id.as_bytes());
-        field(&mut out, r.hash.as_bytes());
-        field(&mut out, &e.occurred_at.to_be_bytes());
-        field(&mut out, e.source.as_bytes());
-        field(&mut out, e.component.as_bytes());
-        field(&mut out, e.endpoint.as_bytes());
-        field(&mut out, &e.latency_ms.to_be_bytes());
-        field(&mut out, outcome(e.outcome).as_bytes());
-        match e.status_code {
-            Some(c) => field(&mut out, &c.to_be_bytes()),
-            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-        }
+        c.row(9);
+        c.uuid(&e.event_id);
+        c.uuid(&r.hash);
+        c.ts_ms(e.occurred_at);
+        c.text(&e.source);
+        c.text(&e.component);
+        c.text(&e.endpoint);
+        c.f64(e.latency_ms);
+        c.text(outcome(e.outcome));
+        c.opt_i32(e.status_code);
     }
-    out.extend_from_slice(&(-1i16).to_be_bytes());
-    out
+    c.finish()
+}
+
+/// Payload of [`FEEDBACK_COLUMNS`].
+pub fn feedback_copy(rows: &[Row<'_, FeedbackRating>]) -> Vec<u8> {
+    let mut c = CopyBuf::with_capacity(rows.len() * 200);
+    for r in rows {
+        let e = r.event;
+        c.row(9);
+        c.uuid(&e.event_id);
+        c.uuid(&r.hash);
+        c.ts_ms(e.occurred_at);
+        c.text(&e.source);
+        c.text(&e.project_id);
+        c.text(&e.component);
+        c.uuid(&e.decision_id);
+        c.i16(e.rating as i16);
+        c.opt_text(e.correction.as_deref());
+    }
+    c.finish()
+}
+
+/// Payload of [`DECISION_COLUMNS`].
+pub fn decisions_copy(rows: &[Row<'_, DecisionLog>]) -> Vec<u8> {
+    let mut c = CopyBuf::with_capacity(rows.len() * 250);
+    for r in rows {
+        let e = r.event;
+        c.row(9);
+        c.uuid(&e.event_id);
+        c.uuid(&r.hash);
+        c.ts_ms(e.occurred_at);
+        c.text(&e.source);
+        c.text(&e.project_id);
+        c.text(&e.component);
+        c.text(&e.decision);
+        c.i16(e.uncertainty_score as i16);
+        c.opt_text(e.rationale.as_deref());
+    }
+    c.finish()
+}
+
+/// Payload of [`CHUNK_EVENT_COLUMNS`] (the ledger: no content or embedding).
+pub fn chunk_events_copy(rows: &[Row<'_, ContextChunk>]) -> Vec<u8> {
+    let mut c = CopyBuf::with_capacity(rows.len() * 150);
+    for r in rows {
+        let e = r.event;
+        c.row(8);
+        c.uuid(&e.event_id);
+        c.uuid(&r.hash);
+        c.ts_ms(e.occurred_at);
+        c.text(&e.source);
+        c.text(&e.project_id);
+        c.text(&e.file_path);
+        c.i32(e.chunk_index);
+        c.text(op(e.op));
+    }
+    c.finish()
+}
+
+/// Payload of [`CONTEXT_COLUMNS`]: current chunks, embeddings in pgvector's
+/// binary form (no float is printed or parsed on the way).
+pub fn contexts_copy(rows: &[Row<'_, ContextChunk>]) -> Vec<u8> {
+    let dim = rows.iter().find_map(|r| r.event.embedding.as_ref()).map_or(0, Vec::len);
+    let mut c = CopyBuf::with_capacity(rows.len() * (4 * dim + 400));
+    for r in rows {
+        let e = r.event;
+        c.row(8);
+        c.text(&e.project_id);
+        c.text(&e.file_path);
+        c.i32(e.chunk_index);
+        c.uuid(&e.event_id);
+        c.ts_ms(e.occurred_at);
+        c.text(&e.source);
+        c.text(&e.content);
+        c.vector(e.embedding.as_deref());
+    }
+    c.finish()
 }
 
 /// Moves the staged rows into `latency_samples` (the stage is empty after),
 /// checked like [`checked`]: one row (inserted count, reused event ids).
 pub fn insert_latency_from_stage() -> String {
     format!(
-        "WITH s AS (DELETE FROM {STAGE_LATENCY} RETURNING *),
-         w AS (INSERT INTO latency_samples AS t
-             (event_id, payload_hash, occurred_at, source, component, endpoint, latency_ms, outcome, status_code)
-         SELECT event_id, payload_hash, {}, source, component, endpoint, latency_ms, outcome, status_code FROM s
+        "WITH s AS (DELETE FROM udo_stage_latency RETURNING *),
+         w AS (INSERT INTO latency_samples AS t ({LATENCY_COLUMNS}) SELECT {LATENCY_COLUMNS} FROM s
          {REUSE_CHECK})
-         {CHECK_RESULT}",
-        ts("occurred_ms")
+         {CHECK_RESULT}"
     )
 }
 
@@ -117,20 +212,6 @@ fn enum_str<T: serde::Serialize>(v: &T) -> String {
         Ok(serde_json::Value::String(s)) => s,
         other => format!("{other:?}"),
     }
-}
-
-/// `text` form of a pgvector value (`[1,2.5,...]`), parsed exactly by pgvector.
-pub fn vector_text(v: &[f32]) -> String {
-    let mut s = String::with_capacity(v.len() * 12 + 2);
-    s.push('[');
-    for (i, x) in v.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        let _ = write!(s, "{x}");
-    }
-    s.push(']');
-    s
 }
 
 /// A statement and its bind values.
@@ -250,7 +331,7 @@ pub fn decisions(rows: &[Row<'_, DecisionLog>]) -> Unnest {
     u
 }
 
-fn op(o: ChunkOp) -> &'static str {
+pub fn op(o: ChunkOp) -> &'static str {
     match o {
         ChunkOp::Upsert => "UPSERT",
         ChunkOp::Delete => "DELETE",
@@ -267,36 +348,24 @@ pub fn chunk_events(rows: &[Row<'_, ContextChunk>]) -> Unnest {
     u
 }
 
-/// Upserts the newest chunk per key into `project_contexts`, unless the
-/// ledger already holds a newer event for that key (a later UPSERT, already
-/// applied, or a DELETE tombstone): newer wins by (occurred_at, event_id).
-pub fn upsert_contexts(rows: &[Row<'_, ContextChunk>]) -> Stmt {
-    let mut u = Unnest::new(rows.len());
-    u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
-        .col("file_path", "text", map(rows, |e| e.file_path.clone()))
-        .col("chunk_index", "int4", map(rows, |e| e.chunk_index))
-        .col("event_id", "uuid", map(rows, |e| e.event_id))
-        .col("occurred_ms", "int8", map(rows, |e| e.occurred_at))
-        .col("source", "text", map(rows, |e| e.source.clone()))
-        .col("content", "text", map(rows, |e| e.content.clone()))
-        .col("embedding", "text", map(rows, |e| e.embedding.as_deref().map(vector_text)));
-    let sql = format!(
-        "INSERT INTO project_contexts AS c
-             (project_id, file_path, chunk_index, event_id, occurred_at, source, content, embedding)
-         SELECT u.project_id, u.file_path, u.chunk_index, u.event_id, {ts}, u.source, u.content, u.embedding::vector
-         FROM {from}
+/// Upserts the staged newest chunk per key into `project_contexts` (the
+/// stage is empty after), unless the ledger already holds a newer event for
+/// that key (a later UPSERT, already applied, or a DELETE tombstone): newer
+/// wins by (occurred_at, event_id).
+pub fn upsert_contexts_from_stage() -> String {
+    format!(
+        "WITH s AS (DELETE FROM udo_stage_contexts RETURNING *)
+         INSERT INTO project_contexts AS c ({CONTEXT_COLUMNS})
+         SELECT {CONTEXT_COLUMNS} FROM s
          WHERE NOT EXISTS (
              SELECT 1 FROM project_context_events e
-             WHERE e.project_id = u.project_id AND e.file_path = u.file_path AND e.chunk_index = u.chunk_index
-               AND (e.occurred_at, e.event_id) > ({ts}, u.event_id))
+             WHERE e.project_id = s.project_id AND e.file_path = s.file_path AND e.chunk_index = s.chunk_index
+               AND (e.occurred_at, e.event_id) > (s.occurred_at, s.event_id))
          ON CONFLICT (project_id, file_path, chunk_index) DO UPDATE SET
              event_id = EXCLUDED.event_id, occurred_at = EXCLUDED.occurred_at, source = EXCLUDED.source,
              content = EXCLUDED.content, embedding = EXCLUDED.embedding
-         WHERE (c.occurred_at, c.event_id) < (EXCLUDED.occurred_at, EXCLUDED.event_id)",
-        ts = ts("u.occurred_ms"),
-        from = u.unnest_clause()
-    );
-    u.stmt(sql)
+         WHERE (c.occurred_at, c.event_id) < (EXCLUDED.occurred_at, EXCLUDED.event_id)"
+    )
 }
 
 /// Deletes chunks older than the newest DELETE per key (idempotent).
@@ -490,7 +559,7 @@ mod tests {
             status_code: None,
         };
         let rows = [Row { offset: 0, hash: Uuid::from_u128(2), event: &e }];
-        let b = latency_copy_binary(&rows);
+        let b = latency_copy(&rows);
         assert_eq!(&b[..11], b"PGCOPY\n\xff\r\n\0");
         assert_eq!(&b[19..21], &9i16.to_be_bytes(), "nine fields");
         assert_eq!(&b[21..25], &16i32.to_be_bytes());
@@ -501,11 +570,32 @@ mod tests {
     }
 
     #[test]
-    fn vectors_print_exactly() {
-        let v = [0.1f32, -2.0, 1e-8, 3.4028235e38];
-        let t = vector_text(&v);
-        let back: Vec<f32> = t.trim_matches(['[', ']']).split(',').map(|x| x.parse().unwrap()).collect();
-        assert_eq!(back, v);
+    fn contexts_copy_carries_binary_vectors_and_null_embeddings() {
+        let chunk = |embedding: Option<Vec<f32>>| ContextChunk {
+            event_id: Uuid::from_u128(3),
+            occurred_at: 1_750_000_000_000,
+            source: "s".into(),
+            project_id: "p".into(),
+            file_path: "f.rs".into(),
+            chunk_index: 2,
+            op: ChunkOp::Upsert,
+            content: "c".into(),
+            embedding,
+        };
+        let (with, without) = (chunk(Some(vec![0.25, 4.0])), chunk(None));
+        let rows =
+            [Row { offset: 0, hash: Uuid::nil(), event: &with }, Row { offset: 1, hash: Uuid::nil(), event: &without }];
+        let b = contexts_copy(&rows);
+        let vector: Vec<u8> = [
+            &12i32.to_be_bytes()[..],
+            &2i16.to_be_bytes(),
+            &0i16.to_be_bytes(),
+            &0.25f32.to_be_bytes(),
+            &4.0f32.to_be_bytes(),
+        ]
+        .concat();
+        assert!(b.windows(vector.len()).any(|w| w == vector.as_slice()), "length, dimension, unused, float4s");
+        assert_eq!(&b[b.len() - 6..], &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff], "NULL embedding, then the trailer");
     }
 
     #[test]

@@ -434,12 +434,13 @@ async fn postgres_replay_changes_nothing() {
     let (url, sink) = pg("replay").await;
     let events = every_kind();
     let first = write(&sink, &pg_batch("udo.writes.v1", &events, 0)).await;
-    assert!(first.inserted > 0);
+    assert!(first.inserted > 0 && !first.checked);
     let before = pg_snapshot(sink.pool()).await;
     // The same batch again, then in different batch boundaries (a restart
     // from an older offset), then with every record twice in one batch.
     let again = write(&sink, &pg_batch("udo.writes.v1", &events, 0)).await;
     assert_eq!((again.inserted, again.rejects.len(), again.events), (0, 0, events.len()));
+    assert!(again.checked, "a replay takes the checked path");
     for (i, part) in events.chunks(37).enumerate() {
         let out = write(&sink, &pg_batch("udo.writes.v1", part, (i * 37) as i64)).await;
         assert_eq!((out.inserted, out.rejects.len()), (0, 0));
@@ -484,6 +485,7 @@ async fn postgres_bulk_and_checked_paths_store_identical_rows() {
     // Checked: the first event, then all of them (the first is stored).
     write(&checked, &pg_batch("udo.writes.v1", &first, 0)).await;
     let b = write(&checked, &pg_batch("udo.writes.v1", &events, 0)).await;
+    assert!(!a.checked && b.checked, "the bulk path, then the checked path");
     assert_eq!((a.inserted, a.rejects.len()), (b.inserted, 0));
     assert_eq!(a.inserted as usize, events.len() - 1);
     // consumer_offsets.updated_at is the write's wall-clock time.

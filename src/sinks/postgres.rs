@@ -66,6 +66,9 @@ pub struct PgOutcome {
     pub inserted: u64,
     /// Events accepted (new or already stored with the same payload).
     pub events: usize,
+    /// The batch met an already stored event id, so its event rows took the
+    /// checked path instead of the bulk COPY (normal for a replay).
+    pub checked: bool,
 }
 
 impl PgOutcome {
@@ -73,6 +76,7 @@ impl PgOutcome {
         self.rejects.extend(other.rejects);
         self.inserted += other.inserted;
         self.events += other.events;
+        self.checked |= other.checked;
     }
 }
 
@@ -295,7 +299,7 @@ impl PgTxn {
             .filter(|r| reused.contains(&id(r.event)))
             .map(|r| Reject { offset: r.offset, event_id: id(r.event), reason: RejectReason::ReusedEventId { table } })
             .collect();
-        Ok(PgOutcome { rejects, inserted: u64::try_from(inserted).unwrap_or(0), events: 0 })
+        Ok(PgOutcome { rejects, inserted: u64::try_from(inserted).unwrap_or(0), events: 0, checked: false })
     }
 
     /// Inserts one table's rows and returns the ones whose event id was
@@ -380,7 +384,7 @@ impl PgTxn {
     async fn write_events(&mut self, p: &plan::Plan<'_>) -> Result<PgOutcome> {
         let mut out = match self.copy_events(p).await? {
             Some(inserted) => PgOutcome { inserted, ..PgOutcome::default() },
-            None => self.insert_events_checked(p).await?,
+            None => PgOutcome { checked: true, ..self.insert_events_checked(p).await? },
         };
         let lw =
             self.insert_checked("latency_windows", &p.latency_windows, sql::latency_windows, |e| e.event_id).await?;

@@ -123,6 +123,27 @@ impl SinkWrite {
     }
 }
 
+/// A partition batch met event ids already stored in Postgres (a replay, a
+/// producer retry, a reused id) and took the checked path, slower than the
+/// bulk COPY. Steadily rising outside a replay means duplicates upstream.
+pub struct PostgresCheckedWrite<'a> {
+    pub pipeline: &'static str,
+    pub topic: &'a str,
+    pub partition: i32,
+}
+
+impl PostgresCheckedWrite<'_> {
+    pub fn emit(&self) {
+        tracing::debug!(
+            pipeline = self.pipeline,
+            topic = self.topic,
+            partition = self.partition,
+            "batch met stored event ids; checked insert"
+        );
+        counter!("udo_postgres_checked_writes_total", "pipeline" => self.pipeline).increment(1);
+    }
+}
+
 /// Records between the newest offset and the durably processed position.
 pub struct ConsumerLag<'a> {
     pub pipeline: &'static str,

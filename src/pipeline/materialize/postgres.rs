@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::runner::{Offsets, Stage, Tp};
 use crate::sinks::dlq::Reason;
 use crate::sinks::postgres::{PgBatch, PgSink};
+use crate::telemetry::events::PostgresCheckedWrite;
 use rdkafka::message::OwnedMessage;
 use std::time::Duration;
 
@@ -73,6 +74,9 @@ async fn write(c: &mut Common, sink: &PgSink, batch: &[OwnedMessage]) -> Result<
         };
         let out = txn.write(&c.group, &b).await?;
         records += out.events as u64;
+        if out.checked {
+            PostgresCheckedWrite { pipeline: c.pipeline, topic: &part.tp.topic, partition: part.tp.partition }.emit();
+        }
         for r in out.rejects {
             match part.msgs.get(&r.offset) {
                 Some(m) => dead.push((*m, Reason { class: r.reason.class().into(), message: r.to_string() })),

@@ -24,6 +24,7 @@
 //! Statement text, bind arrays and COPY payloads are built by pure code in
 //! `postgres/` and unit-tested.
 
+mod canonical;
 pub mod copy;
 mod plan;
 mod sql;

@@ -4,6 +4,7 @@
 //! project activity). No IO here, so every rule is unit-tested without a
 //! database; `sql.rs` turns the result into statements.
 
+use super::canonical;
 use crate::domain::{ChunkOp, ContextChunk, Degradation, Event, Limits, ValidationError};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, hash_map::Entry};
@@ -20,9 +21,19 @@ pub fn payload_hash(event: &Event) -> Uuid {
     let mut buf = Vec::with_capacity(256);
     buf.extend_from_slice(event.record_name().as_bytes());
     buf.push(b'\n');
-    let value = serde_json::to_value(event).expect("events always serialize to JSON");
-    canonical_json(&value, &mut buf);
+    let head = buf.len();
+    if canonical::write(event, &mut buf).is_err() {
+        buf.truncate(head);
+        canonical_reference(event, &mut buf);
+    }
     uuid_v5(&PAYLOAD_NS, &buf)
+}
+
+/// The definition of the canonical JSON (through `serde_json::Value`);
+/// `canonical::write` produces the same bytes faster.
+fn canonical_reference(event: &Event, out: &mut Vec<u8>) {
+    let value = serde_json::to_value(event).expect("events always serialize to JSON");
+    canonical_json(&value, out);
 }
 
 /// `Uuid::new_v5`, with the hardware-accelerated SHA-1 (hashing is the
@@ -310,6 +321,105 @@ pub fn project_activity(plan: &Plan<'_>, rejected: &std::collections::HashSet<i6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn same_canonical_json(e: &Event) {
+        let mut fast = Vec::new();
+        canonical::write(e, &mut fast).expect("every event shape is handled by the fast writer");
+        let mut reference = Vec::new();
+        canonical_reference(e, &mut reference);
+        assert_eq!(String::from_utf8_lossy(&fast), String::from_utf8_lossy(&reference));
+    }
+
+    #[test]
+    fn canonical_writer_matches_the_reference_on_synthetic_events() {
+        for seed in 0..4 {
+            for e in crate::bench::materialize::events(3000, 24, seed) {
+                same_canonical_json(&e);
+            }
+        }
+    }
+
+    mod canonical_writer {
+        use super::*;
+        use crate::domain::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            proptest::collection::vec(any::<char>(), 0..12).prop_map(|c| c.into_iter().collect())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+            /// Output events and chunks with arbitrary text (escapes,
+            /// unicode), floats (NaN, infinities, subnormals) and optional
+            /// fields: the fast writer's bytes are the reference's.
+            #[test]
+            fn matches_the_reference(
+                id in any::<u128>(), at in any::<i64>(), s in text(), t in text(),
+                f in proptest::collection::vec(any::<f64>(), 6),
+                o in proptest::option::of(any::<f64>()), n in any::<i64>(), k in any::<i32>(),
+                emb in proptest::option::of(proptest::collection::vec(any::<f32>(), 0..6)),
+                flags in any::<[bool; 4]>(),
+            ) {
+                let event_id = Uuid::from_u128(id);
+                let latency = flags[0].then(|| LatencyStats {
+                    count: n, error_count: n / 2, error_rate: f[0], p50_ms: f[1], p95_ms: f[2], p99_ms: f[3],
+                });
+                let uncertainty = flags[1].then(|| UncertaintyStats {
+                    ratings: n, positive: n / 3, approval_rate: f[4], wilson_lower: f[5], uncertainty: f[0],
+                    decisions: n, predicted_mean: o, calibration_gap: o.map(|x| -x),
+                });
+                let events = [
+                    Event::WindowStats(WindowStats {
+                        event_id, occurred_at: at, source: s.clone(), subject: t.clone(), component: s.clone(),
+                        endpoint: flags[2].then(|| t.clone()), project_id: flags[3].then(|| s.clone()),
+                        window_start: at / 2, window_end: n, latency, uncertainty,
+                    }),
+                    Event::Alert(Alert {
+                        event_id, occurred_at: at, source: s.clone(), rule: t.clone(), subject: s.clone(),
+                        component: t.clone(), project_id: flags[0].then(|| t.clone()),
+                        severity: if flags[1] { Severity::Critical } else { Severity::Warning },
+                        status: if flags[2] { AlertStatus::Firing } else { AlertStatus::Resolved },
+                        value: f[0], threshold: f[1], window_start: at, window_end: n, message: s.clone(),
+                    }),
+                    Event::Degradation(Degradation {
+                        event_id, occurred_at: at, source: s.clone(), component: t.clone(),
+                        kind: if flags[0] { DegradationKind::Degraded } else { DegradationKind::Recovered },
+                        reason: s.clone(), p95_ms: f[2], error_rate: f[3], consecutive_windows: k,
+                        window_start: at, window_end: n,
+                    }),
+                    Event::Promotion(Promotion {
+                        event_id, occurred_at: at, source: s.clone(), store: t.clone(),
+                        from_role: if flags[0] { StoreRole::Shadow } else { StoreRole::Primary },
+                        to_role: if flags[1] { StoreRole::Shadow } else { StoreRole::Primary },
+                        success_ratio: f[4], attempts: k, lag: n, reason: t.clone(),
+                    }),
+                    Event::ContextChunk(ContextChunk {
+                        event_id, occurred_at: at, source: s.clone(), project_id: t.clone(), file_path: s.clone(),
+                        chunk_index: k, op: if flags[3] { ChunkOp::Upsert } else { ChunkOp::Delete },
+                        content: t.clone(), embedding: emb,
+                    }),
+                    Event::LatencySample(LatencySample {
+                        event_id, occurred_at: at, source: s.clone(), component: t.clone(), endpoint: s.clone(),
+                        latency_ms: f[5], outcome: if flags[2] { Outcome::Ok } else { Outcome::Timeout },
+                        status_code: flags[3].then_some(k),
+                    }),
+                    Event::FeedbackRating(FeedbackRating {
+                        event_id, occurred_at: at, source: s.clone(), project_id: t.clone(), component: s.clone(),
+                        decision_id: Uuid::from_u128(!id), rating: k, correction: flags[0].then(|| t.clone()),
+                    }),
+                    Event::DecisionLog(DecisionLog {
+                        event_id, occurred_at: at, source: s.clone(), project_id: t.clone(), component: s.clone(),
+                        decision: t.clone(), uncertainty_score: k, rationale: flags[1].then(|| s.clone()),
+                    }),
+                ];
+                for e in &events {
+                    same_canonical_json(e);
+                }
+            }
+        }
+    }
 
     #[test]
     fn accelerated_uuid_v5_is_uuid_v5() {

@@ -26,10 +26,10 @@
 //! round trip. The benchmark uses a scratch database (created and dropped)
 //! and a Redis database given by the caller (flushed).
 
-use crate::domain::{ContextChunk, DecisionLog, Event, FeedbackRating, LatencySample};
+use crate::domain::{ChunkOp, ContextChunk, DecisionLog, Event, FeedbackRating, LatencySample};
 use crate::error::{Error, Result};
-use crate::sinks::postgres::copy::CopyBuf;
-use crate::sinks::postgres::{PgBatch, PgSink, payload_hash};
+use crate::sinks::postgres::sql::{op, outcome};
+use crate::sinks::postgres::{PgBatch, PgSink, Row, copy, payload_hash};
 use crate::sinks::redis::{RedisBatch, RedisSink, keys};
 use crate::synth::{Generator, Kind, SynthConfig, simulated_time};
 use sqlx::{Connection, Executor};
@@ -146,10 +146,10 @@ async fn drop_database(url: &str, name: &str) {
 struct Rows<'a> {
     /// Records in the whole run.
     n: usize,
-    latency: Vec<(usize, Uuid, &'a LatencySample)>,
-    feedback: Vec<(usize, Uuid, &'a FeedbackRating)>,
-    decisions: Vec<(usize, Uuid, &'a DecisionLog)>,
-    chunks: Vec<(usize, Uuid, &'a ContextChunk)>,
+    latency: Vec<Row<'a, LatencySample>>,
+    feedback: Vec<Row<'a, FeedbackRating>>,
+    decisions: Vec<Row<'a, DecisionLog>>,
+    chunks: Vec<Row<'a, ContextChunk>>,
 }
 
 impl<'a> Rows<'a> {
@@ -157,12 +157,12 @@ impl<'a> Rows<'a> {
         let mut r =
             Rows { n: evs.len(), latency: Vec::new(), feedback: Vec::new(), decisions: Vec::new(), chunks: Vec::new() };
         for (i, e) in evs.iter().enumerate() {
-            let h = payload_hash(e);
+            let (offset, hash) = (i as i64, payload_hash(e));
             match e {
-                Event::LatencySample(x) => r.latency.push((i, h, x)),
-                Event::FeedbackRating(x) => r.feedback.push((i, h, x)),
-                Event::DecisionLog(x) => r.decisions.push((i, h, x)),
-                Event::ContextChunk(x) => r.chunks.push((i, h, x)),
+                Event::LatencySample(event) => r.latency.push(Row { offset, hash, event }),
+                Event::FeedbackRating(event) => r.feedback.push(Row { offset, hash, event }),
+                Event::DecisionLog(event) => r.decisions.push(Row { offset, hash, event }),
+                Event::ContextChunk(event) => r.chunks.push(Row { offset, hash, event }),
                 _ => {}
             }
         }
@@ -171,9 +171,9 @@ impl<'a> Rows<'a> {
 
     /// Rows of records `lo..hi` (the same batches as the materializer's).
     fn batch(&self, lo: usize, hi: usize) -> Rows<'a> {
-        fn pick<T: Copy>(v: &[(usize, Uuid, T)], lo: usize, hi: usize) -> Vec<(usize, Uuid, T)> {
-            let a = v.partition_point(|x| x.0 < lo);
-            let b = v.partition_point(|x| x.0 < hi);
+        fn pick<'a, T>(v: &[Row<'a, T>], lo: usize, hi: usize) -> Vec<Row<'a, T>> {
+            let a = v.partition_point(|x| x.offset < lo as i64);
+            let b = v.partition_point(|x| x.offset < hi as i64);
             v[a..b].to_vec()
         }
         Rows {
@@ -218,21 +218,6 @@ async fn materializer_variant(sink: &PgSink, evs: &[Event], batch: usize) -> Res
 
 // ---- binary COPY
 
-fn outcome(o: crate::domain::Outcome) -> &'static str {
-    match o {
-        crate::domain::Outcome::Ok => "OK",
-        crate::domain::Outcome::Error => "ERROR",
-        crate::domain::Outcome::Timeout => "TIMEOUT",
-    }
-}
-
-fn op(o: crate::domain::ChunkOp) -> &'static str {
-    match o {
-        crate::domain::ChunkOp::Upsert => "UPSERT",
-        crate::domain::ChunkOp::Delete => "DELETE",
-    }
-}
-
 async fn copy_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<Duration> {
     staging(sink, "bench_copy").await?;
     let n = rows.n;
@@ -241,85 +226,26 @@ async fn copy_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<Du
     while lo < n {
         let b = rows.batch(lo, lo + batch);
         let mut tx = sink.pool().begin().await.map_err(Error::postgres("begin"))?;
-        let mut bufs: Vec<(&str, Vec<u8>)> = Vec::new();
+        // The sink's own COPY payloads (the same bytes the materializer
+        // sends), every chunk UPSERT appended to the vector table.
+        let mut bufs: Vec<(&str, &str, Vec<u8>)> = Vec::new();
         if !b.latency.is_empty() {
-            let mut c = CopyBuf::with_capacity(1 << 16);
-            for (_, h, e) in &b.latency {
-                c.row(9);
-                c.uuid(&e.event_id);
-                c.uuid(h);
-                c.ts_ms(e.occurred_at);
-                c.text(&e.source);
-                c.text(&e.component);
-                c.text(&e.endpoint);
-                c.f64(e.latency_ms);
-                c.text(outcome(e.outcome));
-                c.opt_i32(e.status_code);
-            }
-            bufs.push(("latency_samples", c.finish()));
+            bufs.push(("latency_samples", copy::LATENCY_COLUMNS, copy::latency_copy(&b.latency)));
         }
         if !b.feedback.is_empty() {
-            let mut c = CopyBuf::with_capacity(1 << 16);
-            for (_, h, e) in &b.feedback {
-                c.row(9);
-                c.uuid(&e.event_id);
-                c.uuid(h);
-                c.ts_ms(e.occurred_at);
-                c.text(&e.source);
-                c.text(&e.project_id);
-                c.text(&e.component);
-                c.uuid(&e.decision_id);
-                c.i16(e.rating as i16);
-                c.opt_text(e.correction.as_deref());
-            }
-            bufs.push(("uncertainty_feedback", c.finish()));
+            bufs.push(("uncertainty_feedback", copy::FEEDBACK_COLUMNS, copy::feedback_copy(&b.feedback)));
         }
         if !b.decisions.is_empty() {
-            let mut c = CopyBuf::with_capacity(1 << 16);
-            for (_, h, e) in &b.decisions {
-                c.row(9);
-                c.uuid(&e.event_id);
-                c.uuid(h);
-                c.ts_ms(e.occurred_at);
-                c.text(&e.source);
-                c.text(&e.project_id);
-                c.text(&e.component);
-                c.text(&e.decision);
-                c.i16(e.uncertainty_score as i16);
-                c.opt_text(e.rationale.as_deref());
-            }
-            bufs.push(("uncertainty_logs", c.finish()));
+            bufs.push(("uncertainty_logs", copy::DECISION_COLUMNS, copy::decisions_copy(&b.decisions)));
         }
         if !b.chunks.is_empty() {
-            let mut c = CopyBuf::with_capacity(1 << 16);
-            for (_, h, e) in &b.chunks {
-                c.row(8);
-                c.uuid(&e.event_id);
-                c.uuid(h);
-                c.ts_ms(e.occurred_at);
-                c.text(&e.source);
-                c.text(&e.project_id);
-                c.text(&e.file_path);
-                c.i32(e.chunk_index);
-                c.text(op(e.op));
-            }
-            bufs.push(("project_context_events", c.finish()));
-            let mut c = CopyBuf::with_capacity(1 << 16);
-            for (_, _, e) in b.chunks.iter().filter(|x| x.2.op == crate::domain::ChunkOp::Upsert) {
-                c.row(8);
-                c.text(&e.project_id);
-                c.text(&e.file_path);
-                c.i32(e.chunk_index);
-                c.uuid(&e.event_id);
-                c.ts_ms(e.occurred_at);
-                c.text(&e.source);
-                c.text(&e.content);
-                c.vector(e.embedding.as_deref());
-            }
-            bufs.push(("project_contexts", c.finish()));
+            let events = copy::chunk_events_copy(&b.chunks);
+            bufs.push(("project_context_events", copy::CHUNK_EVENT_COLUMNS, events));
+            let upserts: Vec<_> = b.chunks.iter().filter(|r| r.event.op == ChunkOp::Upsert).copied().collect();
+            bufs.push(("project_contexts", copy::CONTEXT_COLUMNS, copy::contexts_copy(&upserts)));
         }
-        for (table, data) in bufs {
-            let stmt = format!("COPY bench_copy_{table} FROM STDIN (FORMAT binary)");
+        for (table, columns, data) in bufs {
+            let stmt = copy::copy_into(&format!("bench_copy_{table}"), columns);
             let mut copy = tx.copy_in_raw(&stmt).await.map_err(Error::postgres("copy"))?;
             if let Err(e) = copy.send(data).await {
                 let _ = copy.abort("send failed").await;
@@ -403,10 +329,10 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
         let lat = b
             .latency
             .iter()
-            .map(|(_, h, e)| {
+            .map(|&Row { hash: h, event: e, .. }| {
                 vec![
                     V::Uuid(e.event_id),
-                    V::Uuid(*h),
+                    V::Uuid(h),
                     V::Ts(e.occurred_at),
                     V::Text(Some(&e.source)),
                     V::Text(Some(&e.component)),
@@ -422,10 +348,10 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
         let fb = b
             .feedback
             .iter()
-            .map(|(_, h, e)| {
+            .map(|&Row { hash: h, event: e, .. }| {
                 vec![
                     V::Uuid(e.event_id),
-                    V::Uuid(*h),
+                    V::Uuid(h),
                     V::Ts(e.occurred_at),
                     V::Text(Some(&e.source)),
                     V::Text(Some(&e.project_id)),
@@ -441,10 +367,10 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
         let dec = b
             .decisions
             .iter()
-            .map(|(_, h, e)| {
+            .map(|&Row { hash: h, event: e, .. }| {
                 vec![
                     V::Uuid(e.event_id),
-                    V::Uuid(*h),
+                    V::Uuid(h),
                     V::Ts(e.occurred_at),
                     V::Text(Some(&e.source)),
                     V::Text(Some(&e.project_id)),
@@ -460,10 +386,10 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
         let ch = b
             .chunks
             .iter()
-            .map(|(_, h, e)| {
+            .map(|&Row { hash: h, event: e, .. }| {
                 vec![
                     V::Uuid(e.event_id),
-                    V::Uuid(*h),
+                    V::Uuid(h),
                     V::Ts(e.occurred_at),
                     V::Text(Some(&e.source)),
                     V::Text(Some(&e.project_id)),
@@ -478,8 +404,8 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
         let ctx = b
             .chunks
             .iter()
-            .filter(|x| x.2.op == crate::domain::ChunkOp::Upsert)
-            .map(|(_, _, e)| {
+            .filter(|x| x.event.op == ChunkOp::Upsert)
+            .map(|&Row { event: e, .. }| {
                 vec![
                     V::Text(Some(&e.project_id)),
                     V::Text(Some(&e.file_path)),

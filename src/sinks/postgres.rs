@@ -27,9 +27,9 @@
 mod canonical;
 pub mod copy;
 mod plan;
-mod sql;
+pub(crate) mod sql;
 
-pub use plan::{Reject, RejectReason, payload_hash};
+pub use plan::{Reject, RejectReason, Row, payload_hash};
 
 use crate::domain::{Event, Limits};
 use crate::error::{Error, Result};
@@ -339,7 +339,7 @@ impl PgTxn {
     /// savepoint undoes the partial work and `None` sends the batch down the
     /// checked path, which tells replays from reused ids.
     async fn copy_events(&mut self, p: &plan::Plan<'_>) -> Result<Option<u64>> {
-        let copies = sql::event_copies(p);
+        let copies = copy::event_copies(p);
         if copies.is_empty() {
             return Ok(Some(0));
         }
@@ -365,8 +365,8 @@ impl PgTxn {
     async fn insert_events_checked(&mut self, p: &plan::Plan<'_>) -> Result<PgOutcome> {
         let mut out = PgOutcome::default();
         if !p.latency.is_empty() {
-            let statement = sql::copy_into("udo_stage_latency", sql::LATENCY_COLUMNS);
-            self.copy_in("stage latency", &statement, sql::latency_copy(&p.latency)).await?;
+            let statement = copy::copy_into("udo_stage_latency", copy::LATENCY_COLUMNS);
+            self.copy_in("stage latency", &statement, copy::latency_copy(&p.latency)).await?;
             let stmt = sql::Stmt::plain(sql::insert_latency_from_stage());
             out.absorb(self.checked("latency_samples", stmt, &p.latency, |e| e.event_id).await?);
         }
@@ -436,8 +436,8 @@ impl PgTxn {
         let chunks: Vec<_> = p.chunks.iter().filter(|r| !rejected.contains(&r.offset)).copied().collect();
         let (upserts, deletes) = plan::split_ops(plan::newest_chunks(&chunks));
         if !upserts.is_empty() {
-            let statement = sql::copy_into("udo_stage_contexts", sql::CONTEXT_COLUMNS);
-            self.copy_in("stage project_contexts", &statement, sql::contexts_copy(&upserts)).await?;
+            let statement = copy::copy_into("udo_stage_contexts", copy::CONTEXT_COLUMNS);
+            self.copy_in("stage project_contexts", &statement, copy::contexts_copy(&upserts)).await?;
             self.exec("upsert project_contexts", sql::Stmt::plain(sql::upsert_contexts_from_stage())).await?;
         }
         if !deletes.is_empty() {

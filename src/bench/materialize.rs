@@ -16,7 +16,9 @@
 //!   columns, constraints, primary keys, indexes) and the current chunks
 //!   with their vectors (`LIKE project_contexts` with the same HNSW index,
 //!   every UPSERT appended: no primary key), one transaction per batch, no
-//!   conflict handling, payload hashes computed before timing;
+//!   conflict handling, payload hashes computed before timing; the payloads
+//!   are the sink's own (`sinks::postgres::copy`), so only the work around
+//!   them differs;
 //! - INSERT: the same rows as multi-row `INSERT … VALUES (…), (…)` into
 //!   another set of staging tables, one transaction per batch.
 //!

@@ -3,6 +3,7 @@
 
 mod bench;
 mod produce;
+mod replay;
 mod run;
 mod schemas;
 mod tail;
@@ -32,6 +33,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Publish synthetic events (realistic distributions, injectable incidents).
     Produce(produce::ProduceArgs),
+    /// Reprocess a time range of topics into the stores (backfill), without re-alerting.
+    Replay(replay::ReplayArgs),
     /// Decode and print a topic, one JSON line per record.
     Tail(tail::TailArgs),
     /// Topics as code (`topics/*.yaml`).
@@ -50,6 +53,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run::run(cli.common, args, shutdown).await,
         Command::Produce(args) => produce::run(cli.common, args, shutdown).await,
+        Command::Replay(args) => replay::run(cli.common, args, shutdown).await,
         Command::Tail(args) => tail::run(cli.common, args, shutdown).await,
         Command::Topics(cmd) => topics::run(cli.common, cmd).await,
         Command::Schemas(cmd) => schemas::run(cli.common, cmd).await,

@@ -4,6 +4,7 @@
 
 pub mod analyze;
 pub mod materialize;
+pub mod replay;
 pub mod runner;
 
 use crate::codec::OutputFormat;

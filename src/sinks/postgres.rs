@@ -173,6 +173,16 @@ impl PgSink {
         Ok(outcome)
     }
 
+    /// Removes every offset stored for `group` (a finished replay's).
+    pub async fn forget_group(&self, group: &str) -> Result<()> {
+        sqlx::query("DELETE FROM consumer_offsets WHERE consumer_group = $1")
+            .bind(group)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::postgres(format!("forget the offsets of {group}")))?;
+        Ok(())
+    }
+
     /// Stored next offsets of `group` for the given partitions (absent when
     /// none is stored): where a consumer seeks on assignment.
     pub async fn stored_offsets(

@@ -532,6 +532,17 @@ impl RedisSink {
             .collect())
     }
 
+    /// Removes every offset stored for `group` (a finished replay's).
+    pub async fn forget_group(&self, group: &str) -> Result<()> {
+        let mut con = self.con.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(keys::offsets(group))
+            .query_async(&mut con)
+            .await
+            .map_err(Error::redis(format!("forget the offsets of {group}")))?;
+        Ok(())
+    }
+
     /// The latest promotion event stored for `store` (`udo:store:roles`), if any.
     pub async fn store_role(&self, store: &str) -> Result<Option<Promotion>> {
         let mut con = self.con.clone();

@@ -56,22 +56,6 @@ fn send(p: &FutureProducer, topic: &str, key: &str, value: &[u8]) {
     block_on(p.send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(30))).unwrap();
 }
 
-fn topics(prefix: &str, names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| format!("{prefix}{n}")).collect()
-}
-
-const PG_TOPICS: [&str; 7] = [
-    "udo.writes.v1",
-    "udo.feedback.v1",
-    "udo.latency.v1",
-    "udo.windows.v1",
-    "udo.alerts.v1",
-    "udo.degradations.v1",
-    "udo.promotions.v1",
-];
-const REDIS_TOPICS: [&str; 5] =
-    ["udo.writes.v1", "udo.windows.v1", "udo.alerts.v1", "udo.degradations.v1", "udo.promotions.v1"];
-
 fn window(id: u128, component: &str, endpoint: Option<&str>, end: i64, p95: f64) -> Event {
     Event::WindowStats(WindowStats {
         event_id: Uuid::from_u128(id),

@@ -24,22 +24,6 @@ use support::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const PG_TOPICS: [&str; 7] = [
-    "udo.writes.v1",
-    "udo.feedback.v1",
-    "udo.latency.v1",
-    "udo.windows.v1",
-    "udo.alerts.v1",
-    "udo.degradations.v1",
-    "udo.promotions.v1",
-];
-const REDIS_TOPICS: [&str; 5] =
-    ["udo.writes.v1", "udo.windows.v1", "udo.alerts.v1", "udo.degradations.v1", "udo.promotions.v1"];
-
-fn topics(prefix: &str, names: &[&str]) -> Vec<String> {
-    names.iter().map(|n| format!("{prefix}{n}")).collect()
-}
-
 /// `produce all` paced by the wall clock, in the background.
 fn produce_paced(prefix: &str, count: u64, rate: u64, seed: u64) -> Child {
     Command::new(env!("CARGO_BIN_EXE_udo-stream"))

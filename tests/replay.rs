@@ -62,19 +62,7 @@ fn replay_backfills_a_time_range_and_repeats_as_a_no_op() {
     let cut = now_ms();
     std::thread::sleep(Duration::from_millis(1500));
     let second = produce_mixed(&prefix, 4000, 2);
-    let all_topics: Vec<String> = [
-        "udo.writes.v1",
-        "udo.feedback.v1",
-        "udo.latency.v1",
-        "udo.windows.v1",
-        "udo.alerts.v1",
-        "udo.degradations.v1",
-        "udo.promotions.v1",
-        "udo.dlq.v1",
-    ]
-    .iter()
-    .map(|t| format!("{prefix}{t}"))
-    .collect();
+    let all_topics = topics(&prefix, &[&PG_TOPICS[..], &["udo.dlq.v1"]].concat());
     let marks = watermarks(&all_topics);
 
     // From the cut to the end: exactly the second round, in both stores.

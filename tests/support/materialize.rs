@@ -27,6 +27,24 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     rt().block_on(f)
 }
 
+/// Topics each materializer reads (contract names).
+pub const PG_TOPICS: [&str; 7] = [
+    "udo.writes.v1",
+    "udo.feedback.v1",
+    "udo.latency.v1",
+    "udo.windows.v1",
+    "udo.alerts.v1",
+    "udo.degradations.v1",
+    "udo.promotions.v1",
+];
+pub const REDIS_TOPICS: [&str; 5] =
+    ["udo.writes.v1", "udo.windows.v1", "udo.alerts.v1", "udo.degradations.v1", "udo.promotions.v1"];
+
+/// Full names of contract topics under `prefix`.
+pub fn topics(prefix: &str, names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| format!("{prefix}{n}")).collect()
+}
+
 /// The event tables (each keyed by event_id).
 pub const EVENT_TABLES: [&str; 9] = [
     "latency_samples",

@@ -32,7 +32,7 @@
 pub mod postgres;
 pub mod redis;
 
-use super::runner::{Offsets, RunnerConfig, Tp};
+use super::runner::{Offsets, RunnerConfig, Stage, Tp};
 use super::{Pipeline, RunOptions, need};
 use crate::codec::Codec;
 use crate::config::CommonArgs;
@@ -471,7 +471,7 @@ impl Common {
 }
 
 /// A materializer ready to run on the runner thread.
-pub enum Job {
+pub(crate) enum Job {
     Postgres(RunnerConfig, postgres::PostgresStage),
     Redis(RunnerConfig, redis::RedisStage),
 }
@@ -487,7 +487,7 @@ impl Job {
 
 /// Connects the store (migrations, dimension check, script load), restores
 /// the store's role, and builds the stage and its runner configuration.
-pub async fn prepare(
+pub(crate) async fn prepare(
     pipeline: Pipeline,
     common: &CommonArgs,
     opts: &RunOptions,
@@ -545,16 +545,57 @@ pub async fn prepare(
     }
 }
 
-/// The parts of `Stage` both materializers implement the same way.
-macro_rules! common_stage {
-    () => {
-        fn revoked(&mut self, parts: &[Tp]) -> Offsets {
-            self.c.revoke(parts)
-        }
-
-        fn finish(&mut self) -> Offsets {
-            self.c.finish()
-        }
-    };
+/// What differs between the two materializers: the store behind the
+/// shared stage (its write of a batch, its stored offsets, its ping).
+pub(crate) trait Store: Send + 'static {
+    /// Stored next offsets of `group` for `partitions` (absent when none).
+    async fn stored_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<HashMap<(String, i32), i64>>;
+    async fn ping(&self) -> Result<()>;
+    /// Writes one runner batch (see each store's module docs).
+    async fn write(&self, c: &mut Common, batch: &[OwnedMessage]) -> Result<Written>;
 }
-pub(crate) use common_stage;
+
+/// A materializer: the shared plumbing around one store.
+pub(crate) struct MaterializeStage<S> {
+    c: Common,
+    store: S,
+}
+
+impl<S: Store> MaterializeStage<S> {
+    pub(crate) fn new(c: Common, store: S) -> MaterializeStage<S> {
+        MaterializeStage { c, store }
+    }
+}
+
+impl<S: Store> Stage for MaterializeStage<S> {
+    fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {
+        let keys: Vec<(String, i32)> = parts.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect();
+        let stored = self.c.rt.block_on(self.store.stored_offsets(&self.c.group, &keys))?;
+        Ok(self.c.assign(parts, stored))
+    }
+
+    fn revoked(&mut self, parts: &[Tp]) -> Offsets {
+        self.c.revoke(parts)
+    }
+
+    fn process(&mut self, batch: &[OwnedMessage]) -> Result<Offsets> {
+        let store = &self.store;
+        self.c.attempt(batch, |c| c.rt.clone().block_on(store.write(c, batch)))
+    }
+
+    fn tick(&mut self) -> Result<Offsets> {
+        let store = &self.store;
+        self.c.tick(|c| {
+            c.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(2), store.ping())
+                    .await
+                    .map_err(|_| Error::Failed(format!("{}: ping timed out", c.sink)))?
+            })
+        });
+        Ok(Vec::new())
+    }
+
+    fn finish(&mut self) -> Offsets {
+        self.c.finish()
+    }
+}

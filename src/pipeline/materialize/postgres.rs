@@ -12,28 +12,17 @@
 //! with the partitions paused; dead letters already acknowledged are not
 //! sent twice.
 
-use super::{Common, Written, common_stage};
+use super::{Common, MaterializeStage, Store, Written};
 use crate::domain::Promotion;
 use crate::error::{Error, Result};
-use crate::pipeline::runner::{Offsets, Stage, Tp};
 use crate::sinks::dlq::Reason;
 use crate::sinks::postgres::{PgBatch, PgSink};
 use crate::telemetry::events::PostgresCheckedWrite;
 use rdkafka::message::OwnedMessage;
-use std::time::Duration;
 
 pub const PIPELINE: &str = "materialize-postgres";
 
-pub struct PostgresStage {
-    c: Common,
-    sink: PgSink,
-}
-
-impl PostgresStage {
-    pub(crate) fn new(c: Common, sink: PgSink) -> PostgresStage {
-        PostgresStage { c, sink }
-    }
-}
+pub(crate) type PostgresStage = MaterializeStage<PgSink>;
 
 /// The newest promotion event Postgres holds for `store`.
 pub async fn latest_promotion(sink: &PgSink, store: &str) -> Result<Option<Promotion>> {
@@ -90,29 +79,20 @@ async fn write(c: &mut Common, sink: &PgSink, batch: &[OwnedMessage]) -> Result<
     Ok(Written { offsets, records, at: decoded.at })
 }
 
-impl Stage for PostgresStage {
-    fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {
-        let keys: Vec<(String, i32)> = parts.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect();
-        let stored = self.c.rt.block_on(self.sink.stored_offsets(&self.c.group, &keys))?;
-        Ok(self.c.assign(parts, stored))
+impl Store for PgSink {
+    async fn stored_offsets(
+        &self,
+        group: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<std::collections::HashMap<(String, i32), i64>> {
+        PgSink::stored_offsets(self, group, partitions).await
     }
 
-    fn process(&mut self, batch: &[OwnedMessage]) -> Result<Offsets> {
-        let sink = &self.sink;
-        self.c.attempt(batch, |c| c.rt.clone().block_on(write(c, sink, batch)))
+    async fn ping(&self) -> Result<()> {
+        PgSink::ping(self).await
     }
 
-    fn tick(&mut self) -> Result<Offsets> {
-        let sink = &self.sink;
-        self.c.tick(|c| {
-            c.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(2), sink.ping())
-                    .await
-                    .map_err(|_| Error::Failed("postgres: ping timed out".into()))?
-            })
-        });
-        Ok(Vec::new())
+    async fn write(&self, c: &mut Common, batch: &[OwnedMessage]) -> Result<Written> {
+        write(c, self, batch).await
     }
-
-    common_stage!();
 }

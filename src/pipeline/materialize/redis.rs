@@ -14,25 +14,14 @@
 //! current state (newest wins per key), so it dead-letters what does not
 //! decode or validate.
 
-use super::{Common, Written, common_stage};
+use super::{Common, MaterializeStage, Store, Written};
 use crate::error::{Error, Result};
-use crate::pipeline::runner::{Offsets, Stage, Tp};
 use crate::sinks::redis::{RedisBatch, RedisSink};
 use rdkafka::message::OwnedMessage;
-use std::time::Duration;
 
 pub const PIPELINE: &str = "materialize-redis";
 
-pub struct RedisStage {
-    c: Common,
-    sink: RedisSink,
-}
-
-impl RedisStage {
-    pub(crate) fn new(c: Common, sink: RedisSink) -> RedisStage {
-        RedisStage { c, sink }
-    }
-}
+pub(crate) type RedisStage = MaterializeStage<RedisSink>;
 
 async fn write(c: &mut Common, sink: &RedisSink, batch: &[OwnedMessage]) -> Result<Written> {
     let decoded = c.decode(batch)?;
@@ -59,29 +48,20 @@ async fn write(c: &mut Common, sink: &RedisSink, batch: &[OwnedMessage]) -> Resu
     Ok(Written { offsets, records, at: decoded.at })
 }
 
-impl Stage for RedisStage {
-    fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {
-        let keys: Vec<(String, i32)> = parts.iter().map(|tp| (tp.topic.clone(), tp.partition)).collect();
-        let stored = self.c.rt.block_on(self.sink.stored_offsets(&self.c.group, &keys))?;
-        Ok(self.c.assign(parts, stored))
+impl Store for RedisSink {
+    async fn stored_offsets(
+        &self,
+        group: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<std::collections::HashMap<(String, i32), i64>> {
+        RedisSink::stored_offsets(self, group, partitions).await
     }
 
-    fn process(&mut self, batch: &[OwnedMessage]) -> Result<Offsets> {
-        let sink = &self.sink;
-        self.c.attempt(batch, |c| c.rt.clone().block_on(write(c, sink, batch)))
+    async fn ping(&self) -> Result<()> {
+        RedisSink::ping(self).await
     }
 
-    fn tick(&mut self) -> Result<Offsets> {
-        let sink = &self.sink;
-        self.c.tick(|c| {
-            c.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(2), sink.ping())
-                    .await
-                    .map_err(|_| Error::Failed("redis: ping timed out".into()))?
-            })
-        });
-        Ok(Vec::new())
+    async fn write(&self, c: &mut Common, batch: &[OwnedMessage]) -> Result<Written> {
+        write(c, self, batch).await
     }
-
-    common_stage!();
 }

@@ -10,6 +10,7 @@ use crate::domain::Limits;
 use crate::topics::TopicCatalog;
 use clap::Args;
 use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub struct CommonArgs {
 
     /// Confluent Schema Registry URL; when set, Avro output uses Confluent
     /// framing and subjects `<topic>-value`.
-    #[arg(long, global = true, env = "SCHEMA_REGISTRY_URL")]
+    #[arg(long, global = true, env = "SCHEMA_REGISTRY_URL", hide_env_values = true)]
     pub schema_registry_url: Option<String>,
 
     /// Dimension of context-chunk embeddings (pgvector `vector(N)`).
@@ -36,9 +37,30 @@ pub struct CommonArgs {
     /// Records larger than this many bytes are rejected to the DLQ.
     #[arg(long, global = true, env = "UDO_MAX_RECORD_BYTES", default_value_t = 1024 * 1024)]
     pub max_record_bytes: usize,
+
+    /// TOML settings file: `[kafka]` client properties (every command) and
+    /// `[analyze]` / `[materialize]` / `[promotion]` tuning (see README).
+    #[arg(long, global = true, env = "UDO_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// The layered settings (defaults, `--config`, `UDO__*`): see [`CommonArgs::load`].
+    #[arg(skip)]
+    pub settings: Settings,
+
+    /// Kafka client settings every client of this process is made from.
+    #[arg(skip)]
+    pub kafka: KafkaConfig,
 }
 
 impl CommonArgs {
+    /// Loads the layered settings and the Kafka client settings; called
+    /// once, before any command runs.
+    pub fn load(&mut self, env: impl IntoIterator<Item = (String, String)>) -> Result<(), String> {
+        self.settings = Settings::load(self.config.as_deref(), env)?;
+        self.kafka = KafkaConfig::new(&self.brokers, self.settings.kafka.clone());
+        Ok(())
+    }
+
     pub fn limits(&self) -> Limits {
         Limits { embedding_dim: self.embedding_dim, max_record_bytes: self.max_record_bytes }
     }
@@ -74,6 +96,8 @@ impl CommonArgs {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// `[kafka]`: librdkafka properties for every client (see [`KafkaProperties`]).
+    pub kafka: KafkaProperties,
     pub analyze: AnalyzeSettings,
     pub materialize: MaterializeSettings,
     /// `[promotion]`: store promotion thresholds (DESIGN §4).
@@ -175,12 +199,18 @@ impl Settings {
         for (name, value) in env {
             let Some(path) = name.strip_prefix("UDO__") else { continue };
             let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-            // A value is TOML when it parses as one (numbers, booleans), else a string.
-            let parsed = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(value.clone()));
+            // A value is TOML when it parses as one (numbers, booleans), else
+            // a string; Kafka properties stay strings as given (a password
+            // like `1e5` must not become a number).
+            let parsed = if keys.first().is_some_and(|k| k == "kafka") {
+                toml::Value::String(value.clone())
+            } else {
+                format!("v = {value}")
+                    .parse::<toml::Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or(toml::Value::String(value.clone()))
+            };
             let (last, parents) = keys.split_last().ok_or_else(|| format!("{name}: empty key"))?;
             let mut cur = &mut table;
             for k in parents {
@@ -206,6 +236,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
         self.analyze.window_spec().map(|_| ())?;
         if self.materialize.batch_size == 0 {
             return Err("field `materialize.batch_size` must be at least 1".into());
@@ -231,6 +262,185 @@ impl AnalyzeSettings {
             self.allowed_lateness.as_millis() as i64,
         )
         .map_err(|e| format!("analyze.window_size/window_slide/allowed_lateness: {e}"))
+    }
+}
+
+/// librdkafka properties from the `[kafka]` table and `UDO__KAFKA__*`
+/// variables, applied to every Kafka client the binary creates (consumers,
+/// producers, admin; `run`, `tail`, `replay`, `produce`, `topics`, `bench`),
+/// after udo-stream's own defaults, so they can tune anything but the
+/// delivery settings DESIGN §6 rests on.
+///
+/// In TOML, dotted keys are the property names (`sasl.mechanism = "..."` or
+/// `"sasl.mechanism" = "..."`); in a variable, `_` stands for `.`
+/// (`UDO__KAFKA__SASL_MECHANISM`). Values of secret properties (passwords,
+/// keys, the SASL user) never appear in `Debug`, logs or errors.
+#[derive(Clone, Default, PartialEq)]
+pub struct KafkaProperties(BTreeMap<String, String>);
+
+/// Properties udo-stream sets itself; overriding them would break the
+/// delivery guarantees or the client's role.
+const PROTECTED_KAFKA: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "enable.idempotence",
+    "acks",
+    "partitioner",
+    "isolation.level",
+    "transactional.id",
+    "partition.assignment.strategy",
+];
+
+/// librdkafka properties spelled with `_` (the rest use `.`).
+const UNDERSCORE_KAFKA: &[&str] = &["log_level"];
+
+impl KafkaProperties {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Whether a property's value must never be shown (librdkafka's
+    /// sensitive properties and anything named like a secret).
+    pub fn is_secret(key: &str) -> bool {
+        key.contains("password")
+            || key.contains("secret")
+            || key.ends_with(".pem")
+            || key.contains("private.key")
+            || key == "sasl.username"
+            || key == "sasl.oauthbearer.config"
+            || key == "ssl.key.location"
+    }
+
+    fn insert(&mut self, path: &str, value: &toml::Value) -> Result<(), String> {
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    self.insert(&format!("{path}.{k}"), v)?;
+                }
+                return Ok(());
+            }
+            other => {
+                return Err(format!("field `kafka.{path}`: expected a string, number or boolean, got {}", other.type_str()));
+            }
+        };
+        let key = if UNDERSCORE_KAFKA.contains(&path) { path.to_string() } else { path.replace('_', ".") };
+        self.0.insert(key, text);
+        Ok(())
+    }
+
+    /// Refuses protected properties and whatever librdkafka refuses (an
+    /// unknown name, a bad value), naming the field, never a secret value.
+    fn validate(&self) -> Result<(), String> {
+        for key in self.0.keys() {
+            if PROTECTED_KAFKA.contains(&key.as_str()) {
+                return Err(format!(
+                    "field `kafka.{key}`: set by udo-stream itself ({}); remove it",
+                    if key == "bootstrap.servers" { "use --brokers / KAFKA_BROKERS" } else { "DESIGN §6 delivery settings" }
+                ));
+            }
+            let mut c = rdkafka::ClientConfig::new();
+            c.set(key, self.0[key].as_str());
+            if let Err(e) = c.create_native_config() {
+                let why = match e {
+                    rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) if !Self::is_secret(key) => desc,
+                    _ => "librdkafka refuses it".to_string(),
+                };
+                return Err(format!("field `kafka.{key}`: {why} (see librdkafka's CONFIGURATION.md)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, if Self::is_secret(k) { "***" } else { v.as_str() })))
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaProperties {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        let mut props = KafkaProperties::default();
+        for (k, v) in &table {
+            props.insert(k, v).map_err(serde::de::Error::custom)?;
+        }
+        Ok(props)
+    }
+}
+
+/// What every Kafka client of the process is made from: the bootstrap
+/// servers and the `[kafka]` properties.
+#[derive(Clone, Default, Debug)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub properties: KafkaProperties,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: &str, properties: KafkaProperties) -> KafkaConfig {
+        KafkaConfig { brokers: brokers.to_string(), properties }
+    }
+
+    /// A client config: the bootstrap servers, then the caller's defaults
+    /// for its role, then the user's properties (which may not touch the
+    /// protected ones, see [`KafkaProperties`]).
+    pub fn client(&self, defaults: impl FnOnce(&mut rdkafka::ClientConfig)) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        defaults(&mut c);
+        for (k, v) in self.properties.iter() {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// A connection URL that may hold a password: `Debug` and `Display` hide it,
+/// [`SecretUrl::expose`] gives it to the client that connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretUrl(s.to_string()))
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(s: &str) -> Self {
+        SecretUrl(s.to_string())
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretUrl({})", redact(&self.0))
     }
 }
 
@@ -281,6 +491,58 @@ mod tests {
         assert!(e.contains("min_sample"), "unknown fields are refused: {e}");
         let e = Settings::load(None, env(&[("UDO__ANALYZE__WINDOW_SLIDE", "7m")])).unwrap_err();
         assert!(e.contains("multiple of the slide"), "{e}");
+    }
+
+    #[test]
+    fn kafka_properties_from_toml_and_env() {
+        let dir = std::env::temp_dir().join(format!("udo-kcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("udo.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\nsecurity.protocol = \"SASL_SSL\"\n\"sasl.mechanism\" = \"PLAIN\"\nsocket.keepalive.enable = true\nlinger.ms = 20\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            env(&[("UDO__KAFKA__SASL_MECHANISM", "SCRAM-SHA-512"), ("UDO__KAFKA__SASL_PASSWORD", "hunter2-secret")]),
+        )
+        .unwrap();
+        let k = &s.kafka;
+        assert_eq!(k.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(k.get("sasl.mechanism"), Some("SCRAM-SHA-512"), "env wins over the file");
+        assert_eq!(k.get("socket.keepalive.enable"), Some("true"));
+        assert_eq!(k.get("linger.ms"), Some("20"));
+        assert_eq!(k.get("sasl.password"), Some("hunter2-secret"));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "Debug shows no secret: {shown}");
+        assert!(shown.contains("SCRAM-SHA-512"), "{shown}");
+        // Applied after the role's defaults.
+        let c = super::KafkaConfig::new("b:1", k.clone()).client(|c| {
+            c.set("linger.ms", "5");
+        });
+        assert_eq!(c.get("linger.ms"), Some("20"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:1"));
+    }
+
+    #[test]
+    fn kafka_properties_errors_name_the_field_never_the_secret() {
+        let e = Settings::load(None, env(&[("UDO__KAFKA__SASL_PASWORD", "hunter2-secret")])).unwrap_err();
+        assert!(e.contains("kafka.sasl.pasword") && e.contains("UDO__KAFKA__SASL_PASWORD"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = Settings::load(None, env(&[("UDO__KAFKA__SECURITY_PROTOCOL", "SSH")])).unwrap_err();
+        assert!(e.contains("kafka.security.protocol"), "{e}");
+        let e = Settings::load(None, env(&[("UDO__KAFKA__ENABLE_AUTO_OFFSET_STORE", "true")])).unwrap_err();
+        assert!(e.contains("kafka.enable.auto.offset.store") && e.contains("DESIGN"), "{e}");
+        let e = Settings::load(None, env(&[("UDO__KAFKA__BOOTSTRAP_SERVERS", "x:1")])).unwrap_err();
+        assert!(e.contains("KAFKA_BROKERS"), "{e}");
+    }
+
+    #[test]
+    fn secret_urls_never_print_their_password() {
+        let u: super::SecretUrl = "postgres://udo:hunter2@h:5432/udo?sslmode=verify-full".parse().unwrap();
+        assert!(!format!("{u} {u:?}").contains("hunter2"));
+        assert_eq!(u.expose(), "postgres://udo:hunter2@h:5432/udo?sslmode=verify-full");
     }
 
     #[test]

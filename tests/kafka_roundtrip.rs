@@ -33,7 +33,7 @@ fn codec() -> Codec {
 }
 
 fn group_consumer(group: &str, topics: &[&str]) -> BaseConsumer {
-    let c: BaseConsumer = group_config(&brokers(), group).create().expect("consumer");
+    let c: BaseConsumer = group_config(&common::kafka(), group).create().expect("consumer");
     c.subscribe(topics).expect("subscribe");
     c
 }
@@ -63,7 +63,7 @@ fn topics_apply_is_idempotent_and_reports_drift_without_touching_data() {
     let q = prefix("drift");
     let latency = format!("{q}{}", names::LATENCY);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let admin = udo_stream::topics::admin::admin_client(&brokers()).unwrap();
+    let admin = udo_stream::topics::admin::admin_client(&common::kafka()).unwrap();
     let res = rt
         .block_on(admin.create_topics(&[NewTopic::new(&latency, 2, TopicReplication::Fixed(1))], &AdminOptions::new()))
         .unwrap();

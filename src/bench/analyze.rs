@@ -25,7 +25,6 @@ use crate::sources::kafka::Assignor;
 use crate::synth::{Generator, Kind, SynthConfig};
 use crate::telemetry::Readiness;
 use crate::topics::names;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -46,7 +45,7 @@ pub struct AnalyzeBenchArgs {
     #[arg(long, default_value_t = 300_000)]
     pub pipeline_records: usize,
     /// PostgreSQL URL for the analyzer's checkpoints (pipeline run).
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 
@@ -220,12 +219,12 @@ impl<S: Stage> Stage for Counting<S> {
 async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: &str, n: usize) -> Result<()> {
     let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let specs = common.topics();
-    crate::topics::admin::apply(&common.brokers, specs.specs(), &prefix, false).await?;
+    crate::topics::admin::apply(&common.kafka, specs.specs(), &prefix, false).await?;
     let topics = AnalyzeTopics::with_prefix(&prefix);
     // Produce n latency samples.
     let codec = common.codec(OutputFormat::Avro);
     let allowed = vec!["LatencySample".to_string()];
-    let producer = crate::sinks::kafka::counting_producer(&common.brokers)?;
+    let producer = crate::sinks::kafka::counting_producer(&common.kafka)?;
     let mut generator = Generator::new(SynthConfig::new(8), 9, START_MS);
     let started = Instant::now();
     for i in 0..n {
@@ -250,7 +249,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
         started.elapsed().as_secs_f64()
     );
 
-    let drain_1 = raw_drain(&common.brokers, &[&topics.latency], n)?;
+    let drain_1 = raw_drain(&common.kafka, &[&topics.latency], n)?;
     println!(
         "raw rdkafka drain: {n} records in {:.2} s = {:.0}/s ({:.2} s from the first record)",
         drain_1.0,
@@ -267,7 +266,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
         common.codec(OutputFormat::Avro),
         &common.topics(),
         topics.clone(),
-        &common.brokers,
+        &common.kafka,
         store,
         5000,
         shutdown.clone(),
@@ -276,7 +275,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
     let seen = Arc::new(AtomicU64::new(0));
     let cfg = RunnerConfig {
         pipeline: PIPELINE,
-        brokers: common.brokers.clone(),
+        kafka: common.kafka.clone(),
         group,
         topics: topics.inputs(),
         assignor: Assignor::Range,
@@ -306,7 +305,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
         n as f64 / pipeline_steady
     );
 
-    let drain_2 = raw_drain(&common.brokers, &[&topics.latency], n)?;
+    let drain_2 = raw_drain(&common.kafka, &[&topics.latency], n)?;
     println!(
         "raw rdkafka drain (again): {n} records in {:.2} s = {:.0}/s ({:.2} s from the first record)",
         drain_2.0,
@@ -317,7 +316,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
     // here); a drain with the same subscription shows the broker's share.
     let inputs = topics.inputs();
     let all: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    let drain_all = raw_drain(&common.brokers, &all, n)?;
+    let drain_all = raw_drain(&common.kafka, &all, n)?;
     println!(
         "raw rdkafka drain subscribed to the analyzer's 4 input topics: {n} records in {:.2} s ({:.2} s from the first record)",
         drain_all.0, drain_all.1
@@ -339,12 +338,13 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
 
 /// A plain group consumer reading `n` records of `topic`: the baseline.
 /// Seconds from subscribe, and from the first record.
-fn raw_drain(brokers: &str, topics: &[&str], n: usize) -> Result<(f64, f64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-raw-{}", uuid::Uuid::new_v4().simple()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
+fn raw_drain(kafka: &crate::config::KafkaConfig, topics: &[&str], n: usize) -> Result<(f64, f64)> {
+    let consumer: BaseConsumer = kafka
+        .client(|c| {
+            c.set("group.id", format!("bench-raw-{}", uuid::Uuid::new_v4().simple()))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false");
+        })
         .create()
         .map_err(Error::kafka("create drain consumer"))?;
     consumer.subscribe(topics).map_err(Error::kafka("subscribe"))?;

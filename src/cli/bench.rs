@@ -28,10 +28,10 @@ pub struct MaterializeArgs {
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// PostgreSQL server URL; a scratch database is created on it and dropped.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// Redis URL; its database is FLUSHED by the benchmark (default: database 10).
-    #[arg(long, env = "UDO_BENCH_REDIS_URL")]
+    #[arg(long, env = "UDO_BENCH_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 }
 

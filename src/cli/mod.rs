@@ -48,7 +48,18 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
-pub async fn run(cli: Cli) -> Result<()> {
+pub async fn run(mut cli: Cli) -> Result<()> {
+    cli.common.load(std::env::vars()).map_err(crate::error::Error::Config)?;
+    // Every command but `schemas` talks to Kafka: connect once up front, so
+    // a wrong password or CA fails in seconds with what to fix.
+    if !matches!(cli.command, Command::Schemas(_)) {
+        let kafka = cli.common.kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::sources::kafka::check_connection(&kafka, std::time::Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| crate::error::Error::Failed(format!("connection check panicked: {e}")))??;
+    }
     let shutdown = Shutdown::install();
     match cli.command {
         Command::Run(args) => run::run(cli.common, args, shutdown).await,

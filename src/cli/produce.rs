@@ -141,7 +141,7 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
         }
     }
 
-    let producer = counting_producer(&common.brokers)?;
+    let producer = counting_producer(&common.kafka)?;
     let mut generator = Generator::new(cfg, seed, start_ms);
     eprintln!(
         "produce: {:?} at {} rec/s, {} clock, {}, seed {seed}{}",

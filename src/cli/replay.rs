@@ -2,7 +2,7 @@
 //! (backfill or repair), without re-alerting. See `pipeline/replay.rs`.
 
 use crate::codec::OutputFormat;
-use crate::config::{CommonArgs, redact};
+use crate::config::{CommonArgs, SecretUrl};
 use crate::error::{Error, Result};
 use crate::pipeline::materialize::MaterializeTopics;
 use crate::pipeline::replay::{ReplayConfig, replay};
@@ -37,11 +37,11 @@ pub struct ReplayArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "postgres,redis")]
     pub stores: Vec<Store>,
     /// PostgreSQL URL (needed with --stores postgres).
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretUrl>,
     /// Redis URL (needed with --stores redis).
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretUrl>,
     /// Records per store write.
     #[arg(long, default_value_t = 5000)]
     pub batch_size: usize,
@@ -107,26 +107,26 @@ pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Re
     }
     let postgres = match (stores.contains(&Store::Postgres), &args.database_url) {
         (false, _) => None,
-        (true, Some(url)) => Some(PgSink::connect(url, common.embedding_dim as u32).await?),
+        (true, Some(url)) => Some(PgSink::connect(url.expose(), common.embedding_dim as u32).await?),
         (true, None) => {
             return Err(Error::Config("--stores postgres needs --database-url or DATABASE_URL".into()));
         }
     };
     let redis = match (stores.contains(&Store::Redis), &args.redis_url) {
         (false, _) => None,
-        (true, Some(url)) => Some(RedisSink::connect(url).await?),
+        (true, Some(url)) => Some(RedisSink::connect(url.expose()).await?),
         (true, None) => return Err(Error::Config("--stores redis needs --redis-url or REDIS_URL".into())),
     };
     tracing::info!(
         topics = ?topics,
         from_ms,
         to_ms,
-        database = %args.database_url.as_deref().filter(|_| postgres.is_some()).map(redact).unwrap_or_default(),
-        redis = %args.redis_url.as_deref().filter(|_| redis.is_some()).map(redact).unwrap_or_default(),
+        database = %args.database_url.as_ref().filter(|_| postgres.is_some()).map(SecretUrl::to_string).unwrap_or_default(),
+        redis = %args.redis_url.as_ref().filter(|_| redis.is_some()).map(SecretUrl::to_string).unwrap_or_default(),
         "replay: finding the range"
     );
     let cfg = ReplayConfig {
-        brokers: common.brokers.clone(),
+        kafka: common.kafka.clone(),
         topics,
         from_ms,
         to_ms,

@@ -2,13 +2,12 @@
 //! endpoint, until SIGINT/SIGTERM.
 
 use crate::codec::OutputFormat;
-use crate::config::{CommonArgs, Settings, redact};
+use crate::config::{CommonArgs, SecretUrl};
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, RunOptions, start};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Readiness, metrics_handle, serve};
 use clap::{Args, ValueEnum};
-use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -22,15 +21,12 @@ pub struct RunArgs {
     /// Pipelines to run, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', required = true, env = "UDO_PIPELINES")]
     pub pipelines: Vec<Pipeline>,
-    /// TOML file with `[analyze]` / `[materialize]` settings (see README).
-    #[arg(long, env = "UDO_CONFIG")]
-    pub config: Option<PathBuf>,
     /// PostgreSQL URL (materializer tables, analyzer checkpoints).
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretUrl>,
     /// Redis URL (materialize-redis).
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretUrl>,
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "UDO_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: String,
@@ -40,7 +36,7 @@ pub struct RunArgs {
 }
 
 pub async fn run(common: CommonArgs, args: RunArgs, shutdown: Shutdown) -> Result<()> {
-    let settings = Settings::load(args.config.as_deref(), std::env::vars()).map_err(Error::Config)?;
+    let settings = common.settings.clone();
     let readiness = Readiness::default();
     let addr = serve(&args.metrics_addr, metrics_handle(), readiness.clone()).await.map_err(|e| Error::Io {
         op: format!("listen on {} (set --metrics-addr / UDO_METRICS_ADDR to another address)", args.metrics_addr),
@@ -52,8 +48,8 @@ pub async fn run(common: CommonArgs, args: RunArgs, shutdown: Shutdown) -> Resul
     tracing::info!(
         pipelines = ?pipelines.iter().map(|p| p.name()).collect::<Vec<_>>(),
         brokers = %common.brokers,
-        database = %args.database_url.as_deref().map(redact).unwrap_or_default(),
-        redis = %args.redis_url.as_deref().map(redact).unwrap_or_default(),
+        database = %args.database_url.as_ref().map(SecretUrl::to_string).unwrap_or_default(),
+        redis = %args.redis_url.as_ref().map(SecretUrl::to_string).unwrap_or_default(),
         "starting; metrics on http://{addr}/metrics"
     );
     let opts = RunOptions {

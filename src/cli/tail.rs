@@ -50,7 +50,7 @@ pub async fn run(common: CommonArgs, args: TailArgs, mut shutdown: Shutdown) -> 
         None => Some(codec.catalog().names().map(String::from).collect()),
     };
     let start = if args.from_beginning { Offset::Beginning } else { Offset::End };
-    let consumer = inspector(&common.brokers, &args.topic, start)?;
+    let consumer = inspector(&common.kafka, &args.topic, start)?;
     let idle = args.idle_exit.unwrap_or(Duration::MAX);
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();

@@ -30,7 +30,7 @@ pub async fn run(common: CommonArgs, cmd: TopicsCommand) -> Result<()> {
         Some(d) => TopicCatalog::load_dir(d).map_err(Error::Config)?,
         None => common.topics(),
     };
-    let actions = crate::topics::admin::apply(&common.brokers, catalog.specs(), &common.topic_prefix, dry_run).await?;
+    let actions = crate::topics::admin::apply(&common.kafka, catalog.specs(), &common.topic_prefix, dry_run).await?;
     let (mut created, mut drifted) = (0, 0);
     for a in &actions {
         match a {

@@ -7,7 +7,6 @@ pub mod hysteresis;
 pub mod latency;
 pub mod promotion;
 pub mod rules;
-pub mod seek;
 pub mod uncertainty;
 pub mod validate;
 pub mod windows;

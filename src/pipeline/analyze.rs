@@ -145,7 +145,7 @@ impl AnalyzeStage {
         codec: Codec,
         catalog: &TopicCatalog,
         topics: AnalyzeTopics,
-        brokers: &str,
+        kafka: &crate::config::KafkaConfig,
         store: CheckpointStore,
         batch_size: usize,
         shutdown: Shutdown,
@@ -172,11 +172,12 @@ impl AnalyzeStage {
         ] {
             allowed.insert(full.clone(), catalog.records(contract).map_err(Error::Config)?.to_vec());
         }
-        let producer: FutureProducer = crate::sinks::kafka::producer_config(brokers)
-            .set("client.id", "udo-analyze")
-            .create()
+        let producer: FutureProducer = crate::sinks::kafka::producer_config_with(kafka, |c| {
+            c.set("client.id", "udo-analyze");
+        })
+        .create()
             .map_err(Error::kafka("create analyzer producer"))?;
-        let dlq = Dlq::new(brokers, topics.dlq.clone(), PIPELINE)?;
+        let dlq = Dlq::new(kafka, topics.dlq.clone(), PIPELINE)?;
         Ok(AnalyzeStage {
             rt,
             engine_cfg,

@@ -8,7 +8,7 @@ pub mod replay;
 pub mod runner;
 
 use crate::codec::OutputFormat;
-use crate::config::{CommonArgs, Settings};
+use crate::config::{CommonArgs, SecretUrl, Settings};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::sinks::checkpoints::CheckpointStore;
@@ -45,13 +45,13 @@ impl Pipeline {
 pub struct RunOptions {
     pub pipelines: Vec<Pipeline>,
     pub settings: Settings,
-    pub database_url: Option<String>,
-    pub redis_url: Option<String>,
+    pub database_url: Option<SecretUrl>,
+    pub redis_url: Option<SecretUrl>,
     pub output_format: OutputFormat,
 }
 
-fn need<'a>(value: &'a Option<String>, what: &str, pipeline: Pipeline) -> Result<&'a str> {
-    value.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| {
+fn need<'a>(value: &'a Option<SecretUrl>, what: &str, pipeline: Pipeline) -> Result<&'a str> {
+    value.as_ref().map(SecretUrl::expose).filter(|v| !v.is_empty()).ok_or_else(|| {
         Error::Config(format!("pipeline {} needs {what} (set the flag or the environment variable)", pipeline.name()))
     })
 }
@@ -70,7 +70,7 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
                 let s = &opts.settings;
                 let cfg = RunnerConfig {
                     pipeline: analyze::PIPELINE,
-                    brokers: common.brokers.clone(),
+                    kafka: common.kafka.clone(),
                     group,
                     topics: topics.inputs(),
                     assignor: Assignor::Range,
@@ -85,7 +85,7 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
                     common.codec(opts.output_format),
                     &common.topics(),
                     topics,
-                    &common.brokers,
+                    &common.kafka,
                     store,
                     s.materialize.batch_size,
                     shutdown.clone(),

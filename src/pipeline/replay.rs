@@ -4,8 +4,8 @@
 //! made again, which are idempotent and newest-wins in both stores, so a
 //! replay never moves a store back in time nor duplicates a row.
 //!
-//! The range of each partition is found from record timestamps (see
-//! `domain::seek`), read by a consumer that assigns partitions itself and
+//! The range of each partition is found by the broker's time index
+//! (ListOffsets by timestamp), read by a consumer that assigns partitions itself and
 //! never joins a group or commits, so the live pipelines' groups are left
 //! alone. Stores keep offsets per group; the replay writes under a group of
 //! its own run (`udo-replay-<id>`, so Redis's offset fence lets every batch
@@ -14,13 +14,13 @@
 //! pipelines already sent them to the DLQ.
 
 use crate::codec::Codec;
-use crate::domain::{Event, seek};
+use crate::config::KafkaConfig;
+use crate::domain::Event;
 use crate::error::{Error, Result};
 use crate::pipeline::runner::{Tp, backoff};
 use crate::shutdown::Shutdown;
 use crate::sinks::postgres::{PgBatch, PgSink};
 use crate::sinks::redis::{RedisBatch, RedisSink};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
@@ -32,7 +32,7 @@ use tokio::runtime::Handle;
 
 /// What to replay, and where to.
 pub struct ReplayConfig {
-    pub brokers: String,
+    pub kafka: KafkaConfig,
     /// Full topic names to read.
     pub topics: Vec<String>,
     /// Records stamped at or after this time (epoch ms) are replayed...
@@ -74,77 +74,24 @@ pub struct ReplayReport {
     pub interrupted: bool,
 }
 
-/// How long one probe waits for its record.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 /// A store write is retried this many times before the replay gives up.
 const MAX_ATTEMPTS: usize = 10;
+/// How long the broker may take to answer a metadata or offsets lookup.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn consumer(brokers: &str) -> Result<BaseConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        // Required by librdkafka, never used: partitions are assigned by
-        // hand and nothing is committed.
-        .set("group.id", "udo-replay")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "20")
-        .set("client.id", "udo-replay")
+fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
+    kafka
+        .client(|c| {
+            // Required by librdkafka, never used: partitions are assigned by
+            // hand and nothing is committed.
+            c.set("group.id", "udo-replay")
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "true")
+                .set("client.id", "udo-replay");
+        })
         .create()
         .map_err(Error::kafka("create the replay consumer"))
-}
-
-/// One lockstep round of probes over partitions of `topic`: each
-/// partition assigned at its offset, and the first record read from each
-/// (`None` at the end of its log).
-fn probe_round(c: &BaseConsumer, topic: &str, probes: &[(i32, i64)]) -> Result<HashMap<i32, Option<(i64, i64)>>> {
-    let mut tpl = TopicPartitionList::new();
-    for (p, offset) in probes {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))
-            .map_err(Error::kafka(format!("assign {topic}[{p}]")))?;
-    }
-    c.assign(&tpl).map_err(Error::kafka(format!("assign {topic}")))?;
-    let wanted: HashMap<i32, i64> = probes.iter().copied().collect();
-    let mut found = HashMap::new();
-    let deadline = Instant::now() + PROBE_TIMEOUT;
-    while found.len() < wanted.len() {
-        if Instant::now() >= deadline {
-            let missing: Vec<&i32> = wanted.keys().filter(|p| !found.contains_key(*p)).collect();
-            return Err(Error::Failed(format!(
-                "kafka: no record of {topic} partitions {missing:?} arrived within {PROBE_TIMEOUT:?}"
-            )));
-        }
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) if m.topic() == topic && wanted.get(&m.partition()).is_some_and(|o| m.offset() >= *o) => {
-                // A record without a timestamp counts as "now".
-                let t = m.timestamp().to_millis().unwrap_or(i64::MAX);
-                found.entry(m.partition()).or_insert(Some((m.offset(), t)));
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) if wanted.contains_key(&p) => {
-                found.entry(p).or_insert(None);
-            }
-            Some(Err(e)) if transient(&e) => tracing::warn!("replay: {e}; retrying"),
-            Some(Err(e)) => return Err(Error::kafka(format!("read {topic}"))(e)),
-            _ => {}
-        }
-    }
-    Ok(found)
-}
-
-/// Runs the searches of one topic's partitions in lockstep.
-fn search_all(c: &BaseConsumer, topic: &str, searches: &mut BTreeMap<i32, seek::Search>) -> Result<()> {
-    loop {
-        let probes: Vec<(i32, i64)> = searches.iter().filter_map(|(p, s)| s.next_probe().map(|o| (*p, o))).collect();
-        if probes.is_empty() {
-            return Ok(());
-        }
-        let found = probe_round(c, topic, &probes)?;
-        for (p, offset) in probes {
-            if let Some(s) = searches.get_mut(&p) {
-                s.observe(offset, found.get(&p).copied().flatten());
-            }
-        }
-    }
 }
 
 fn transient(e: &KafkaError) -> bool {
@@ -152,39 +99,63 @@ fn transient(e: &KafkaError) -> bool {
     matches!(e, KafkaError::MessageConsumption(C::AllBrokersDown | C::BrokerTransportFailure | C::OperationTimedOut))
 }
 
-/// Each partition's offset range `[start, end)` for the configured times.
+/// The first offset of each partition stamped at or after `at_ms`, from the
+/// broker's time index (ListOffsets by timestamp); a partition with no such
+/// record maps to `None` (its end).
+fn offsets_at(c: &BaseConsumer, topic: &str, parts: &[i32], at_ms: i64) -> Result<BTreeMap<i32, Option<i64>>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in parts {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(at_ms))
+            .map_err(Error::kafka(format!("look up {topic}[{p}] at {at_ms}")))?;
+    }
+    let found = c.offsets_for_times(tpl, LOOKUP_TIMEOUT).map_err(Error::kafka(format!("offsets of {topic} by time")))?;
+    let mut out = BTreeMap::new();
+    for e in found.elements_for_topic(topic) {
+        if let Err(err) = e.error() {
+            return Err(Error::kafka(format!("offset of {topic}[{}] by time", e.partition()))(err));
+        }
+        out.insert(
+            e.partition(),
+            match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Each partition's offset range `[start, end)` for the configured times:
+/// start at the first record stamped at or after `from`, end before the
+/// first stamped at or after `to` (or at the end of the log as it is now).
 fn ranges(c: &BaseConsumer, cfg: &ReplayConfig) -> Result<BTreeMap<Tp, (i64, i64)>> {
     let mut out = BTreeMap::new();
     for topic in &cfg.topics {
-        let md = c
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(Error::kafka(format!("metadata of {topic}")))?;
-        let parts: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        let md = c.fetch_metadata(Some(topic), LOOKUP_TIMEOUT).map_err(Error::kafka(format!("metadata of {topic}")))?;
+        let parts: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
         if parts.is_empty() {
             return Err(Error::Config(format!(
                 "topic {topic} does not exist (create it with `udo-stream topics apply`, or check --topic-prefix)"
             )));
         }
-        let mut marks = BTreeMap::new();
-        for p in parts {
-            let (lo, hi) = c
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map_err(Error::kafka(format!("watermarks of {topic}[{p}]")))?;
-            marks.insert(p, (lo, hi));
-        }
-        let mut starts: BTreeMap<i32, seek::Search> =
-            marks.iter().map(|(p, (lo, hi))| (*p, seek::Search::new(*lo, *hi, cfg.from_ms))).collect();
-        search_all(c, topic, &mut starts)?;
-        let start = |p: &i32| starts[p].result().unwrap_or(marks[p].1);
-        let mut ends: BTreeMap<i32, seek::Search> = match cfg.to_ms {
-            Some(to) => marks.iter().map(|(p, (_, hi))| (*p, seek::Search::new(start(p), *hi, to))).collect(),
+        let starts = offsets_at(c, topic, &parts, cfg.from_ms)?;
+        let ends = match cfg.to_ms {
+            Some(to) => offsets_at(c, topic, &parts, to)?,
             None => BTreeMap::new(),
         };
-        search_all(c, topic, &mut ends)?;
-        for (p, (_, hi)) in &marks {
-            let end = ends.get(p).and_then(seek::Search::result).unwrap_or(*hi);
-            if start(p) < end {
-                out.insert(Tp::new(topic.clone(), *p), (start(p), end));
+        for p in parts {
+            let (_, hi) = c
+                .fetch_watermarks(topic, p, LOOKUP_TIMEOUT)
+                .map_err(Error::kafka(format!("watermarks of {topic}[{p}]")))?;
+            let start = starts.get(&p).copied().flatten().unwrap_or(hi).min(hi);
+            let end = ends.get(&p).copied().flatten().unwrap_or(hi).min(hi);
+            if start < end {
+                out.insert(Tp::new(topic.clone(), p), (start, end));
             }
         }
     }
@@ -197,7 +168,7 @@ pub fn replay(rt: &Handle, cfg: &ReplayConfig, shutdown: &Shutdown) -> Result<Re
     let started = Instant::now();
     let group = format!("udo-replay-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut report = ReplayReport { group: group.clone(), ..ReplayReport::default() };
-    let c = consumer(&cfg.brokers)?;
+    let c = consumer(&cfg.kafka)?;
     let ranges = ranges(&c, cfg)?;
     let total: i64 = ranges.values().map(|(s, e)| e - s).sum();
     report.partitions = ranges.len();

@@ -79,7 +79,7 @@ pub trait Stage: Send + 'static {
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub pipeline: &'static str,
-    pub brokers: String,
+    pub kafka: crate::config::KafkaConfig,
     pub group: String,
     pub topics: Vec<String>,
     pub assignor: Assignor,
@@ -224,7 +224,7 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
         shutdown: shutdown.clone(),
         readiness: readiness.clone(),
     };
-    let consumer: BaseConsumer<RunnerContext<S>> = group_config_with(&cfg.brokers, &cfg.group, cfg.assignor)
+    let consumer: BaseConsumer<RunnerContext<S>> = group_config_with(&cfg.kafka, &cfg.group, cfg.assignor)
         .create_with_context(ctx)
         .map_err(Error::kafka(format!("create consumer for group {}", cfg.group)))?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();

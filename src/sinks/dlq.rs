@@ -83,10 +83,11 @@ pub struct Dlq {
 }
 
 impl Dlq {
-    pub fn new(brokers: &str, topic: String, pipeline: &'static str) -> Result<Dlq> {
-        let producer = crate::sinks::kafka::producer_config(brokers)
-            .set("linger.ms", "1")
-            .create()
+    pub fn new(kafka: &crate::config::KafkaConfig, topic: String, pipeline: &'static str) -> Result<Dlq> {
+        let producer = crate::sinks::kafka::producer_config_with(kafka, |c| {
+            c.set("linger.ms", "1");
+        })
+        .create()
             .map_err(Error::kafka("create DLQ producer"))?;
         Ok(Dlq { producer, topic, pipeline })
     }

@@ -1,5 +1,6 @@
 //! Kafka producers: idempotent, all acks, Java-compatible partitioning.
 
+use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -10,10 +11,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Producer settings. `murmur2_random` puts a key in the same partition a
 /// Java client would, so producers in any language agree on placement.
-pub fn producer_config(brokers: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    producer_config_with(kafka, |_| {})
+}
+
+/// Producer settings with a role's own defaults (client id, linger), which
+/// the user's `[kafka]` properties may still tune.
+pub fn producer_config_with(kafka: &KafkaConfig, role: impl FnOnce(&mut ClientConfig)) -> ClientConfig {
+    kafka.client(|c| {
+        producer_defaults(c);
+        role(c);
+    })
+}
+
+fn producer_defaults(c: &mut ClientConfig) {
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
@@ -21,7 +33,6 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", "60000")
         .set("client.id", "udo-stream");
-    c
 }
 
 /// Counts delivery reports (the producer's only proof a record is durable).
@@ -55,8 +66,8 @@ impl ProducerContext for DeliveryCounter {
 
 /// Fire-and-count producer for bulk loads: sends never block on the
 /// network; delivery reports arrive on a background thread.
-pub fn counting_producer(brokers: &str) -> Result<ThreadedProducer<DeliveryCounter>> {
-    producer_config(brokers).create_with_context(DeliveryCounter::default()).map_err(Error::kafka("create producer"))
+pub fn counting_producer(kafka: &KafkaConfig) -> Result<ThreadedProducer<DeliveryCounter>> {
+    producer_config(kafka).create_with_context(DeliveryCounter::default()).map_err(Error::kafka("create producer"))
 }
 
 /// One record to produce.

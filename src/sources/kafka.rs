@@ -1,7 +1,7 @@
 //! Kafka consumers with the delivery settings of DESIGN §6.
 
+use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::time::Duration;
@@ -47,14 +47,18 @@ pub enum Assignor {
 /// Group consumer: at-least-once. Offsets are *stored* by the application
 /// only after a record's effects are durable (`enable.auto.offset.store=false`)
 /// and committed in the background from the store.
-pub fn group_config(brokers: &str, group: &str) -> ClientConfig {
-    group_config_with(brokers, group, Assignor::CooperativeSticky)
+pub fn group_config(kafka: &KafkaConfig, group: &str) -> rdkafka::ClientConfig {
+    group_config_with(kafka, group, Assignor::CooperativeSticky)
 }
 
-pub fn group_config_with(brokers: &str, group: &str, assignor: Assignor) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", group)
+pub fn group_config_with(kafka: &KafkaConfig, group: &str, assignor: Assignor) -> rdkafka::ClientConfig {
+    kafka.client(|c| {
+        group_defaults(c, group, assignor);
+    })
+}
+
+fn group_defaults(c: &mut rdkafka::ClientConfig, group: &str, assignor: Assignor) {
+    c.set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "5000")
         .set("enable.auto.offset.store", "false")
@@ -74,11 +78,10 @@ pub fn group_config_with(brokers: &str, group: &str, assignor: Assignor) -> Clie
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("client.id", format!("udo-stream-{group}"));
-    c
 }
 
-pub fn group_consumer(brokers: &str, group: &str, topics: &[&str]) -> Result<StreamConsumer<GroupContext>> {
-    let consumer: StreamConsumer<GroupContext> = group_config(brokers, group)
+pub fn group_consumer(kafka: &KafkaConfig, group: &str, topics: &[&str]) -> Result<StreamConsumer<GroupContext>> {
+    let consumer: StreamConsumer<GroupContext> = group_config(kafka, group)
         .create_with_context(GroupContext { group: group.to_string() })
         .map_err(Error::kafka("create consumer"))?;
     consumer.subscribe(topics).map_err(Error::kafka(format!("subscribe to {topics:?}")))?;
@@ -87,12 +90,13 @@ pub fn group_consumer(brokers: &str, group: &str, topics: &[&str]) -> Result<Str
 
 /// Consumer outside any group, assigned every partition of `topic` at
 /// `start` (inspection tools: nothing is committed, no rebalance delay).
-pub fn inspector(brokers: &str, topic: &str, start: Offset) -> Result<StreamConsumer> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("udo-inspect-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
+pub fn inspector(kafka: &KafkaConfig, topic: &str, start: Offset) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = kafka
+        .client(|c| {
+            c.set("group.id", format!("udo-inspect-{}", uuid::Uuid::new_v4()))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false");
+        })
         .create()
         .map_err(Error::kafka("create consumer"))?;
     let md = consumer
@@ -106,7 +110,8 @@ pub fn inspector(brokers: &str, topic: &str, start: Offset) -> Result<StreamCons
         .collect();
     if partitions.is_empty() {
         return Err(Error::Config(format!(
-            "topic {topic} does not exist on {brokers} (run `udo-stream topics apply`, check --topic-prefix)"
+            "topic {topic} does not exist on {} (run `udo-stream topics apply`, check --topic-prefix)",
+            kafka.brokers
         )));
     }
     let mut tpl = TopicPartitionList::new();
@@ -115,4 +120,74 @@ pub fn inspector(brokers: &str, topic: &str, start: Offset) -> Result<StreamCons
     }
     consumer.assign(&tpl).map_err(Error::kafka(format!("assign {topic}")))?;
     Ok(consumer)
+}
+
+/// Keeps the first client error that retrying cannot fix (authentication,
+/// TLS), which librdkafka otherwise only reports while it retries forever.
+#[derive(Default)]
+pub struct ConnectProbe {
+    fatal: std::sync::Mutex<Option<(rdkafka::error::RDKafkaErrorCode, String)>>,
+}
+
+impl ClientContext for ConnectProbe {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::RDKafkaErrorCode as C;
+        match error.rdkafka_error_code() {
+            Some(
+                code @ (C::Authentication
+                | C::SaslAuthenticationFailed
+                | C::UnsupportedSASLMechanism
+                | C::IllegalSASLState
+                | C::SSL),
+            ) => {
+                self.fatal.lock().expect("probe lock").get_or_insert((code, reason.to_string()));
+            }
+            _ => tracing::debug!("kafka: {error}: {reason}"),
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for ConnectProbe {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+/// Connects once before a command starts: answers within seconds when the
+/// cluster is reachable, fails fast with what to fix when the credentials
+/// or TLS settings are wrong (no secret is part of the message), and after
+/// `timeout` when no broker answers.
+pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<()> {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    use rdkafka::producer::{BaseProducer, Producer};
+    let probe: BaseProducer<ConnectProbe> = kafka
+        .client(|c| {
+            c.set("client.id", "udo-stream-connect");
+        })
+        .create_with_context(ConnectProbe::default())
+        .map_err(Error::kafka("create a Kafka client"))?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let attempt = probe.client().fetch_metadata(None, Duration::from_millis(500));
+        probe.poll(Duration::ZERO);
+        if let Some((code, reason)) = probe.context().fatal.lock().expect("probe lock").take() {
+            let hint = match code {
+                C::SSL => "TLS failed: check security.protocol and ssl.ca.location (the CA that signed the brokers' certificates)",
+                _ => "authentication failed: check sasl.mechanism, sasl.username and sasl.password",
+            };
+            return Err(Error::Config(format!("kafka: {hint} (brokers {}): {reason}", kafka.brokers)));
+        }
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(Error::Kafka {
+                    op: format!(
+                        "connect to {} (no broker answered within {timeout:?}; check --brokers / KAFKA_BROKERS and security.protocol)",
+                        kafka.brokers
+                    ),
+                    source: e,
+                });
+            }
+            Err(_) => {}
+        }
+    }
 }

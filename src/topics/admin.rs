@@ -5,14 +5,13 @@ use super::spec::TopicSpec;
 use crate::error::{Error, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
-pub fn admin_client(brokers: &str) -> Result<AdminClient<DefaultClientContext>> {
-    ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(Error::kafka("create admin client"))
+pub fn admin_client(kafka: &crate::config::KafkaConfig) -> Result<AdminClient<DefaultClientContext>> {
+    kafka.client(|_| {}).create().map_err(Error::kafka("create admin client"))
 }
 
 /// Partitions and replication of every topic on the broker.
@@ -38,8 +37,8 @@ async fn observe_configs(admin: &AdminClient<DefaultClientContext>, topic: &str)
 }
 
 /// Applies `specs` under `prefix`; returns the actions taken or reported.
-pub async fn apply(brokers: &str, specs: &[TopicSpec], prefix: &str, dry_run: bool) -> Result<Vec<Action>> {
-    let admin = admin_client(brokers)?;
+pub async fn apply(kafka: &crate::config::KafkaConfig, specs: &[TopicSpec], prefix: &str, dry_run: bool) -> Result<Vec<Action>> {
+    let admin = admin_client(kafka)?;
     let layout = observe_layout(&admin)?;
     let mut configs = HashMap::new();
     for spec in specs {

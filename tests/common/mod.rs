@@ -25,6 +25,11 @@ pub fn brokers() -> String {
     panic!("Kafka broker at {b} is unreachable ({last:?}); start it with scripts/stack up");
 }
 
+/// The stack's brokers as the library's Kafka settings (no extra properties).
+pub fn kafka() -> udo_stream::config::KafkaConfig {
+    udo_stream::config::KafkaConfig::new(&brokers(), Default::default())
+}
+
 /// A topic prefix no other test run uses, so tests never see each other's records.
 pub fn prefix(test: &str) -> String {
     format!("it-{test}-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8])

@@ -190,7 +190,7 @@ impl Common {
         codec: Codec,
         catalog: &TopicCatalog,
         topics: &MaterializeTopics,
-        brokers: &str,
+        kafka: &crate::config::KafkaConfig,
         batch_size: usize,
         promo_cfg: PromotionConfig,
         readiness: Readiness,
@@ -199,12 +199,12 @@ impl Common {
         for (full, contract) in topics.all() {
             allowed.insert(full.to_string(), catalog.records(contract).map_err(Error::Config)?.to_vec());
         }
-        let producer: FutureProducer = crate::sinks::kafka::producer_config(brokers)
-            .set("client.id", format!("udo-{pipeline}"))
-            .set("linger.ms", "1")
-            .create()
+        let producer: FutureProducer = crate::sinks::kafka::producer_config_with(kafka, |c| {
+            c.set("client.id", format!("udo-{pipeline}")).set("linger.ms", "1");
+        })
+        .create()
             .map_err(Error::kafka("create promotion producer"))?;
-        let dlq = Dlq::new(brokers, topics.dlq.clone(), pipeline)?;
+        let dlq = Dlq::new(kafka, topics.dlq.clone(), pipeline)?;
         Ok(Common {
             rt,
             pipeline,
@@ -498,7 +498,7 @@ pub(crate) async fn prepare(
     let s = &opts.settings.materialize;
     let cfg = |name: &'static str, inputs: Vec<String>| RunnerConfig {
         pipeline: name,
-        brokers: common.brokers.clone(),
+        kafka: common.kafka.clone(),
         group: group.clone(),
         topics: inputs,
         assignor: Assignor::CooperativeSticky,
@@ -516,7 +516,7 @@ pub(crate) async fn prepare(
             common.codec(opts.output_format),
             &common.topics(),
             &topics,
-            &common.brokers,
+            &common.kafka,
             s.batch_size,
             opts.settings.promotion.clone(),
             readiness.clone(),

@@ -221,17 +221,30 @@ impl Settings {
                     .ok_or_else(|| format!("{name}: {k} is not a table"))?;
             }
             cur.insert(last.clone(), parsed);
-            overridden.push(name);
+            let field = match keys.split_first() {
+                Some((k, rest)) if k == "kafka" => format!("kafka.{}", rest.join(".").replace('_', ".")),
+                _ => keys.join("."),
+            };
+            overridden.push((name, field));
         }
-        let source = match (file, overridden.is_empty()) {
-            (Some(p), true) => format!("config file {}", p.display()),
-            (Some(p), false) => format!("config file {} with {}", p.display(), overridden.join(", ")),
-            (None, false) => overridden.join(", "),
-            (None, true) => "defaults".to_string(),
+        // An error names the variable that set the field, else every source.
+        let source = |err: &str| {
+            if let Some((name, _)) = overridden.iter().find(|(_, f)| err.contains(&format!("`{f}`"))) {
+                return name.clone();
+            }
+            let names: Vec<&str> = overridden.iter().map(|(n, _)| n.as_str()).collect();
+            match (file, names.is_empty()) {
+                (Some(p), true) => format!("config file {}", p.display()),
+                (Some(p), false) => format!("config file {} with {}", p.display(), names.join(", ")),
+                (None, false) => names.join(", "),
+                (None, true) => "defaults".to_string(),
+            }
         };
-        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| format!("{source}: field `{}`: {}", e.path(), e.inner()))?;
-        settings.validate().map_err(|e| format!("{source}: {e}"))?;
+        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let err = format!("field `{}`: {}", e.path(), e.inner());
+            format!("{}: {err}", source(&err))
+        })?;
+        settings.validate().map_err(|e| format!("{}: {e}", source(&e)))?;
         Ok(settings)
     }
 

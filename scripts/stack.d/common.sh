@@ -175,3 +175,20 @@ apt_install() {
     die "$what: apt-get install $* failed"
   fi
 }
+
+# Debian packages the build and the interop tests need: OpenSSL headers and
+# pkg-config (librdkafka's TLS/SASL, sqlx and redis TLS), zlib headers, and
+# kcat (a third-party Kafka client the tests use).
+BUILD_DEPS=(libssl-dev pkg-config zlib1g-dev kcat)
+
+build_deps_ok() {
+  local installed
+  installed=$(dpkg-query -W -f='${db:Status-Status}\n' "${BUILD_DEPS[@]}" 2>/dev/null | grep -c '^installed$' || true)
+  ((installed == ${#BUILD_DEPS[@]}))
+}
+
+install_build_deps() {
+  build_deps_ok && return 0
+  apt_install build-deps "${BUILD_DEPS[@]}"
+  build_deps_ok || die "build-deps: ${BUILD_DEPS[*]} still missing after apt-get install"
+}

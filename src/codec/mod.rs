@@ -138,7 +138,9 @@ impl Codec {
                     )
                 })?;
                 check_allowed(allowed, &entry.name)?;
-                let value = read_datum(&entry.schema, payload)?;
+                let mut reader = payload;
+                let value = entry.reader.read(&mut reader).map_err(avro_error)?;
+                no_trailing(reader)?;
                 to_event(&entry.name, &value)?
             }
             Framing::Confluent { schema_id } => {
@@ -312,13 +314,17 @@ fn check_allowed(allowed: &[String], name: &str) -> Result<(), DecodeError> {
 fn read_datum(schema: &Schema, payload: &[u8]) -> Result<Value, DecodeError> {
     let mut reader = payload;
     let value = apache_avro::from_avro_datum(schema, &mut reader, None).map_err(avro_error)?;
-    if !reader.is_empty() {
-        return Err(DecodeError::new(
-            DecodeClass::Malformed,
-            format!("{} trailing bytes after the Avro datum", reader.len()),
-        ));
-    }
+    no_trailing(reader)?;
     Ok(value)
+}
+
+/// Trailing bytes after the datum mean the framing lied.
+fn no_trailing(rest: &[u8]) -> Result<(), DecodeError> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(DecodeError::new(DecodeClass::Malformed, format!("{} trailing bytes after the Avro datum", rest.len())))
+    }
 }
 
 fn avro_error(e: apache_avro::Error) -> DecodeError {

@@ -98,6 +98,13 @@ node_port_var() {
   kafka-secure) printf 'UDO_SECURE_KAFKA_PORT' ;;
   esac
 }
+node_controller_port_var() {
+  case $1 in
+  kafka) printf 'UDO_KAFKA_CONTROLLER_PORT' ;;
+  kafka-[123]) printf 'UDO_CLUSTER_CONTROLLER_PORT' ;;
+  kafka-secure) printf 'UDO_SECURE_KAFKA_PORT (its controller listens on the next port)' ;;
+  esac
+}
 # Nodes of one cluster share its id, made once.
 node_cluster() { case $1 in kafka-[123]) printf cluster ;; kafka-secure) printf secure ;; *) printf single ;; esac }
 node_heap() { case $1 in kafka-[123]) printf '%s' "$CLUSTER_HEAP" ;; *) printf '%s' "$KAFKA_HEAP" ;; esac }
@@ -231,7 +238,7 @@ node_launch() {
   log_file=$(logfile "$node")
   heap=$(node_heap "$node")
   ensure_port_free "$node" "$(node_port "$node")" "$(node_port_var "$node")"
-  ensure_port_free "$node controller" "$(node_controller_port "$node")" "$(node_port_var "$node" | sed 's/_PORT$/_CONTROLLER_PORT/')"
+  ensure_port_free "$node controller" "$(node_controller_port "$node")" "$(node_controller_port_var "$node")"
   node_prepare "$node"
   printf '%s' "$(stat -c %s "$log_file" 2>/dev/null || echo 0)" >"$dir/.log-offset"
   log "$node: starting Apache Kafka $KAFKA_VERSION on $HOST:$(node_port "$node") (heap $heap; log: $log_file)"

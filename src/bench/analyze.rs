@@ -26,7 +26,7 @@ use crate::synth::{Generator, Kind, SynthConfig};
 use crate::telemetry::Readiness;
 use crate::topics::names;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
+use crate::pipeline::runner::Record;
 use rdkafka::producer::{BaseRecord, Producer};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -200,7 +200,7 @@ impl<S: Stage> Stage for Counting<S> {
     fn revoked(&mut self, parts: &[Tp]) -> Offsets {
         self.inner.revoked(parts)
     }
-    fn process(&mut self, batch: &[OwnedMessage]) -> Result<Offsets> {
+    fn process(&mut self, batch: &[Record<'_>]) -> Result<Offsets> {
         self.first.lock().expect("first lock").get_or_insert_with(Instant::now);
         let r = self.inner.process(batch);
         if r.is_ok() {
@@ -341,6 +341,8 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
 fn raw_drain(kafka: &crate::config::KafkaConfig, topics: &[&str], n: usize) -> Result<(f64, f64)> {
     let consumer: BaseConsumer = kafka
         .client(|c| {
+            // The same fetch settings as the pipeline's consumer.
+            crate::sources::kafka::fetch_defaults(c);
             c.set("group.id", format!("bench-raw-{}", uuid::Uuid::new_v4().simple()))
                 .set("auto.offset.reset", "earliest")
                 .set("enable.auto.commit", "false");

@@ -33,7 +33,8 @@ use crate::telemetry::events::{
 use crate::topics::{TopicCatalog, names};
 use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, OwnedMessage};
+use crate::pipeline::runner::Record;
+use rdkafka::message::Message;
 use rdkafka::producer::DeliveryFuture;
 use rdkafka::producer::FutureProducer;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -206,7 +207,7 @@ impl AnalyzeStage {
         format!("size={} slide={} lateness={}", s.size_ms, s.slide_ms, s.allowed_lateness_ms)
     }
 
-    fn decode(&self, msg: &OwnedMessage) -> std::result::Result<Event, Reason> {
+    fn decode(&self, msg: &Record<'_>) -> std::result::Result<Event, Reason> {
         let allowed = self.allowed.get(msg.topic()).map(Vec::as_slice).unwrap_or(&[]);
         let payload = msg.payload().unwrap_or(&[]);
         self.codec
@@ -326,7 +327,7 @@ impl AnalyzeStage {
     }
 
     /// Dead letters are few: sent and awaited at once.
-    fn dead_letters(&mut self, dead: &[(&OwnedMessage, Reason)]) -> Result<()> {
+    fn dead_letters(&mut self, dead: &[(&Record<'_>, Reason)]) -> Result<()> {
         if dead.is_empty() {
             return Ok(());
         }
@@ -420,7 +421,7 @@ impl AnalyzeStage {
 /// The writes partition and offset a re-keyed decision came from. Written
 /// without the headers (by another producer), it is its own channel -1 with
 /// its own offset.
-fn channel_of(msg: &OwnedMessage) -> (i32, i64) {
+fn channel_of(msg: &Record<'_>) -> (i32, i64) {
     use rdkafka::message::Headers;
     let header = |name: &str| -> Option<i64> {
         let h = msg.headers()?.iter().find(|h| h.key == name)?;
@@ -506,8 +507,8 @@ impl Stage for AnalyzeStage {
         offsets
     }
 
-    fn process(&mut self, batch: &[OwnedMessage]) -> Result<Offsets> {
-        let mut dead: Vec<(&OwnedMessage, Reason)> = Vec::new();
+    fn process(&mut self, batch: &[Record<'_>]) -> Result<Offsets> {
+        let mut dead: Vec<(&Record<'_>, Reason)> = Vec::new();
         let mut forward: Vec<Outgoing> = Vec::new();
         let mut writes_done: Vec<(Tp, i64)> = Vec::new();
         let mut touched = BTreeSet::new();

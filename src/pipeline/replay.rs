@@ -82,6 +82,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
     kafka
         .client(|c| {
+            crate::sources::kafka::fetch_defaults(c);
             // Required by librdkafka, never used: partitions are assigned by
             // hand and nothing is committed.
             c.set("group.id", "udo-replay")

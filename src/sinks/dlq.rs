@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::telemetry::events::DlqRecord;
 use futures_util::future::try_join_all;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ pub struct DeadLetter {
 
 /// Builds the DLQ record for `msg`: raw bytes, original headers first, then
 /// provenance. Long messages are cut so a header never dwarfs the record.
-pub fn dead_letter(msg: &OwnedMessage, pipeline: &str, reason: &Reason) -> DeadLetter {
+pub fn dead_letter<M: Message + ?Sized>(msg: &M, pipeline: &str, reason: &Reason) -> DeadLetter {
     let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(h) = msg.headers() {
         for Header { key, value } in h.iter() {
@@ -97,9 +97,9 @@ impl Dlq {
     }
 
     /// Sends every record and returns once all are durable (or the first error).
-    pub async fn send_all(&self, items: &[(&OwnedMessage, Reason)]) -> Result<()> {
+    pub async fn send_all<M: Message>(&self, items: &[(&M, Reason)]) -> Result<()> {
         let sends = items.iter().map(|(msg, reason)| async move {
-            let letter = dead_letter(msg, self.pipeline, reason);
+            let letter = dead_letter(*msg, self.pipeline, reason);
             let mut hs = OwnedHeaders::new_with_capacity(letter.headers.len());
             for (k, v) in &letter.headers {
                 hs = hs.insert(Header { key: k, value: Some(v) });
@@ -134,6 +134,7 @@ impl Dlq {
 mod tests {
     use super::*;
     use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
 
     #[test]
     fn dead_letter_keeps_bytes_and_headers_and_names_the_source() {

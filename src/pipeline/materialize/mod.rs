@@ -46,7 +46,8 @@ use crate::sources::kafka::Assignor;
 use crate::telemetry::Readiness;
 use crate::telemetry::events::{PromotionEmitted, RecordsProduced, SinkSuccessRatio, SinkWrite};
 use crate::topics::{TopicCatalog, names};
-use rdkafka::message::{Message, OwnedMessage};
+use crate::pipeline::runner::Record;
+use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -120,14 +121,14 @@ pub(crate) struct Part<'m> {
     /// Decoded records in offset order (undecodable ones are dead letters).
     pub events: Vec<(i64, Event)>,
     /// Every record of the partition in the batch, by offset (for rejects).
-    pub msgs: HashMap<i64, &'m OwnedMessage>,
+    pub msgs: HashMap<i64, &'m Record<'m>>,
 }
 
 /// A batch, decoded: per-partition parts, dead letters, and the newest
 /// event time (the deterministic position of the write attempt).
 pub(crate) struct Decoded<'m> {
     pub parts: Vec<Part<'m>>,
-    pub dead: Vec<(&'m OwnedMessage, Reason)>,
+    pub dead: Vec<(&'m Record<'m>, Reason)>,
     pub at: i64,
 }
 
@@ -143,7 +144,7 @@ pub(crate) struct Written {
 /// Identity of a runner batch, to tell a retry from a new batch.
 type BatchId = (Tp, i64, Tp, i64, usize);
 
-fn batch_id(batch: &[OwnedMessage]) -> Option<BatchId> {
+fn batch_id(batch: &[Record<'_>]) -> Option<BatchId> {
     let (first, last) = (batch.first()?, batch.last()?);
     Some((Tp::of(first), first.offset(), Tp::of(last), last.offset(), batch.len()))
 }
@@ -299,7 +300,7 @@ impl Common {
 
     /// Decodes a batch by partition, skipping what the store already holds.
     /// `Err` only when decoding cannot be judged now (schema registry down).
-    pub fn decode<'m>(&self, batch: &'m [OwnedMessage]) -> Result<Decoded<'m>> {
+    pub fn decode<'m>(&self, batch: &'m [Record<'m>]) -> Result<Decoded<'m>> {
         let mut parts: BTreeMap<Tp, Part<'m>> = BTreeMap::new();
         let mut dead = Vec::new();
         let mut at = i64::MIN;
@@ -338,8 +339,8 @@ impl Common {
     }
 
     /// Dead-letters the records not already sent, and waits for the broker.
-    pub async fn send_dead(&mut self, dead: &[(&OwnedMessage, Reason)]) -> Result<()> {
-        let fresh: Vec<(&OwnedMessage, Reason)> = dead
+    pub async fn send_dead(&mut self, dead: &[(&Record<'_>, Reason)]) -> Result<()> {
+        let fresh: Vec<(&Record<'_>, Reason)> = dead
             .iter()
             .filter(|(m, _)| !self.dlq_sent.contains(&(Tp::of(m), m.offset())))
             .map(|(m, r)| (*m, r.clone()))
@@ -356,7 +357,7 @@ impl Common {
     /// positions, metrics, readiness, promotion.
     fn attempt(
         &mut self,
-        batch: &[OwnedMessage],
+        batch: &[Record<'_>],
         write: impl FnOnce(&mut Common) -> Result<Written>,
     ) -> Result<Offsets> {
         let id = batch_id(batch);
@@ -552,7 +553,7 @@ pub(crate) trait Store: Send + 'static {
     async fn stored_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<HashMap<(String, i32), i64>>;
     async fn ping(&self) -> Result<()>;
     /// Writes one runner batch (see each store's module docs).
-    async fn write(&self, c: &mut Common, batch: &[OwnedMessage]) -> Result<Written>;
+    async fn write(&self, c: &mut Common, batch: &[Record<'_>]) -> Result<Written>;
 }
 
 /// A materializer: the shared plumbing around one store.
@@ -578,7 +579,7 @@ impl<S: Store> Stage for MaterializeStage<S> {
         self.c.revoke(parts)
     }
 
-    fn process(&mut self, batch: &[OwnedMessage]) -> Result<Offsets> {
+    fn process(&mut self, batch: &[Record<'_>]) -> Result<Offsets> {
         let store = &self.store;
         self.c.attempt(batch, |c| c.rt.clone().block_on(store.write(c, batch)))
     }

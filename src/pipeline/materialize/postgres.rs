@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::sinks::dlq::Reason;
 use crate::sinks::postgres::{PgBatch, PgSink};
 use crate::telemetry::events::PostgresCheckedWrite;
-use rdkafka::message::OwnedMessage;
+use crate::pipeline::runner::Record;
 
 pub const PIPELINE: &str = "materialize-postgres";
 
@@ -46,7 +46,7 @@ pub async fn latest_promotion(sink: &PgSink, store: &str) -> Result<Option<Promo
 }
 
 /// Writes one decoded batch in one transaction (see the module docs).
-async fn write(c: &mut Common, sink: &PgSink, batch: &[OwnedMessage]) -> Result<Written> {
+async fn write(c: &mut Common, sink: &PgSink, batch: &[Record<'_>]) -> Result<Written> {
     let decoded = c.decode(batch)?;
     if decoded.parts.is_empty() {
         return Ok(Written::default());
@@ -92,7 +92,7 @@ impl Store for PgSink {
         PgSink::ping(self).await
     }
 
-    async fn write(&self, c: &mut Common, batch: &[OwnedMessage]) -> Result<Written> {
+    async fn write(&self, c: &mut Common, batch: &[Record<'_>]) -> Result<Written> {
         write(c, self, batch).await
     }
 }

@@ -17,13 +17,13 @@
 use super::{Common, MaterializeStage, Store, Written};
 use crate::error::{Error, Result};
 use crate::sinks::redis::{RedisBatch, RedisSink};
-use rdkafka::message::OwnedMessage;
+use crate::pipeline::runner::Record;
 
 pub const PIPELINE: &str = "materialize-redis";
 
 pub(crate) type RedisStage = MaterializeStage<RedisSink>;
 
-async fn write(c: &mut Common, sink: &RedisSink, batch: &[OwnedMessage]) -> Result<Written> {
+async fn write(c: &mut Common, sink: &RedisSink, batch: &[Record<'_>]) -> Result<Written> {
     let decoded = c.decode(batch)?;
     if decoded.parts.is_empty() {
         return Ok(Written::default());
@@ -61,7 +61,7 @@ impl Store for RedisSink {
         RedisSink::ping(self).await
     }
 
-    async fn write(&self, c: &mut Common, batch: &[OwnedMessage]) -> Result<Written> {
+    async fn write(&self, c: &mut Common, batch: &[Record<'_>]) -> Result<Written> {
         write(c, self, batch).await
     }
 }

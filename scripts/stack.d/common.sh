@@ -115,7 +115,7 @@ ensure_port_free() {
   local svc=$1 port=$2 var=$3
   port_open "$port" || return 0
   log "error: $svc: port $HOST:$port is already in use by $(port_holder "$port"), not by this stack's $svc."
-  log "       Stop that process or choose another port, e.g. $var=$((port + 1)) scripts/stack up"
+  log "       Stop that process or choose another port, e.g. $var=$((port + 100)) scripts/stack up"
   exit 1
 }
 

@@ -1,36 +1,34 @@
-//! The process's global allocator: mimalloc (15% more records/s through the
-//! analyzer than glibc's malloc, whose frees dominated the profile), counted
-//! so `bench analyze` can report the heap bytes the engine holds per key:
-//! one relaxed atomic add per call, negligible next to the allocation.
+//! A counting global allocator, so `bench analyze` can report the heap bytes
+//! the engine holds per key. It wraps the system allocator with one relaxed
+//! atomic add per call: negligible next to the allocation itself.
 #![allow(unsafe_code)] // GlobalAlloc is an unsafe trait; this is its only use.
 
-use mimalloc::MiMalloc;
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 
 pub struct Counting;
 
-// SAFETY: defers every call to `MiMalloc` unchanged; only counts sizes.
+// SAFETY: defers every call to `System` unchanged; only counts sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { MiMalloc.alloc(layout) }
+        unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { MiMalloc.dealloc(ptr, layout) }
+        unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATED.fetch_add(new_size, Ordering::Relaxed);
         ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { MiMalloc.realloc(ptr, layout, new_size) }
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -104,10 +104,13 @@ fn fresh_tls_database(url: &str) -> String {
 fn count(url: &str, sql: &str) -> i64 {
     use sqlx::Connection;
     rt().block_on(async {
-        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-        let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&mut conn).await.unwrap_or((0,));
-        let _ = conn.close().await;
-        n
+        let query = async {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&mut conn).await.unwrap_or((0,));
+            let _ = conn.close().await;
+            n
+        };
+        tokio::time::timeout(Duration::from_secs(20), query).await.expect("a count through pgbouncer answers in 20 s")
     })
 }
 
@@ -117,14 +120,24 @@ fn redis_cli(env: &BTreeMap<String, String>, args: &[&str]) -> String {
     let url = &env["REDIS_URL"];
     let hostport = url.split_once('@').unwrap().1.split('/').next().unwrap();
     let (host, port) = hostport.split_once(':').unwrap();
-    let out = Command::new("redis-cli")
-        .args(["--tls", "--cacert", &env["SSL_CERT_FILE"], "-h", host, "-p", port, "--user", "udo", "-n", "9"])
+    let out = Command::new("timeout")
+        .args(["10", "redis-cli", "--tls", "--cacert", &env["SSL_CERT_FILE"], "-h", host, "-p", port, "--user", "udo", "-n", "9"])
         .args(args)
         .env("REDISCLI_AUTH", url_password(url))
         .output()
         .expect("run redis-cli");
     assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The pipelines' process, killed if the test fails before stopping it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn free_port() -> u16 {
@@ -168,16 +181,22 @@ fn pipelines_run_over_sasl_ssl_tls_postgres_and_tls_redis_without_leaking_secret
     let redis_url = env["REDIS_URL"].replace("/0", "/9");
     redis_cli(&env, &["FLUSHDB"]);
     let metrics = format!("127.0.0.1:{}", free_port());
+    // The run's output goes to files, not pipes: at debug level it writes
+    // more than a pipe holds, and a full pipe would block it.
+    let log_dir = std::env::temp_dir().join(format!("{prefix}run"));
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let (out_path, err_path) = (log_dir.join("stdout"), log_dir.join("stderr"));
     let run = udo(&env)
         .args(["run", "--pipelines", "analyze,materialize-postgres,materialize-redis"])
         .args(["--metrics-addr", &metrics, "--topic-prefix", &prefix])
         .env("DATABASE_URL", &db)
         .env("REDIS_URL", &redis_url)
         .env("UDO__ANALYZE__IDLE_TIMEOUT", "2s")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .expect("start the pipelines");
+    let mut run = Running(run);
     let deadline = Instant::now() + Duration::from_secs(180);
     let redis_group = format!("udo:offsets:{prefix}udo-materialize-redis");
     loop {
@@ -197,13 +216,15 @@ fn pipelines_run_over_sasl_ssl_tls_postgres_and_tls_redis_without_leaking_secret
     }
     let latency_keys = redis_cli(&env, &["--scan", "--pattern", "udo:latency:*"]);
     assert!(!latency_keys.is_empty(), "Redis over TLS holds window stats");
-    let body = ureq::get(&format!("http://{metrics}/metrics")).call().unwrap().into_body().read_to_string().unwrap();
+    let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().new_agent();
+    let body = agent.get(&format!("http://{metrics}/metrics")).call().unwrap().into_body().read_to_string().unwrap();
     assert!(body.contains("udo_records_consumed_total"), "metrics served");
     t.0.push_str("==== /metrics\n");
     t.0.push_str(&body);
-    let pid = run.id().to_string();
+    let pid = run.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let out = run.wait_with_output().unwrap();
+    let status = run.0.wait().unwrap();
+    let out = Output { status, stdout: std::fs::read(&out_path).unwrap(), stderr: std::fs::read(&err_path).unwrap() };
     ok(&mut t, "run", out);
 
     // A wrong password fails fast, says so, and does not print it.

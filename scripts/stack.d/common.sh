@@ -60,18 +60,18 @@ cmdline_has() {
   [[ "$cmd " == *"$2 "* ]]
 }
 
-# SIGTERM, wait, then SIGKILL.
+# SIGTERM, wait (15 s, or $3 seconds), then SIGKILL.
 stop_pid() {
-  local pid=$1 svc=$2 i
+  local pid=$1 svc=$2 grace=${3:-15} i
   pid_alive "$pid" || return 0
   log "$svc: stopping pid $pid"
   kill -TERM "$pid" 2>/dev/null || true
   kill -CONT "$pid" 2>/dev/null || true # a stopped process acts on TERM only once resumed
-  for ((i = 0; i < 150; i++)); do
+  for ((i = 0; i < grace * 10; i++)); do
     pid_alive "$pid" || return 0
     sleep 0.1
   done
-  log "$svc: pid $pid ignored SIGTERM for 15s; killing it"
+  log "$svc: pid $pid ignored SIGTERM for ${grace}s; killing it"
   kill -KILL "$pid" 2>/dev/null || true
   for ((i = 0; i < 50; i++)); do
     pid_alive "$pid" || return 0

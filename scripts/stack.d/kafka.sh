@@ -274,9 +274,11 @@ node_wait() {
   log_file=$(logfile "$node")
   [[ -f $(node_dir "$node")/.log-offset ]] && offset=$(<"$(node_dir "$node")/.log-offset")
   pid=$(read_pidfile "$(node_pidfile "$node")")
+  # Loading (or, after a crash, recovering) thousands of partitions takes
+  # minutes; a node still loading says so in its log.
   until tail -c +$((offset + 1)) "$log_file" 2>/dev/null | grep -q 'Kafka Server started'; do
     pid_alive "$pid" || fail_with_log "$node" "the broker exited during startup"
-    ((SECONDS - start < READY_TIMEOUT)) || fail_with_log "$node" "not started after ${READY_TIMEOUT}s"
+    ((SECONDS - start < KAFKA_START_TIMEOUT)) || fail_with_log "$node" "not started after ${KAFKA_START_TIMEOUT}s (UDO_KAFKA_START_TIMEOUT)"
     sleep 0.3
   done
   until kafka_answers "$node"; do
@@ -317,8 +319,11 @@ kafka_nodes_up() {
   for node in "${launched[@]}"; do node_wait "$node"; done
 }
 
+# A controlled shutdown flushes and closes every partition's log; with
+# thousands of partitions that takes a while, and a SIGKILL instead would
+# make the next start recover every log.
 kafka_node_down() {
-  stop_pid "$(kafka_pid "$1")" "$1"
+  stop_pid "$(kafka_pid "$1")" "$1" 120
   rm -f "$(node_pidfile "$1")"
 }
 

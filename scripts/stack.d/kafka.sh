@@ -77,34 +77,29 @@ KAFKA_TOOLS="topics consumer-groups console-consumer console-producer producer-p
 node_dir() { printf '%s/kafka/%s' "$DATA" "$1"; }
 node_pidfile() { printf '%s/run/%s.pid' "$DATA" "$1"; }
 node_id() { case $1 in kafka-[123]) printf '%s' "${1#kafka-}" ;; *) printf 1 ;; esac }
-node_port() {
+# A node's ports and the variables that move them:
+# "port controller-port port-variable controller-port-variable".
+node_spec() {
+  local i
   case $1 in
-  kafka) printf '%s' "$KAFKA_PORT" ;;
-  kafka-[123]) printf '%s' $((CLUSTER_PORT + ${1#kafka-} - 1)) ;;
-  kafka-secure) printf '%s' "$SECURE_KAFKA_PORT" ;;
+  kafka) echo "$KAFKA_PORT $KAFKA_CONTROLLER_PORT UDO_KAFKA_PORT UDO_KAFKA_CONTROLLER_PORT" ;;
+  kafka-[123])
+    i=${1#kafka-}
+    echo "$((CLUSTER_PORT + i - 1)) $((CLUSTER_CONTROLLER_PORT + i - 1)) UDO_CLUSTER_PORT UDO_CLUSTER_CONTROLLER_PORT"
+    ;;
+  # The secured node's controller listens on the port after its own.
+  kafka-secure) echo "$SECURE_KAFKA_PORT $((SECURE_KAFKA_PORT + 1)) UDO_SECURE_KAFKA_PORT UDO_SECURE_KAFKA_PORT" ;;
   esac
 }
-node_controller_port() {
-  case $1 in
-  kafka) printf '%s' "$KAFKA_CONTROLLER_PORT" ;;
-  kafka-[123]) printf '%s' $((CLUSTER_CONTROLLER_PORT + ${1#kafka-} - 1)) ;;
-  kafka-secure) printf '%s' $((SECURE_KAFKA_PORT + 1)) ;;
-  esac
+node_field() {
+  local spec
+  read -ra spec <<<"$(node_spec "$1")"
+  printf '%s' "${spec[$2]}"
 }
-node_port_var() {
-  case $1 in
-  kafka) printf 'UDO_KAFKA_PORT' ;;
-  kafka-[123]) printf 'UDO_CLUSTER_PORT' ;;
-  kafka-secure) printf 'UDO_SECURE_KAFKA_PORT' ;;
-  esac
-}
-node_controller_port_var() {
-  case $1 in
-  kafka) printf 'UDO_KAFKA_CONTROLLER_PORT' ;;
-  kafka-[123]) printf 'UDO_CLUSTER_CONTROLLER_PORT' ;;
-  kafka-secure) printf 'UDO_SECURE_KAFKA_PORT (its controller listens on the next port)' ;;
-  esac
-}
+node_port() { node_field "$1" 0; }
+node_controller_port() { node_field "$1" 1; }
+node_port_var() { node_field "$1" 2; }
+node_controller_port_var() { node_field "$1" 3; }
 # Nodes of one cluster share its id, made once.
 node_cluster() { case $1 in kafka-[123]) printf cluster ;; kafka-secure) printf secure ;; *) printf single ;; esac }
 node_heap() { case $1 in kafka-[123]) printf '%s' "$CLUSTER_HEAP" ;; *) printf '%s' "$KAFKA_HEAP" ;; esac }

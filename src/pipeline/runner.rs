@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A record as the runner hands it to a stage: borrowed from the consumer,
-/// never copied (copying each message cost about 3 µs, more than decoding
-/// it). A batch lives until its effects are durable.
+/// not copied (a drain that copied each message ran ~3 µs per message
+/// slower). A batch lives until its effects are durable.
 pub type Record<'a> = BorrowedMessage<'a>;
 
 /// A topic partition.

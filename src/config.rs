@@ -80,6 +80,11 @@ impl CommonArgs {
         TopicCatalog::builtin()
     }
 
+    /// The codec with every topic's records declared (under the prefix).
+    pub fn decoder(&self, format: OutputFormat) -> crate::pipeline::batch::Decoder {
+        crate::pipeline::batch::Decoder::new(self.codec(format), &self.topics(), &self.topic_prefix)
+    }
+
     /// Full topic name for a contract name.
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.topic_prefix)

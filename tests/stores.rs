@@ -587,7 +587,7 @@ async fn postgres_rejects_a_reused_event_id_with_another_payload() {
     let batch = pg_batch("udo.writes.v1", &second, 100);
 
     // If the DLQ write fails, nothing is committed: not the new row, not the offset.
-    let failed = sink.write_batch(GROUP, &batch, async |_: &[Reject]| Err(Error::Failed("dlq down".into()))).await;
+    let failed = sink.write_batch(GROUP, &batch, async |_: &[Reject]| Err(Error::Unavailable("dlq down".into()))).await;
     assert!(failed.is_err());
     assert_eq!(pg_snapshot(sink.pool()).await, before);
 

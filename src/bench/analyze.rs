@@ -18,7 +18,9 @@ use crate::domain::engine::{Engine, EngineConfig, Input, Stream};
 use crate::domain::windows::WindowSpec;
 use crate::error::{Error, Result};
 use crate::pipeline::analyze::{AnalyzeStage, AnalyzeTopics, PIPELINE};
-use crate::pipeline::runner::{self, Offsets, RunnerConfig, Stage, Tp};
+use crate::pipeline::batch::{Batch, Offsets, Reject, Tp};
+use crate::pipeline::retry::RetryPolicy;
+use crate::pipeline::runner::{self, RunnerConfig, Stage};
 use crate::shutdown::Shutdown;
 use crate::sinks::checkpoints::CheckpointStore;
 use crate::sources::kafka::Assignor;
@@ -26,7 +28,6 @@ use crate::synth::{Generator, Kind, SynthConfig};
 use crate::telemetry::Readiness;
 use crate::topics::names;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use crate::pipeline::runner::Record;
 use rdkafka::producer::{BaseRecord, Producer};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -114,7 +115,7 @@ fn engine_throughput(codec: &Codec, spec: WindowSpec, n: usize) -> Result<(f64, 
     let mut out = Vec::new();
     let started = Instant::now();
     for (i, bytes) in encoded.iter().enumerate() {
-        let event = codec.decode(&allowed, bytes).map_err(|e| Error::Failed(format!("decode: {e}")))?;
+        let event = codec.decode(&allowed, bytes).map_err(|e| Error::Internal(format!("decode: {e}")))?;
         if let Event::LatencySample(s) = &event {
             let _ = engine.ingest(Input::Latency(s));
         }
@@ -200,13 +201,20 @@ impl<S: Stage> Stage for Counting<S> {
     fn revoked(&mut self, parts: &[Tp]) -> Offsets {
         self.inner.revoked(parts)
     }
-    fn process(&mut self, batch: &[Record<'_>]) -> Result<Offsets> {
+    fn write(&mut self, batch: &Batch<'_>) -> Result<Vec<Reject>> {
         self.first.lock().expect("first lock").get_or_insert_with(Instant::now);
-        let r = self.inner.process(batch);
+        self.inner.write(batch)
+    }
+    fn commit(&mut self, batch: &Batch<'_>) -> Result<Offsets> {
+        let r = self.inner.commit(batch);
         if r.is_ok() {
-            self.seen.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let records = batch.len() + batch.rejects.len();
+            self.seen.fetch_add(records as u64, Ordering::Relaxed);
         }
         r
+    }
+    fn abort(&mut self) {
+        self.inner.abort()
     }
     fn tick(&mut self) -> Result<Offsets> {
         self.inner.tick()
@@ -260,16 +268,14 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
     let group = format!("{prefix}udo-analyze");
     let store = CheckpointStore::connect(db, &group).await?;
     let (shutdown, trigger) = Shutdown::manual();
+    let decoder = crate::pipeline::batch::Decoder::new(common.codec(OutputFormat::Avro), &common.topics(), &prefix);
     let stage = AnalyzeStage::new(
-        tokio::runtime::Handle::current(),
         settings.clone(),
-        common.codec(OutputFormat::Avro),
+        decoder.clone(),
         &common.topics(),
         topics.clone(),
         &common.kafka,
         store,
-        5000,
-        shutdown.clone(),
         Readiness::default(),
     )?;
     let seen = Arc::new(AtomicU64::new(0));
@@ -279,10 +285,11 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
         group,
         topics: topics.inputs(),
         assignor: Assignor::Range,
+        decoder,
+        dlq_topic: topics.dlq.clone(),
         batch_size: 5000,
         linger: Duration::from_millis(100),
-        retry_min_delay: Duration::from_millis(100),
-        retry_max_delay: Duration::from_secs(5),
+        retry: RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5)),
     };
     let first = Arc::new(std::sync::Mutex::new(None));
     let counting = Counting { inner: stage, seen: seen.clone(), first: first.clone() };
@@ -290,7 +297,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
     let handle = tokio::task::spawn_blocking(move || runner::run(cfg, counting, shutdown, Readiness::default()));
     while seen.load(Ordering::Relaxed) < n as u64 {
         if handle.is_finished() {
-            return Err(Error::Failed("the analyzer stopped before consuming the topic".into()));
+            return Err(Error::Internal("the analyzer stopped before consuming the topic".into()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -298,7 +305,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
     let pipeline = (done - started).as_secs_f64();
     let pipeline_steady = first.lock().expect("first lock").map_or(pipeline, |f| (done - f).as_secs_f64());
     trigger.trigger();
-    handle.await.map_err(|e| Error::Failed(format!("analyzer thread: {e}")))??;
+    handle.await.map_err(|e| Error::Internal(format!("analyzer thread: {e}")))??;
     println!(
         "analyze pipeline: {n} records in {pipeline:.2} s = {:.0}/s ({pipeline_steady:.2} s from the first record = {:.0}/s)",
         n as f64 / pipeline,
@@ -361,7 +368,7 @@ fn raw_drain(kafka: &crate::config::KafkaConfig, topics: &[&str], n: usize) -> R
             }
             Some(Err(e)) => tracing::warn!("drain: {e}"),
             None if started.elapsed() > Duration::from_secs(600) => {
-                return Err(Error::Failed(format!("raw drain stalled at {count} of {n}")));
+                return Err(Error::Internal(format!("raw drain stalled at {count} of {n}")));
             }
             None => {}
         }

@@ -212,7 +212,7 @@ async fn materializer_variant(sink: &PgSink, evs: &[Event], batch: usize) -> Res
         let b = PgBatch { topic: "bench", partition: 0, next_offset: first + chunk.len() as i64, records };
         let out = sink.write_batch("udo-bench", &b, async |_| Ok(())).await?;
         if !out.rejects.is_empty() {
-            return Err(Error::Failed(format!("bench data rejected: {}", out.rejects[0])));
+            return Err(Error::Internal(format!("bench data rejected: {}", out.rejects[0])));
         }
     }
     Ok(started.elapsed())

@@ -58,7 +58,7 @@ pub async fn run(mut cli: Cli) -> Result<()> {
             crate::sources::kafka::check_connection(&kafka, std::time::Duration::from_secs(60))
         })
         .await
-        .map_err(|e| crate::error::Error::Failed(format!("connection check panicked: {e}")))??;
+        .map_err(|e| crate::error::Error::Internal(format!("connection check panicked: {e}")))??;
     }
     let shutdown = Shutdown::install();
     match cli.command {

@@ -105,7 +105,7 @@ impl ProduceArgs {
 pub async fn run(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<()> {
     tokio::task::spawn_blocking(move || produce(common, args, shutdown))
         .await
-        .map_err(|e| Error::Failed(format!("producer task: {e}")))?
+        .map_err(|e| Error::Internal(format!("producer task: {e}")))?
 }
 
 fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<()> {
@@ -177,7 +177,7 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
         let event = generator.next(args.kind, t_ms);
         let (contract, allowed, topic) = routes
             .get(event.record_name())
-            .ok_or_else(|| Error::Failed(format!("no topic declares {}", event.record_name())))?;
+            .ok_or_else(|| Error::Config(format!("no topic declares {}", event.record_name())))?;
         let payload = codec.encode(contract, allowed, &event)?;
         send(&producer, topic, event.partition_key(), &payload)?;
         *by_kind.entry(event.record_name()).or_default() += 1;
@@ -216,14 +216,14 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
     );
     println!("{summary}");
     if let Err(e) = flushed {
-        return Err(Error::Failed(format!(
+        return Err(Error::Unavailable(format!(
             "flush did not finish: {e}; {} records unconfirmed",
             sent - delivered - failed
         )));
     }
     if failed > 0 {
         let first = ctx.first_error.lock().expect("delivery error lock").clone().unwrap_or_default();
-        return Err(Error::Failed(format!("{failed} records failed delivery; first error: {first}")));
+        return Err(Error::Unavailable(format!("{failed} records failed delivery; first error: {first}")));
     }
     Ok(())
 }

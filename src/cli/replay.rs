@@ -10,7 +10,7 @@ use crate::shutdown::Shutdown;
 use crate::sinks::postgres::PgSink;
 use crate::sinks::redis::RedisSink;
 use clap::{Args, ValueEnum};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -95,7 +95,6 @@ pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Re
     } else {
         args.topics.iter().map(|t| common.topic(common.contract_name(t))).collect()
     };
-    let mut allowed = HashMap::new();
     for t in &topics {
         let records = catalog.records(common.contract_name(t)).map_err(|e| {
             Error::Config(format!("--topics: {e} (replay reads the materialized topics: {})", names_of(&materialized)))
@@ -103,7 +102,6 @@ pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Re
         if records.is_empty() {
             return Err(Error::Config(format!("--topics: {t} holds no events to materialize (the DLQ?)")));
         }
-        allowed.insert(t.clone(), records.to_vec());
     }
     let postgres = match (stores.contains(&Store::Postgres), &args.database_url) {
         (false, _) => None,
@@ -134,16 +132,15 @@ pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Re
         postgres,
         redis,
         redis_topics,
-        codec: common.codec(OutputFormat::Avro),
-        allowed,
+        decoder: common.decoder(OutputFormat::Avro),
     };
     let rt = tokio::runtime::Handle::current();
     let report = tokio::task::spawn_blocking(move || replay(&rt, &cfg, &shutdown))
         .await
-        .map_err(|e| Error::Failed(format!("replay thread: {e}")))??;
+        .map_err(|e| Error::Internal(format!("replay thread: {e}")))??;
     println!("{}", serde_json::to_string(&report).unwrap_or_default());
     if report.interrupted {
-        return Err(Error::Failed(
+        return Err(Error::Unavailable(
             "replay interrupted before the end of the range (run it again: it is idempotent)".into(),
         ));
     }

@@ -45,7 +45,7 @@ pub async fn run(common: CommonArgs, cmd: SchemasCommand) -> Result<()> {
         SchemasCommand::Register => register(&common),
     })
     .await
-    .map_err(|e| Error::Failed(format!("schemas task: {e}")))?
+    .map_err(|e| Error::Internal(format!("schemas task: {e}")))?
 }
 
 fn check(common: &CommonArgs, dir: &Path, topics_dir: &Path) -> Result<()> {

@@ -233,6 +233,31 @@ pub struct Promotion {
     pub reason: String,
 }
 
+/// The one mapping of a contract enum to its names: `as_str` is the wire
+/// (and database) name, the serde name too (tested); `label` the metric
+/// label.
+macro_rules! names {
+    ($ty:ident { $($variant:ident => $wire:literal, $label:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $wire),+ }
+            }
+
+            pub fn label(self) -> &'static str {
+                match self { $($ty::$variant => $label),+ }
+            }
+        }
+    };
+}
+
+names!(Severity { Warning => "WARNING", "warning", Critical => "CRITICAL", "critical" });
+names!(AlertStatus { Firing => "FIRING", "firing", Resolved => "RESOLVED", "resolved" });
+names!(DegradationKind { Degraded => "DEGRADED", "degraded", Recovered => "RECOVERED", "recovered" });
+names!(StoreRole { Shadow => "SHADOW", "shadow", Primary => "PRIMARY", "primary" });
+names!(ChunkOp { Upsert => "UPSERT", "upsert", Delete => "DELETE", "delete" });
+
 /// Any event of the contract. The variant name is the Avro record name.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -313,6 +338,39 @@ impl Event {
             Event::Alert(e) => &e.subject,
             Event::Degradation(e) => &e.component,
             Event::Promotion(e) => &e.store,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde_name<T: Serialize>(v: T) -> String {
+        serde_json::to_value(v).unwrap().as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn enum_names_are_the_serde_names() {
+        for v in Severity::ALL {
+            assert_eq!(serde_name(v), v.as_str());
+            assert_eq!(v.label(), v.as_str().to_lowercase());
+        }
+        for v in AlertStatus::ALL {
+            assert_eq!(serde_name(v), v.as_str());
+            assert_eq!(v.label(), v.as_str().to_lowercase());
+        }
+        for v in DegradationKind::ALL {
+            assert_eq!(serde_name(v), v.as_str());
+            assert_eq!(v.label(), v.as_str().to_lowercase());
+        }
+        for v in StoreRole::ALL {
+            assert_eq!(serde_name(v), v.as_str());
+            assert_eq!(v.label(), v.as_str().to_lowercase());
+        }
+        for v in ChunkOp::ALL {
+            assert_eq!(serde_name(v), v.as_str());
+            assert_eq!(v.label(), v.as_str().to_lowercase());
         }
     }
 }

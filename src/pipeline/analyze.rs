@@ -8,33 +8,30 @@
 //! ratings). The `range` assignor gives partition `p` of every input to the
 //! same member, so a task's inputs are always together.
 //!
-//! Delivery: outputs and DLQ records of a batch are acknowledged by the
-//! broker before anything else happens; every `checkpoint_interval` the
-//! engine state of each task is written to Postgres together with the input
-//! offsets it covers, and only then are those offsets stored for commit. A
-//! restart restores the state and resumes at the checkpointed offsets, so it
-//! re-emits exactly the outputs since the checkpoint, with identical ids.
+//! Delivery: outputs are sent without waiting; every `checkpoint_interval`
+//! they are all awaited, then the engine state of each task is written to
+//! Postgres together with the input offsets it covers, and only then are
+//! those offsets stored for commit. An output the broker refused is kept
+//! and resent before any checkpoint. A restart restores the state and
+//! resumes at the checkpointed offsets, so it re-emits exactly the outputs
+//! since the checkpoint, with identical ids.
 
-use super::runner::{self, Offsets, Stage, Tp};
-use crate::codec::Codec;
+use super::batch::{Batch, Decoder, Offsets, Reason, Reject, Rec, Tp};
+use super::runner::Stage;
 use crate::config::AnalyzeSettings;
+use crate::domain::Event;
 use crate::domain::engine::{Engine, EngineConfig, Input, Source, Stream, TaskState};
-use crate::domain::{AlertStatus, DegradationKind, Event, Severity};
 use crate::error::{Error, Result};
-use crate::shutdown::Shutdown;
 use crate::sinks::checkpoints::{Checkpoint, CheckpointStore};
-use crate::sinks::dlq::{Dlq, Reason};
 use crate::sinks::kafka::{Outgoing, future_record};
 use crate::telemetry::Readiness;
 use crate::telemetry::events::{
-    AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, LateEvent, RecordsProduced, SinkRetry,
+    AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, ErrorCounted, LateEvent, RecordsProduced,
     StateMachines, WindowsClosed,
 };
 use crate::topics::{TopicCatalog, names};
 use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use crate::pipeline::runner::Record;
-use rdkafka::message::Message;
 use rdkafka::producer::DeliveryFuture;
 use rdkafka::producer::FutureProducer;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -110,46 +107,41 @@ pub struct AnalyzeStage {
     rt: Handle,
     engine_cfg: EngineConfig,
     settings: AnalyzeSettings,
-    codec: Codec,
+    decoder: Decoder,
     topics: AnalyzeTopics,
-    /// Records each topic may carry (contract names resolved to full names).
-    allowed: HashMap<String, Vec<String>>,
     producer: FutureProducer,
-    dlq: Dlq,
     store: CheckpointStore,
     tasks: BTreeMap<i32, Task>,
     /// Writes partitions: next offset whose decisions were forwarded.
     writes_next: HashMap<Tp, i64>,
     last_checkpoint: Instant,
-    /// Records per runner batch, and when the last full batch arrived: while
-    /// batches come full the consumer is catching up (a backfill), and a
-    /// silent partition is merely not fetched yet, not idle.
-    batch_size: usize,
+    /// When the last full batch arrived: while batches come full the
+    /// consumer is catching up (a backfill), and a silent partition is
+    /// merely not fetched yet, not idle.
     last_full_batch: Option<Instant>,
     /// Outputs sent and not yet acknowledged. Sending does not wait, so
     /// consumption runs on; the next checkpoint (and the writes offsets,
     /// held in `pending_writes` meanwhile) waits for all of them.
     in_flight: Vec<(Outgoing, DeliveryFuture)>,
+    /// Outputs of ingested records not (yet) accepted by the broker: resent
+    /// before anything is checkpointed past them.
+    unsent: Vec<Outgoing>,
+    /// Writes partitions done by the batch being written (moved to
+    /// `pending_writes` on commit).
+    writes_done: Vec<(Tp, i64)>,
     pending_writes: BTreeMap<Tp, i64>,
-    /// Set when outputs of ingested records could not be delivered before
-    /// shutdown: the state must not be checkpointed past them.
-    unflushed: bool,
-    shutdown: Shutdown,
     readiness: Readiness,
 }
 
 impl AnalyzeStage {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        rt: Handle,
         settings: AnalyzeSettings,
-        codec: Codec,
+        decoder: Decoder,
         catalog: &TopicCatalog,
         topics: AnalyzeTopics,
         kafka: &crate::config::KafkaConfig,
         store: CheckpointStore,
-        batch_size: usize,
-        shutdown: Shutdown,
         readiness: Readiness,
     ) -> Result<AnalyzeStage> {
         let spec = settings.window_spec().map_err(Error::Config)?;
@@ -161,43 +153,27 @@ impl AnalyzeStage {
             source: "udo-analyze".into(),
             decision_channels: catalog.get(names::WRITES).map_or(1, |t| t.partitions),
         };
-        let mut allowed = HashMap::new();
-        for (full, contract) in [
-            (&topics.latency, names::LATENCY),
-            (&topics.feedback, names::FEEDBACK),
-            (&topics.writes, names::WRITES),
-            (&topics.decisions, names::DECISIONS_BY_COMPONENT),
-            (&topics.windows, names::WINDOWS),
-            (&topics.alerts, names::ALERTS),
-            (&topics.degradations, names::DEGRADATIONS),
-        ] {
-            allowed.insert(full.clone(), catalog.records(contract).map_err(Error::Config)?.to_vec());
-        }
         let producer: FutureProducer = crate::sinks::kafka::producer_config_with(kafka, |c| {
             c.set("client.id", "udo-analyze");
         })
         .create()
             .map_err(Error::kafka("create analyzer producer"))?;
-        let dlq = Dlq::new(kafka, topics.dlq.clone(), PIPELINE)?;
         Ok(AnalyzeStage {
-            rt,
+            rt: Handle::current(),
             engine_cfg,
             settings,
-            codec,
+            decoder,
             topics,
-            allowed,
             producer,
-            dlq,
             store,
             tasks: BTreeMap::new(),
             writes_next: HashMap::new(),
             last_checkpoint: Instant::now(),
-            batch_size,
             last_full_batch: None,
             in_flight: Vec::new(),
+            unsent: Vec::new(),
+            writes_done: Vec::new(),
             pending_writes: BTreeMap::new(),
-            unflushed: false,
-            shutdown,
             readiness,
         })
     }
@@ -205,14 +181,6 @@ impl AnalyzeStage {
     fn config_tag(&self) -> String {
         let s = self.engine_cfg.spec;
         format!("size={} slide={} lateness={}", s.size_ms, s.slide_ms, s.allowed_lateness_ms)
-    }
-
-    fn decode(&self, msg: &Record<'_>) -> std::result::Result<Event, Reason> {
-        let allowed = self.allowed.get(msg.topic()).map(Vec::as_slice).unwrap_or(&[]);
-        let payload = msg.payload().unwrap_or(&[]);
-        self.codec
-            .decode(allowed, payload)
-            .map_err(|e| Reason { class: e.class.as_str().into(), message: e.to_string() })
     }
 
     /// Encodes outputs for their topics, keyed by subject.
@@ -224,33 +192,20 @@ impl AnalyzeStage {
                 Event::Alert(a) => {
                     AlertEmitted {
                         rule: &a.rule,
-                        severity: match a.severity {
-                            Severity::Warning => "warning",
-                            Severity::Critical => "critical",
-                        },
-                        status: match a.status {
-                            AlertStatus::Firing => "firing",
-                            AlertStatus::Resolved => "resolved",
-                        },
+                        severity: a.severity.label(),
+                        status: a.status.label(),
                         subject: &a.subject,
                     }
                     .emit();
                     &self.topics.alerts
                 }
                 Event::Degradation(d) => {
-                    DegradationEmitted {
-                        kind: match d.kind {
-                            DegradationKind::Degraded => "degraded",
-                            DegradationKind::Recovered => "recovered",
-                        },
-                        component: &d.component,
-                    }
-                    .emit();
+                    DegradationEmitted { kind: d.kind.label(), component: &d.component }.emit();
                     &self.topics.degradations
                 }
-                other => return Err(Error::Failed(format!("analyzer cannot emit a {}", other.record_name()))),
+                other => return Err(Error::Internal(format!("analyzer cannot emit a {}", other.record_name()))),
             };
-            let payload = self.codec.encode(topic, &self.allowed[topic], e)?;
+            let payload = self.decoder.encode(topic, e)?;
             out.push(Outgoing {
                 topic: topic.clone(),
                 key: e.partition_key().as_bytes().to_vec(),
@@ -262,91 +217,70 @@ impl AnalyzeStage {
     }
 
     /// Sends outputs without waiting for acknowledgements (see `in_flight`).
+    /// On an error the records not sent are kept in `unsent`: they are
+    /// outputs of records already ingested and cannot be handed back.
     fn send(&mut self, records: Vec<Outgoing>) -> Result<()> {
-        for r in records {
-            loop {
+        let mut records = records.into_iter();
+        while let Some(r) = records.next() {
+            let sent = loop {
                 match self.producer.send_result(future_record(&r)) {
-                    Ok(delivery) => {
-                        self.in_flight.push((r, delivery));
-                        break;
-                    }
+                    Ok(delivery) => break Ok(delivery),
                     // The local queue is full: wait for what is in flight.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => self.flush()?,
-                    Err((e, _)) => return Err(Error::Kafka { op: format!("produce to {}", r.topic), source: e }),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        if let Err(e) = self.flush() {
+                            break Err(e);
+                        }
+                    }
+                    Err((e, _)) => break Err(Error::Kafka { op: format!("produce to {}", r.topic), source: e }),
+                }
+            };
+            match sent {
+                Ok(delivery) => self.in_flight.push((r, delivery)),
+                Err(e) => {
+                    self.unsent.push(r);
+                    self.unsent.extend(records);
+                    return Err(e);
                 }
             }
         }
         Ok(())
     }
 
-    /// Waits until the broker acknowledged every output in flight, resending
-    /// failures with backoff: records already ingested cannot be handed back.
-    /// `Err` only on shutdown, which leaves the state unflushed (never
-    /// checkpointed past the lost outputs).
+    /// Resends what the broker refused before, then waits until every
+    /// output in flight is acknowledged. `Err` when some were refused again
+    /// (kept in `unsent`; the runner retries, nothing is checkpointed past
+    /// them meanwhile).
     fn flush(&mut self) -> Result<()> {
-        let mut backoff = runner::backoff(Duration::from_millis(100), Duration::from_secs(5));
-        let mut attempt = 0;
-        loop {
-            let pending = std::mem::take(&mut self.in_flight);
-            if pending.is_empty() {
-                return Ok(());
-            }
-            attempt += 1;
-            let results = self.rt.block_on(join_all(pending.into_iter().map(|(r, f)| async move { (r, f.await) })));
-            let mut delivered: BTreeMap<String, u64> = BTreeMap::new();
-            let mut failed = Vec::new();
-            let mut error = String::new();
-            for (r, result) in results {
-                match result {
-                    Ok(Ok(_)) => *delivered.entry(r.topic).or_default() += 1,
-                    Ok(Err((e, _))) => {
-                        error = format!("deliver to {}: {e}", r.topic);
-                        failed.push(r);
-                    }
-                    Err(_) => {
-                        error = format!("delivery to {} was cancelled", r.topic);
-                        failed.push(r);
-                    }
-                }
-            }
-            for (topic, count) in delivered {
-                RecordsProduced { pipeline: PIPELINE, topic: &topic, count }.emit();
-            }
-            if failed.is_empty() {
-                return Ok(());
-            }
-            if self.shutdown.requested() {
-                self.unflushed = true;
-                return Err(Error::Failed(format!("{} outputs undelivered at shutdown: {error}", failed.len())));
-            }
-            let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-            SinkRetry { pipeline: PIPELINE, sink: "kafka", attempt, delay, error: &error }.emit();
-            std::thread::sleep(delay);
-            self.send(failed)?;
+        if !self.unsent.is_empty() {
+            let again = std::mem::take(&mut self.unsent);
+            self.send(again)?;
         }
-    }
-
-    /// Dead letters are few: sent and awaited at once.
-    fn dead_letters(&mut self, dead: &[(&Record<'_>, Reason)]) -> Result<()> {
-        if dead.is_empty() {
+        let pending = std::mem::take(&mut self.in_flight);
+        if pending.is_empty() {
             return Ok(());
         }
-        let mut backoff = runner::backoff(Duration::from_millis(100), Duration::from_secs(5));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.rt.block_on(self.dlq.send_all(dead)) {
-                Ok(()) => return Ok(()),
-                Err(e) if self.shutdown.requested() => {
-                    self.unflushed = true;
-                    return Err(e);
+        let results = self.rt.block_on(join_all(pending.into_iter().map(|(r, f)| async move { (r, f.await) })));
+        let mut delivered: BTreeMap<String, u64> = BTreeMap::new();
+        let mut error = None;
+        for (r, result) in results {
+            match result {
+                Ok(Ok(_)) => *delivered.entry(r.topic).or_default() += 1,
+                Ok(Err((e, _))) => {
+                    error = Some(Error::Kafka { op: format!("deliver to {}", r.topic), source: e });
+                    self.unsent.push(r);
                 }
-                Err(e) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    SinkRetry { pipeline: PIPELINE, sink: "kafka", attempt, delay, error: &e.to_string() }.emit();
-                    std::thread::sleep(delay);
+                Err(_) => {
+                    error = Some(Error::Unavailable(format!("delivery to {} was cancelled", r.topic)));
+                    self.unsent.push(r);
                 }
             }
+        }
+        for (topic, count) in delivered {
+            RecordsProduced { pipeline: PIPELINE, topic: &topic, count }.emit();
+        }
+        match error {
+            None => Ok(()),
+            Some(e) => Err(e),
         }
     }
 
@@ -368,68 +302,51 @@ impl AnalyzeStage {
     }
 
     /// Writes the checkpoints of `which` tasks (dirty ones) and returns the
-    /// offsets they cover.
-    fn checkpoint(&mut self, which: &[i32]) -> Offsets {
-        if self.unflushed || self.flush().is_err() {
-            return Vec::new();
-        }
+    /// offsets they cover; first every output sent so far must be
+    /// acknowledged.
+    fn checkpoint(&mut self, which: &[i32]) -> Result<Offsets> {
+        self.flush()?;
         // Everything sent so far is acknowledged: the forwarded decisions'
         // writes offsets may be stored.
-        let mut done: Offsets = std::mem::take(&mut self.pending_writes).into_iter().collect();
+        let mut offsets: Offsets = self.pending_writes.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
         let mut cps = Vec::new();
         for p in which {
             let Some(task) = self.tasks.get(p) else { continue };
             if !task.dirty {
                 continue;
             }
-            match postcard::to_stdvec(task.engine.state()) {
-                Ok(state) => {
-                    cps.push(Checkpoint { task: *p, state, offsets: task.next.clone(), config: self.config_tag() })
+            let state = postcard::to_stdvec(task.engine.state())
+                .map_err(|e| Error::Internal(format!("cannot encode the state of task {p}: {e}")))?;
+            cps.push(Checkpoint { task: *p, state, offsets: task.next.clone(), config: self.config_tag() });
+        }
+        if !cps.is_empty() {
+            let started = Instant::now();
+            let saved = self.rt.block_on(self.store.save(&cps));
+            self.readiness.set("analyze.postgres", saved.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            saved?;
+            let bytes = cps.iter().map(|c| c.state.len()).sum();
+            CheckpointWritten { tasks: cps.len(), bytes, elapsed: started.elapsed() }.emit();
+            for c in &cps {
+                if let Some(task) = self.tasks.get_mut(&c.task) {
+                    task.dirty = false;
                 }
-                Err(e) => tracing::error!(pipeline = PIPELINE, task = p, "cannot encode state: {e}"),
+                offsets.extend(c.offsets.iter().map(|(topic, off)| (Tp::new(topic, c.task), *off)));
             }
         }
+        self.pending_writes.clear();
         self.last_checkpoint = Instant::now();
-        if cps.is_empty() {
-            return done;
-        }
-        let started = Instant::now();
-        match self.rt.block_on(self.store.save(&cps)) {
-            Ok(()) => {
-                let bytes = cps.iter().map(|c| c.state.len()).sum();
-                CheckpointWritten { tasks: cps.len(), bytes, elapsed: started.elapsed() }.emit();
-                self.readiness.set("analyze.postgres", Ok(()));
-                let mut offsets = std::mem::take(&mut done);
-                for c in &cps {
-                    if let Some(task) = self.tasks.get_mut(&c.task) {
-                        task.dirty = false;
-                    }
-                    offsets.extend(c.offsets.iter().map(|(topic, off)| (Tp::new(topic, c.task), *off)));
-                }
-                offsets
-            }
-            Err(e) => {
-                // Nothing is lost: offsets stay where the last checkpoint put them.
-                tracing::warn!(pipeline = PIPELINE, "checkpoint failed, retrying at the next interval: {e}");
-                self.readiness.set("analyze.postgres", Err(e.to_string()));
-                done
-            }
-        }
+        Ok(offsets)
     }
 }
 
 /// The writes partition and offset a re-keyed decision came from. Written
 /// without the headers (by another producer), it is its own channel -1 with
 /// its own offset.
-fn channel_of(msg: &Record<'_>) -> (i32, i64) {
-    use rdkafka::message::Headers;
-    let header = |name: &str| -> Option<i64> {
-        let h = msg.headers()?.iter().find(|h| h.key == name)?;
-        std::str::from_utf8(h.value?).ok()?.parse().ok()
-    };
+fn channel_of(rec: &Rec<'_>) -> (i32, i64) {
+    let header = |name: &str| -> Option<i64> { std::str::from_utf8(rec.header(name)?).ok()?.parse().ok() };
     match (header(CHANNEL_HEADER), header(SOURCE_OFFSET_HEADER)) {
         (Some(c), Some(o)) => (c as i32, o),
-        _ => (-1, msg.offset()),
+        _ => (-1, rec.offset),
     }
 }
 
@@ -497,7 +414,12 @@ impl Stage for AnalyzeStage {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let offsets = self.checkpoint(&tasks);
+        let offsets = self.checkpoint(&tasks).unwrap_or_else(|e| {
+            // The next owner resumes from the last checkpoint and re-emits
+            // the same outputs (same ids).
+            ErrorCounted { pipeline: PIPELINE, step: "checkpoint", error: &e }.emit();
+            Vec::new()
+        });
         for p in &tasks {
             self.tasks.remove(p);
         }
@@ -507,76 +429,68 @@ impl Stage for AnalyzeStage {
         offsets
     }
 
-    fn process(&mut self, batch: &[Record<'_>]) -> Result<Offsets> {
-        let mut dead: Vec<(&Record<'_>, Reason)> = Vec::new();
+    fn write(&mut self, batch: &Batch<'_>) -> Result<Vec<Reject>> {
+        let mut rejects = Vec::new();
         let mut forward: Vec<Outgoing> = Vec::new();
-        let mut writes_done: Vec<(Tp, i64)> = Vec::new();
+        self.writes_done.clear();
         let mut touched = BTreeSet::new();
         let now = Instant::now();
-        if batch.len() >= self.batch_size {
+        if batch.full {
             self.last_full_batch = Some(now);
         }
-        for msg in batch {
-            let (topic, p, offset) = (msg.topic(), msg.partition(), msg.offset());
-            if topic == self.topics.writes {
-                let tp = Tp::new(topic, p);
-                if offset < self.writes_next.get(&tp).copied().unwrap_or(0) {
-                    continue;
+        for part in &batch.parts {
+            let (tp, p) = (&part.tp, part.tp.partition);
+            if tp.topic == self.topics.writes {
+                let from = self.writes_next.get(tp).copied().unwrap_or(i64::MIN);
+                for rec in part.records.iter().filter(|r| r.offset >= from) {
+                    if let Event::DecisionLog(d) = &rec.event {
+                        forward.push(Outgoing {
+                            topic: self.topics.decisions.clone(),
+                            key: d.component.clone().into_bytes(),
+                            payload: rec.payload().to_vec(),
+                            headers: vec![
+                                (CHANNEL_HEADER.into(), p.to_string().into_bytes()),
+                                (SOURCE_OFFSET_HEADER.into(), rec.offset.to_string().into_bytes()),
+                            ],
+                        });
+                    }
                 }
-                match self.decode(msg) {
-                    Ok(Event::DecisionLog(d)) => forward.push(Outgoing {
-                        topic: self.topics.decisions.clone(),
-                        key: d.component.into_bytes(),
-                        payload: msg.payload().unwrap_or(&[]).to_vec(),
-                        headers: vec![
-                            (CHANNEL_HEADER.into(), p.to_string().into_bytes()),
-                            (SOURCE_OFFSET_HEADER.into(), offset.to_string().into_bytes()),
-                        ],
-                    }),
-                    Ok(_) => {}
-                    Err(reason) => dead.push((msg, reason)),
-                }
-                writes_done.push((tp, offset + 1));
+                self.writes_done.push((tp.clone(), part.next_offset));
                 continue;
             }
-            let decoded = self.decode(msg);
             let Some(task) = self.tasks.get_mut(&p) else {
-                tracing::warn!(pipeline = PIPELINE, topic, partition = p, "record of an unassigned task skipped");
+                tracing::warn!(pipeline = PIPELINE, partition = %tp, "records of an unassigned task skipped");
                 continue;
             };
-            match task.next.get_mut(topic) {
-                Some(next) if offset < *next => continue, // already ingested (a retried batch)
-                Some(next) => *next = offset + 1,
-                None => {
-                    task.next.insert(topic.to_string(), offset + 1);
-                }
+            // Records below the task's position are already ingested (a retried batch).
+            let from = task.next.get(&tp.topic).copied().unwrap_or(i64::MIN);
+            if part.next_offset <= from {
+                continue;
             }
+            task.next.insert(tp.topic.clone(), part.next_offset);
             task.dirty = true;
             touched.insert(p);
-            let event = match decoded {
-                Ok(e) => e,
-                Err(reason) => {
-                    dead.push((msg, reason));
-                    continue;
+            for rec in part.records.iter().filter(|r| r.offset >= from) {
+                let (input, kind) = match &rec.event {
+                    Event::LatencySample(s) => (Input::Latency(s), Kind::Latency),
+                    Event::FeedbackRating(r) => (Input::Rating(r), Kind::Feedback),
+                    Event::DecisionLog(d) => {
+                        let (channel, source_offset) = channel_of(rec);
+                        (Input::Decision(d, channel, source_offset), Kind::Decisions(channel))
+                    }
+                    other => {
+                        let message = format!("{} is not an analyzer input", other.record_name());
+                        let reason = Reason { class: "wrong_schema".into(), message };
+                        rejects.push(Reject { tp: tp.clone(), offset: rec.offset, reason });
+                        continue;
+                    }
+                };
+                task.last_input.insert(kind, now);
+                if let Err(late) = task.engine.ingest(input) {
+                    LateEvent { topic: &tp.topic }.emit();
+                    let reason = Reason { class: "late".into(), message: late.to_string() };
+                    rejects.push(Reject { tp: tp.clone(), offset: rec.offset, reason });
                 }
-            };
-            let (input, kind) = match &event {
-                Event::LatencySample(s) => (Input::Latency(s), Kind::Latency),
-                Event::FeedbackRating(r) => (Input::Rating(r), Kind::Feedback),
-                Event::DecisionLog(d) => {
-                    let (channel, source_offset) = channel_of(msg);
-                    (Input::Decision(d, channel, source_offset), Kind::Decisions(channel))
-                }
-                other => {
-                    let message = format!("{} is not an analyzer input", other.record_name());
-                    dead.push((msg, Reason { class: "wrong_schema".into(), message }));
-                    continue;
-                }
-            };
-            task.last_input.insert(kind, now);
-            if let Err(late) = task.engine.ingest(input) {
-                LateEvent { topic }.emit();
-                dead.push((msg, Reason { class: "late".into(), message: late.to_string() }));
             }
         }
         let mut events = Vec::new();
@@ -584,12 +498,21 @@ impl Stage for AnalyzeStage {
         let mut records = forward;
         records.extend(self.outgoing(&events)?);
         self.send(records)?;
-        self.dead_letters(&dead)?;
-        for (tp, off) in writes_done {
+        Ok(rejects)
+    }
+
+    fn commit(&mut self, _batch: &Batch<'_>) -> Result<Offsets> {
+        // Input offsets are stored by checkpoints; the writes partitions'
+        // ones once the forwarded decisions are acknowledged (at the next).
+        for (tp, off) in self.writes_done.drain(..) {
             self.writes_next.insert(tp.clone(), off);
             self.pending_writes.insert(tp, off);
         }
         Ok(Vec::new())
+    }
+
+    fn abort(&mut self) {
+        self.writes_done.clear();
     }
 
     fn tick(&mut self) -> Result<Offsets> {
@@ -654,13 +577,17 @@ impl Stage for AnalyzeStage {
         .emit();
         if self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval {
             let all: Vec<i32> = self.tasks.keys().copied().collect();
-            return Ok(self.checkpoint(&all));
+            return self.checkpoint(&all);
         }
         Ok(Vec::new())
     }
 
     fn finish(&mut self) -> Offsets {
         let all: Vec<i32> = self.tasks.keys().copied().collect();
-        self.checkpoint(&all)
+        self.checkpoint(&all).unwrap_or_else(|e| {
+            // Not checkpointed past undelivered outputs: a restart re-emits them.
+            ErrorCounted { pipeline: PIPELINE, step: "checkpoint", error: &e }.emit();
+            Vec::new()
+        })
     }
 }

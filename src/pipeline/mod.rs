@@ -1,19 +1,26 @@
 //! Pipelines: each is a consumer group running a `Stage` on the shared
-//! `runner` loop (DESIGN §2). `start` runs any subset in one process, each
-//! on its own thread, with one metrics/health endpoint.
+//! `runner` loop (DESIGN §2), which owns a record's lifecycle: `batch`
+//! (decode once, group by partition, rejects), `retry` (the one policy),
+//! then the stage's write and commit. `start` runs any subset in one
+//! process, each on its own thread, with one metrics/health endpoint.
 
 pub mod analyze;
+pub mod batch;
 pub mod materialize;
 pub mod replay;
+pub mod retry;
 pub mod runner;
 
 use crate::codec::OutputFormat;
 use crate::config::{CommonArgs, SecretUrl, Settings};
+use crate::topics::names;
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::sinks::checkpoints::CheckpointStore;
 use crate::sources::kafka::Assignor;
 use crate::telemetry::Readiness;
+use batch::Decoder;
+use retry::RetryPolicy;
 use runner::RunnerConfig;
 
 /// The pipelines of DESIGN §2.
@@ -56,9 +63,33 @@ fn need<'a>(value: &'a Option<SecretUrl>, what: &str, pipeline: Pipeline) -> Res
     })
 }
 
+/// The runner settings every pipeline shares.
+pub(crate) fn runner_config(
+    pipeline: &'static str,
+    common: &CommonArgs,
+    settings: &Settings,
+    decoder: &Decoder,
+    group: String,
+    topics: Vec<String>,
+    assignor: Assignor,
+) -> RunnerConfig {
+    let s = &settings.materialize;
+    RunnerConfig {
+        pipeline,
+        kafka: common.kafka.clone(),
+        group,
+        topics,
+        assignor,
+        decoder: decoder.clone(),
+        dlq_topic: common.topic(names::DLQ),
+        batch_size: s.batch_size,
+        linger: s.linger,
+        retry: RetryPolicy::new(s.retry_min_delay, s.retry_max_delay),
+    }
+}
+
 /// Runs the chosen pipelines until shutdown; the first failure stops the others.
 pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, readiness: Readiness) -> Result<()> {
-    let rt = tokio::runtime::Handle::current();
     let mut handles = Vec::new();
     for &p in &opts.pipelines {
         let group = p.group(&common);
@@ -67,28 +98,16 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
                 let url = need(&opts.database_url, "--database-url / DATABASE_URL (checkpoints)", p)?;
                 let store = CheckpointStore::connect(url, &group).await?;
                 let topics = analyze::AnalyzeTopics::with_prefix(&common.topic_prefix);
-                let s = &opts.settings;
-                let cfg = RunnerConfig {
-                    pipeline: analyze::PIPELINE,
-                    kafka: common.kafka.clone(),
-                    group,
-                    topics: topics.inputs(),
-                    assignor: Assignor::Range,
-                    batch_size: s.materialize.batch_size,
-                    linger: s.materialize.linger,
-                    retry_min_delay: s.materialize.retry_min_delay,
-                    retry_max_delay: s.materialize.retry_max_delay,
-                };
+                let decoder = common.decoder(opts.output_format);
+                let cfg =
+                    runner_config(analyze::PIPELINE, &common, &opts.settings, &decoder, group, topics.inputs(), Assignor::Range);
                 let stage = analyze::AnalyzeStage::new(
-                    rt.clone(),
-                    s.analyze.clone(),
-                    common.codec(opts.output_format),
+                    opts.settings.analyze.clone(),
+                    decoder,
                     &common.topics(),
                     topics,
                     &common.kafka,
                     store,
-                    s.materialize.batch_size,
-                    shutdown.clone(),
                     readiness.clone(),
                 )?;
                 let (sd, rd) = (shutdown.clone(), readiness.clone());
@@ -103,7 +122,7 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
     }
     let mut first_error = None;
     for (p, h) in handles {
-        let result = h.await.map_err(|e| Error::Failed(format!("pipeline {} panicked: {e}", p.name())))?;
+        let result = h.await.map_err(|e| Error::Internal(format!("pipeline {} panicked: {e}", p.name())))?;
         if let Err(e) = result {
             tracing::error!(pipeline = p.name(), "failed: {e}");
             first_error.get_or_insert(e);

@@ -13,14 +13,14 @@
 //! decode, and reused event ids, are counted and skipped: the live
 //! pipelines already sent them to the DLQ.
 
-use crate::codec::Codec;
 use crate::config::KafkaConfig;
-use crate::domain::Event;
 use crate::error::{Error, Result};
-use crate::pipeline::runner::{Tp, backoff};
+use crate::pipeline::batch::{Batch, Decoder, Part, Raw, Tp};
+use crate::pipeline::materialize::Store;
+use crate::pipeline::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
-use crate::sinks::postgres::{PgBatch, PgSink};
-use crate::sinks::redis::{RedisBatch, RedisSink};
+use crate::sinks::postgres::PgSink;
+use crate::sinks::redis::RedisSink;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
@@ -45,9 +45,7 @@ pub struct ReplayConfig {
     pub redis: Option<RedisSink>,
     /// The topics Redis materializes (full names).
     pub redis_topics: HashSet<String>,
-    pub codec: Codec,
-    /// Records each topic may carry (full name → record names).
-    pub allowed: HashMap<String, Vec<String>>,
+    pub decoder: Decoder,
 }
 
 /// What a replay did (printed as JSON at the end).
@@ -75,7 +73,7 @@ pub struct ReplayReport {
 }
 
 /// A store write is retried this many times before the replay gives up.
-const MAX_ATTEMPTS: usize = 10;
+const MAX_ATTEMPTS: u32 = 10;
 /// How long the broker may take to answer a metadata or offsets lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -281,89 +279,54 @@ fn write_with_retries(
     report: &mut ReplayReport,
     shutdown: &Shutdown,
 ) -> Result<()> {
-    let mut delays = backoff(Duration::from_millis(200), Duration::from_secs(10));
-    let mut attempt = 1;
+    let policy = RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(10)).with_max_attempts(MAX_ATTEMPTS);
+    let mut retrying = policy.start();
     loop {
         let mut r = report.clone();
-        match rt.block_on(write(cfg, group, batch, &mut r)) {
+        let attempt = cfg
+            .decoder
+            .batch(batch.iter().map(Raw::from), |_| Some(i64::MIN), false)
+            .and_then(|decoded| rt.block_on(write(cfg, group, &decoded, &mut r)));
+        let e = match attempt {
             Ok(()) => {
                 *report = r;
                 return Ok(());
             }
-            Err(e) if e.domain() == crate::error::ErrorDomain::External && attempt < MAX_ATTEMPTS => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!("replay: {e}; retrying in {delay:?} (attempt {attempt} of {MAX_ATTEMPTS})");
-                report.retries += 1;
-                attempt += 1;
-                if shutdown.requested() {
-                    return Err(e);
-                }
-                std::thread::sleep(delay);
-            }
-            Err(e) => return Err(e),
+            Err(e) => e,
+        };
+        let Some(delay) = retrying.next_delay(&e) else { return Err(e) };
+        tracing::warn!("replay: {e}; retrying in {delay:?} (attempt {} of {MAX_ATTEMPTS})", retrying.attempts());
+        report.retries += 1;
+        if shutdown.requested() {
+            return Err(e);
         }
+        std::thread::sleep(delay);
     }
 }
 
-/// One batch into every store: Postgres in one transaction, Redis in one
-/// pipelined script call per partition batch.
-async fn write(cfg: &ReplayConfig, group: &str, batch: &[OwnedMessage], report: &mut ReplayReport) -> Result<()> {
-    let mut parts: BTreeMap<Tp, (i64, Vec<(i64, Event)>)> = BTreeMap::new();
-    for m in batch {
-        let part = parts.entry(Tp::new(m.topic(), m.partition())).or_insert((m.offset() + 1, Vec::new()));
-        part.0 = part.0.max(m.offset() + 1);
-        let allowed = cfg.allowed.get(m.topic()).map(Vec::as_slice).unwrap_or(&[]);
-        match cfg.codec.decode(allowed, m.payload().unwrap_or(&[])) {
-            Ok(event) => part.1.push((m.offset(), event)),
-            Err(e) if e.class.is_retryable() => {
-                return Err(Error::Failed(format!("decode {}[{}]@{}: {e}", m.topic(), m.partition(), m.offset())));
-            }
-            Err(e) => {
-                if report.undecodable < 5 {
-                    tracing::warn!(
-                        topic = m.topic(),
-                        partition = m.partition(),
-                        offset = m.offset(),
-                        "replay: skipped: {e}"
-                    );
-                }
-                report.undecodable += 1;
-            }
-        }
+/// One batch into every store, through the materializers' own `Store`
+/// writes: Postgres in one transaction, Redis in one pipelined round trip.
+async fn write(cfg: &ReplayConfig, group: &str, batch: &Batch<'_>, report: &mut ReplayReport) -> Result<()> {
+    for r in batch.rejects.iter().take(5usize.saturating_sub(report.undecodable as usize)) {
+        tracing::warn!(partition = %r.tp, offset = r.offset, "replay: skipped: {}", r.reason.message);
     }
-    report.events += parts.values().map(|p| p.1.len() as u64).sum::<u64>();
+    report.undecodable += batch.rejects.len() as u64;
+    report.events += batch.len() as u64;
     if let Some(pg) = &cfg.postgres {
-        let mut txn = pg.begin().await?;
-        for (tp, (next_offset, events)) in &parts {
-            let b = PgBatch {
-                topic: &tp.topic,
-                partition: tp.partition,
-                next_offset: *next_offset,
-                records: events.iter().map(|(o, e)| (*o, e)).collect(),
-            };
-            let out = txn.write(group, &b).await?;
-            report.postgres_inserted += out.inserted;
-            report.postgres_rejected += out.rejects.len() as u64;
-            for r in out.rejects.iter().take(5) {
-                tracing::warn!(topic = %tp.topic, partition = tp.partition, "replay: postgres skipped {r}");
-            }
+        let parts: Vec<&Part<'_>> = batch.parts.iter().collect();
+        let (prepared, rejects) = pg.write(group, &parts).await?;
+        for r in rejects.iter().take(5) {
+            tracing::warn!(partition = %r.tp, offset = r.offset, "replay: postgres skipped {}", r.reason.message);
         }
-        txn.commit().await?;
+        report.postgres_rejected += rejects.len() as u64;
+        report.postgres_inserted += pg.commit(group, prepared, &parts).await?.changed;
     }
     if let Some(redis) = &cfg.redis {
-        let batches: Vec<RedisBatch<'_>> = parts
-            .iter()
-            .filter(|(tp, _)| cfg.redis_topics.contains(&tp.topic))
-            .map(|(tp, (next_offset, events))| RedisBatch {
-                topic: &tp.topic,
-                partition: tp.partition,
-                next_offset: *next_offset,
-                records: events.iter().map(|(o, e)| (*o, e)).collect(),
-            })
-            .collect();
-        if !batches.is_empty() {
-            redis.apply_all(group, &batches).await?;
-            report.redis_batches += batches.len() as u64;
+        let parts: Vec<&Part<'_>> = batch.parts.iter().filter(|p| cfg.redis_topics.contains(&p.tp.topic)).collect();
+        if !parts.is_empty() {
+            let (prepared, _) = redis.write(group, &parts).await?;
+            redis.commit(group, prepared, &parts).await?;
+            report.redis_batches += parts.len() as u64;
         }
     }
     Ok(())

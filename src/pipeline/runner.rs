@@ -1,7 +1,16 @@
-//! The consumer loop every pipeline shares, in the shape of rust-arroyo: a
-//! `Stage` receives batches (`process`), periodic ticks (`tick`) and the
-//! group's assignment changes (`assigned` / `revoked`), and returns the
-//! offsets whose effects are durable; only those are stored for commit.
+//! The consumer loop every pipeline shares. It owns each record's lifecycle:
+//!
+//! ```text
+//! poll ─▶ decode once ─▶ stage.write(batch) ─▶ DLQ (decode + stage rejects) ─▶ stage.commit ─▶ store offsets
+//!            │ (batch.rs)      │ prepare effects       │ acknowledged first          │ durable       │ for the group commit
+//!            └───────── any transient error: abort, pause, back off (retry.rs) while polling, retry the same batch
+//! ```
+//!
+//! As in rust-arroyo, the processor owns backpressure and the DLQ, and as in
+//! RisingWave's `SinkWriter` a stage prepares a batch and then commits it: a
+//! stage sees decoded events grouped by partition and never a librdkafka
+//! type. A rejected record goes to the DLQ before the commit that moves its
+//! partition past it, so a dead letter gates its offset like any effect.
 //!
 //! The loop runs on its own thread with a blocking `BaseConsumer`, so the
 //! rebalance callback can do what a callback must: load where each newly
@@ -10,67 +19,53 @@
 //! seek-after-assign race; and flush what a revoked partition owes before it
 //! goes. Stages do their async IO with `Handle::block_on`.
 //!
-//! A failed batch (a store or broker outage) is retried with `backon`
-//! exponential backoff and jitter while the assignment is paused, so nothing
-//! is skipped and fetching resumes by itself when the sink answers.
+//! While a step is retried the assignment is paused and the consumer is
+//! still polled, so a store outage longer than `max.poll.interval.ms` does
+//! not cost the group its member; a rebalance during the wait drops the
+//! revoked partitions from the batch. An error whose hint is `Stop` (a bug,
+//! a refused configuration) ends the pipeline with its message.
 
-use crate::error::{Error, ErrorDomain, Result};
+use super::batch::{Batch, Decoder, Reject};
+use crate::sources::record::Raw;
+pub use super::batch::{Offsets, Tp};
+use super::retry::{RetryPolicy, Retrying};
+use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
+use crate::sinks::dlq::Dlq;
 use crate::sources::kafka::{Assignor, describe, group_config_with};
 use crate::telemetry::Readiness;
-use crate::telemetry::events::{ConsumerLag, PartitionsChanged, RecordsConsumed, SinkRecovered, SinkRetry};
-use backon::{BackoffBuilder, ExponentialBuilder};
+use crate::telemetry::events::{ConsumerLag, ErrorCounted, PartitionsChanged, RecordsConsumed, SinkRecovered, SinkRetry};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A record as the runner hands it to a stage: borrowed from the consumer,
-/// not copied (a drain that copied each message ran ~3 µs per message
-/// slower). A batch lives until its effects are durable.
-pub type Record<'a> = BorrowedMessage<'a>;
-
-/// A topic partition.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tp {
-    pub topic: String,
-    pub partition: i32,
-}
-
-impl Tp {
-    pub fn new(topic: impl Into<String>, partition: i32) -> Tp {
-        Tp { topic: topic.into(), partition }
-    }
-
-    pub fn of(msg: &Record<'_>) -> Tp {
-        Tp::new(msg.topic(), msg.partition())
-    }
-}
-
-impl std::fmt::Display for Tp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]", self.topic, self.partition)
-    }
-}
-
-/// Next offsets to store (the offset after the last record whose effects are durable).
-pub type Offsets = Vec<(Tp, i64)>;
+/// A polled record: borrowed from the consumer, not copied (a drain that
+/// copied each message ran ~3 µs per message slower).
+type Record<'a> = BorrowedMessage<'a>;
 
 /// One pipeline's processing, driven by the runner.
 pub trait Stage: Send + 'static {
     /// Newly assigned partitions (called before fetching starts): where each
     /// partition whose position the stage keeps resumes. Partitions left out
-    /// start from the group's committed offset. An error is retried.
+    /// start from the group's committed offset.
     fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets>;
     /// Partitions about to go to another member: flush what they owe, drop
     /// their state, and return their final offsets.
     fn revoked(&mut self, parts: &[Tp]) -> Offsets;
-    /// A batch of records in fetch order. External errors are retried with
-    /// the same batch, so processing must be idempotent per record.
-    fn process(&mut self, batch: &[Record<'_>]) -> Result<Offsets>;
+    /// Prepares the effects of a decoded batch (not yet durable) and returns
+    /// the records the stage or its store refuses (they go to the DLQ).
+    fn write(&mut self, batch: &Batch<'_>) -> Result<Vec<Reject>>;
+    /// Makes the prepared effects durable (the rejects are acknowledged by
+    /// the DLQ by now) and returns the offsets that may be stored.
+    fn commit(&mut self, batch: &Batch<'_>) -> Result<Offsets>;
+    /// A `write` or `commit` failed: drop what was prepared. The same batch
+    /// comes again (minus revoked partitions), so `write` must be idempotent
+    /// per record.
+    fn abort(&mut self) {}
     /// Called about every 100 ms: time-driven work (idle advance, checkpoints).
     fn tick(&mut self) -> Result<Offsets> {
         Ok(Vec::new())
@@ -81,34 +76,36 @@ pub trait Stage: Send + 'static {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunnerConfig {
     pub pipeline: &'static str,
     pub kafka: crate::config::KafkaConfig,
     pub group: String,
     pub topics: Vec<String>,
     pub assignor: Assignor,
+    pub decoder: Decoder,
+    /// Where rejects go (`udo.dlq.v1` with any prefix).
+    pub dlq_topic: String,
     pub batch_size: usize,
     pub linger: Duration,
-    pub retry_min_delay: Duration,
-    pub retry_max_delay: Duration,
+    pub retry: RetryPolicy,
 }
 
-impl RunnerConfig {
-    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        backoff(self.retry_min_delay, self.retry_max_delay)
-    }
-}
-
-/// Retry delays of every pipeline: exponential from `min` to `max`, with
-/// jitter, never giving up (a record is never skipped).
-pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default().with_min_delay(min).with_max_delay(max).with_jitter().without_max_times().build()
+/// What the rebalance callback and the loop share: the partitions assigned
+/// and the position below which their records are already done.
+#[derive(Default)]
+struct Assigned {
+    positions: HashMap<Tp, i64>,
+    /// Bumped by every rebalance, so a waiting retry notices.
+    generation: u64,
+    /// A `Stop` error from loading resume positions: the pipeline ends.
+    fatal: Option<Error>,
 }
 
 struct RunnerContext<S: Stage> {
     cfg: RunnerConfig,
     stage: Arc<Mutex<S>>,
+    assigned: Arc<Mutex<Assigned>>,
     shutdown: Shutdown,
     readiness: Readiness,
 }
@@ -144,6 +141,37 @@ fn tpl_of(offsets: &[(Tp, i64)]) -> TopicPartitionList {
     tpl
 }
 
+impl<S: Stage> RunnerContext<S> {
+    /// The stage's resume positions, retried under the one policy (a
+    /// callback cannot poll, so it sleeps). `None` on shutdown or `Stop`.
+    fn resume_positions(&self, parts: &[Tp]) -> Option<Offsets> {
+        let pipeline = self.cfg.pipeline;
+        let mut retrying: Option<Retrying> = None;
+        loop {
+            let result = self.stage.lock().expect("stage lock").assigned(parts);
+            let e = match result {
+                Ok(offsets) => return Some(offsets),
+                Err(e) => e,
+            };
+            ErrorCounted { pipeline, step: "assign", error: &e }.emit();
+            let delay = retrying.get_or_insert_with(|| self.cfg.retry.start()).next_delay(&e);
+            match delay {
+                _ if self.shutdown.requested() => return None,
+                None => {
+                    tracing::error!(pipeline, "cannot load resume positions, stopping: {e}");
+                    self.assigned.lock().expect("assigned lock").fatal = Some(e);
+                    return None;
+                }
+                Some(delay) => {
+                    tracing::warn!(pipeline, "loading resume positions failed, retrying in {delay:?}: {e}");
+                    self.readiness.set(&format!("{pipeline}.sinks"), Err(e.to_string()));
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+}
+
 impl<S: Stage> ConsumerContext for RunnerContext<S> {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let pipeline = self.cfg.pipeline;
@@ -151,29 +179,20 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let parts = parts_of(tpl);
-                let mut backoff = self.cfg.backoff();
-                loop {
-                    let result = self.stage.lock().expect("stage lock").assigned(&parts);
-                    match result {
-                        Ok(offsets) => {
-                            for (tp, off) in offsets {
-                                if let Err(e) = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(off)) {
-                                    tracing::error!(pipeline, "cannot resume {tp} at {off}: {e}");
-                                }
-                            }
-                            break;
-                        }
-                        Err(e) if self.shutdown.requested() => {
-                            tracing::warn!(pipeline, "shutting down before resume positions loaded: {e}");
-                            break;
-                        }
-                        Err(e) => {
-                            let delay = backoff.next().unwrap_or(self.cfg.retry_max_delay);
-                            tracing::warn!(pipeline, "loading resume positions failed, retrying in {delay:?}: {e}");
-                            self.readiness.set(&format!("{pipeline}.sinks"), Err(e.to_string()));
-                            std::thread::sleep(delay);
-                        }
+                let Some(offsets) = self.resume_positions(&parts) else { return };
+                let resume: HashMap<Tp, i64> = offsets.into_iter().collect();
+                for (tp, off) in &resume {
+                    if let Err(e) = tpl.set_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off)) {
+                        tracing::error!(pipeline, "cannot resume {tp} at {off}: {e}");
                     }
+                }
+                {
+                    let mut a = self.assigned.lock().expect("assigned lock");
+                    for tp in parts {
+                        let min = resume.get(&tp).copied().unwrap_or(i64::MIN);
+                        a.positions.insert(tp, min);
+                    }
+                    a.generation += 1;
                 }
                 let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = r {
@@ -186,6 +205,13 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let parts = parts_of(tpl);
                 let offsets = self.stage.lock().expect("stage lock").revoked(&parts);
+                {
+                    let mut a = self.assigned.lock().expect("assigned lock");
+                    for tp in &parts {
+                        a.positions.remove(tp);
+                    }
+                    a.generation += 1;
+                }
                 if !offsets.is_empty() {
                     // Commit now: the next owner starts from these.
                     let commit = tpl_of(&offsets);
@@ -216,16 +242,251 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
     }
 }
 
-/// Runs `stage` until shutdown. Blocking: call from a dedicated thread
-/// (e.g. `spawn_blocking`).
+/// How a retried step ended.
+enum Flow<T> {
+    Done(T),
+    /// Shutdown came during the retries: nothing was stored.
+    Shutdown,
+}
+
+/// The loop's state: the consumer, the stage, the DLQ, and the records
+/// polled while a retry waited (they start the next batch).
+struct Runner<'c, S: Stage> {
+    cfg: &'c RunnerConfig,
+    consumer: &'c BaseConsumer<RunnerContext<S>>,
+    stage: &'c Arc<Mutex<S>>,
+    assigned: &'c Arc<Mutex<Assigned>>,
+    dlq: Dlq,
+    rt: tokio::runtime::Handle,
+    shutdown: &'c Shutdown,
+    readiness: &'c Readiness,
+    /// Paused assignment and the failing step, while a retry waits.
+    paused: Option<(TopicPartitionList, Retrying)>,
+}
+
+impl<'c, S: Stage> Runner<'c, S> {
+    fn position(&self) -> impl FnMut(&Tp) -> Option<i64> + '_ {
+        let a = self.assigned.lock().expect("assigned lock");
+        let positions = a.positions.clone();
+        move |tp| positions.get(tp).copied()
+    }
+
+    fn generation(&self) -> u64 {
+        self.assigned.lock().expect("assigned lock").generation
+    }
+
+    fn store(&self, offsets: &Offsets) {
+        if offsets.is_empty() {
+            return;
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl_of(offsets)) {
+            // A partition revoked meanwhile: its new owner resumes from the stage's own offsets.
+            tracing::debug!(pipeline = self.cfg.pipeline, "offset store skipped: {e}");
+        }
+    }
+
+    /// Fills a batch: the records held from a retry's wait first, then
+    /// polls up to 100 ms for the first record and up to `linger` in all.
+    fn poll_batch(&self, batch: &mut Vec<Record<'c>>, held: &mut Vec<Record<'c>>) {
+        batch.append(held);
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(100);
+        while batch.len() < self.cfg.batch_size {
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => {
+                    let e = Error::kafka("consume")(e);
+                    ErrorCounted { pipeline: self.cfg.pipeline, step: "consume", error: &e }.emit();
+                }
+            }
+            wait = self.cfg.linger.saturating_sub(started.elapsed());
+            if self.shutdown.requested() {
+                break;
+            }
+        }
+    }
+
+    /// After a failed step: count it; stop on a `Stop` hint; else pause the
+    /// assignment (once per outage) and wait out the backoff while polling.
+    /// Records that arrive meanwhile are held for the next batch.
+    fn wait(&mut self, step: &'static str, e: Error, held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
+        let pipeline = self.cfg.pipeline;
+        ErrorCounted { pipeline, step, error: &e }.emit();
+        if self.paused.is_none() {
+            let tpl = self.consumer.assignment().unwrap_or_default();
+            if let Err(pe) = self.consumer.pause(&tpl) {
+                tracing::warn!(pipeline, "pause: {pe}");
+            }
+            self.paused = Some((tpl, self.cfg.retry.start()));
+        }
+        let retrying = &mut self.paused.as_mut().expect("paused").1;
+        let Some(delay) = retrying.next_delay(&e) else {
+            tracing::error!(pipeline, step, "stopping: retrying cannot help: {e}");
+            return Err(e);
+        };
+        let attempt = retrying.attempts();
+        self.readiness.set(&format!("{pipeline}.sinks"), Err(format!("{}: {e}", e.class())));
+        SinkRetry { pipeline, sink: e.class(), attempt, delay, error: &e.to_string() }.emit();
+        let until = Instant::now() + delay;
+        let mut generation = self.generation();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if self.shutdown.requested() {
+                return Ok(Flow::Shutdown);
+            }
+            if left.is_zero() {
+                return Ok(Flow::Done(()));
+            }
+            // Polling keeps the member in the group and serves rebalances.
+            match self.consumer.poll(left.min(Duration::from_millis(50))) {
+                Some(Ok(m)) => held.push(m),
+                Some(Err(err)) => {
+                    let err = Error::kafka("consume")(err);
+                    ErrorCounted { pipeline, step: "consume", error: &err }.emit();
+                }
+                None => {}
+            }
+            let now = self.generation();
+            if now != generation {
+                // Newly assigned partitions wait with the others.
+                generation = now;
+                let tpl = self.consumer.assignment().unwrap_or_default();
+                if let Err(pe) = self.consumer.pause(&tpl) {
+                    tracing::warn!(pipeline, "pause: {pe}");
+                }
+                if let Some((paused, _)) = &mut self.paused {
+                    *paused = tpl;
+                }
+            }
+        }
+    }
+
+    /// The step succeeded: resume fetching if it had been paused.
+    fn recovered(&mut self) {
+        if let Some((_, retrying)) = &self.paused {
+            let pipeline = self.cfg.pipeline;
+            // Resume the assignment as it is now (a rebalance may have changed it).
+            let tpl = self.consumer.assignment().unwrap_or_default();
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(pipeline, "resume: {e}");
+            }
+            SinkRecovered { pipeline, sink: "all", attempts: retrying.attempts() + 1, outage: retrying.outage() }
+                .emit();
+            self.readiness.set(&format!("{pipeline}.sinks"), Ok(()));
+            self.paused = None;
+        }
+    }
+
+    /// Dead-letters `rejects` not already sent for this batch and waits for
+    /// the broker's acknowledgement.
+    fn dead_letter(&self, polled: &[Record<'c>], rejects: &[Reject], sent: &mut HashSet<(Tp, i64)>) -> Result<()> {
+        let fresh: Vec<&Reject> = rejects.iter().filter(|r| !sent.contains(&(r.tp.clone(), r.offset))).collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let mut items = Vec::with_capacity(fresh.len());
+        for r in &fresh {
+            let raw = polled
+                .iter()
+                .find(|m| m.offset() == r.offset && m.partition() == r.tp.partition && m.topic() == r.tp.topic)
+                .ok_or_else(|| Error::Internal(format!("reject {}@{} is not in the batch", r.tp, r.offset)))?;
+            items.push((Raw::from(raw), r.reason.clone()));
+        }
+        self.rt.block_on(self.dlq.send_all(&items))?;
+        sent.extend(fresh.iter().map(|r| (r.tp.clone(), r.offset)));
+        Ok(())
+    }
+
+    /// One batch through the lifecycle, retried until it is durable.
+    fn process(&mut self, polled: &[Record<'c>], held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
+        let full = polled.len() >= self.cfg.batch_size;
+        let mut batch = loop {
+            let decoded = self.cfg.decoder.batch(polled.iter().map(Raw::from), self.position(), full);
+            match decoded {
+                Ok(b) => break b,
+                Err(e) => match self.wait("decode", e, held)? {
+                    Flow::Done(()) => continue,
+                    Flow::Shutdown => return Ok(Flow::Shutdown),
+                },
+            }
+        };
+        let mut sent = HashSet::new();
+        let mut generation = self.generation();
+        loop {
+            if batch.is_empty() {
+                self.recovered();
+                return Ok(Flow::Done(()));
+            }
+            let attempt = (|| {
+                let mut stage = self.stage.lock().expect("stage lock");
+                let mut rejects = stage.write(&batch).map_err(|e| ("write", e))?;
+                rejects.extend(batch.rejects.iter().cloned());
+                self.dead_letter(polled, &rejects, &mut sent).map_err(|e| ("dlq", e))?;
+                stage.commit(&batch).map_err(|e| ("commit", e))
+            })();
+            match attempt {
+                Ok(offsets) => {
+                    {
+                        let mut a = self.assigned.lock().expect("assigned lock");
+                        for p in &batch.parts {
+                            if let Some(pos) = a.positions.get_mut(&p.tp) {
+                                *pos = (*pos).max(p.next_offset);
+                            }
+                        }
+                    }
+                    self.store(&offsets);
+                    self.recovered();
+                    return Ok(Flow::Done(()));
+                }
+                Err((step, e)) => {
+                    self.stage.lock().expect("stage lock").abort();
+                    if let Flow::Shutdown = self.wait(step, e, held)? {
+                        return Ok(Flow::Shutdown);
+                    }
+                    let now = self.generation();
+                    if now != generation {
+                        generation = now;
+                        batch.retain(self.position());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stage's tick, retried like a batch.
+    fn tick(&mut self, held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
+        loop {
+            let ticked = self.stage.lock().expect("stage lock").tick();
+            match ticked {
+                Ok(offsets) => {
+                    self.store(&offsets);
+                    self.recovered();
+                    return Ok(Flow::Done(()));
+                }
+                Err(e) => {
+                    if let Flow::Shutdown = self.wait("tick", e, held)? {
+                        return Ok(Flow::Shutdown);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `stage` until shutdown, or until an error retrying cannot fix.
+/// Blocking: call from a dedicated thread (e.g. `spawn_blocking`) inside a
+/// tokio runtime.
 pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness: Readiness) -> Result<()> {
     let pipeline = cfg.pipeline;
     readiness.set(&format!("{pipeline}.assigned"), Err("waiting for partitions".into()));
     readiness.set(&format!("{pipeline}.sinks"), Ok(()));
     let stage = Arc::new(Mutex::new(stage));
+    let assigned = Arc::new(Mutex::new(Assigned::default()));
     let ctx = RunnerContext {
         cfg: cfg.clone(),
         stage: stage.clone(),
+        assigned: assigned.clone(),
         shutdown: shutdown.clone(),
         readiness: readiness.clone(),
     };
@@ -235,34 +496,44 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(Error::kafka(format!("subscribe to {topics:?}")))?;
     tracing::info!(pipeline, group = %cfg.group, topics = ?cfg.topics, "consuming");
-
-    let store = |offsets: Offsets| {
-        if offsets.is_empty() {
-            return;
-        }
-        if let Err(e) = consumer.store_offsets(&tpl_of(&offsets)) {
-            // A partition revoked meanwhile: its new owner resumes from the stage's own offsets.
-            tracing::debug!(pipeline, "offset store skipped: {e}");
-        }
+    let mut runner = Runner {
+        cfg: &cfg,
+        consumer: &consumer,
+        stage: &stage,
+        assigned: &assigned,
+        dlq: Dlq::new(&cfg.kafka, cfg.dlq_topic.clone(), pipeline)?,
+        rt: tokio::runtime::Handle::current(),
+        shutdown: &shutdown,
+        readiness: &readiness,
+        paused: None,
     };
+    let result = consume(&mut runner);
+    tracing::info!(pipeline, "stopping: finishing in-flight work");
+    let offsets = stage.lock().expect("stage lock").finish();
+    runner.store(&offsets);
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(pipeline, "final commit: {e}");
+    }
+    consumer.unsubscribe();
+    drop(runner);
+    drop(consumer);
+    match &result {
+        Ok(()) => tracing::info!(pipeline, "stopped"),
+        Err(e) => tracing::error!(pipeline, "stopped: {e}"),
+    }
+    result
+}
 
-    let mut batch: Vec<Record<'_>> = Vec::with_capacity(cfg.batch_size);
-    while !shutdown.requested() {
-        // Fill a batch: wait up to 100 ms for the first record, then up to `linger`.
-        batch.clear();
-        let started = Instant::now();
-        let mut wait = Duration::from_millis(100);
-        while batch.len() < cfg.batch_size {
-            match consumer.poll(wait) {
-                None => break,
-                Some(Ok(m)) => batch.push(m),
-                Some(Err(e)) => tracing::warn!(pipeline, "consumer error: {e}"),
-            }
-            wait = cfg.linger.saturating_sub(started.elapsed());
-            if shutdown.requested() {
-                break;
-            }
+fn consume<S: Stage>(runner: &mut Runner<'_, S>) -> Result<()> {
+    let pipeline = runner.cfg.pipeline;
+    let mut batch: Vec<Record<'_>> = Vec::with_capacity(runner.cfg.batch_size);
+    let mut held: Vec<Record<'_>> = Vec::new();
+    while !runner.shutdown.requested() {
+        if let Some(e) = runner.assigned.lock().expect("assigned lock").fatal.take() {
+            return Err(e);
         }
+        batch.clear();
+        runner.poll_batch(&mut batch, &mut held);
         if !batch.is_empty() {
             let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
             for m in &batch {
@@ -271,92 +542,13 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
             for (topic, count) in per_topic {
                 RecordsConsumed { pipeline, topic, count }.emit();
             }
-            match process_with_retry(&cfg, &consumer, &stage, &batch, &shutdown, &readiness) {
-                Some(offsets) => store(offsets),
-                None => break, // shutdown during an outage: nothing stored, the batch replays
+            if let Flow::Shutdown = runner.process(&batch, &mut held)? {
+                break; // nothing stored: the batch replays
             }
         }
-        let ticked = stage.lock().expect("stage lock").tick();
-        match ticked {
-            Ok(offsets) => store(offsets),
-            Err(e) => tracing::warn!(pipeline, "tick: {e}"),
+        if let Flow::Shutdown = runner.tick(&mut held)? {
+            break;
         }
     }
-    tracing::info!(pipeline, "stopping: finishing in-flight work");
-    let offsets = stage.lock().expect("stage lock").finish();
-    store(offsets);
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(pipeline, "final commit: {e}");
-    }
-    consumer.unsubscribe();
-    drop(consumer);
-    tracing::info!(pipeline, "stopped");
     Ok(())
-}
-
-/// Retries a failed batch until it succeeds, pausing the assignment
-/// meanwhile. `None` when shutdown interrupted the retries.
-fn process_with_retry<S: Stage>(
-    cfg: &RunnerConfig,
-    consumer: &BaseConsumer<RunnerContext<S>>,
-    stage: &Arc<Mutex<S>>,
-    batch: &[Record<'_>],
-    shutdown: &Shutdown,
-    readiness: &Readiness,
-) -> Option<Offsets> {
-    let pipeline = cfg.pipeline;
-    let mut backoff = cfg.backoff();
-    let mut paused: Option<(TopicPartitionList, Instant, &'static str)> = None;
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let result = stage.lock().expect("stage lock").process(batch);
-        match result {
-            Ok(offsets) => {
-                if let Some((tpl, since, sink)) = paused.take() {
-                    if let Err(e) = consumer.resume(&tpl) {
-                        tracing::warn!(pipeline, "resume: {e}");
-                    }
-                    SinkRecovered { pipeline, sink, attempts: attempt, outage: since.elapsed() }.emit();
-                    readiness.set(&format!("{pipeline}.sinks"), Ok(()));
-                }
-                return Some(offsets);
-            }
-            Err(e) => {
-                let sink = sink_of(&e);
-                if e.domain() != ErrorDomain::External {
-                    // Not a transient failure: retrying cannot help, but
-                    // skipping would lose records. Hold and say why, loudly.
-                    tracing::error!(pipeline, "batch failed with a non-retryable error; holding: {e}");
-                }
-                readiness.set(&format!("{pipeline}.sinks"), Err(format!("{sink}: {e}")));
-                if paused.is_none() {
-                    let tpl = consumer.assignment().unwrap_or_default();
-                    if let Err(pe) = consumer.pause(&tpl) {
-                        tracing::warn!(pipeline, "pause: {pe}");
-                    }
-                    paused = Some((tpl, Instant::now(), sink));
-                }
-                let delay = backoff.next().unwrap_or(cfg.retry_max_delay);
-                SinkRetry { pipeline, sink, attempt, delay, error: &e.to_string() }.emit();
-                let until = Instant::now() + delay;
-                while Instant::now() < until {
-                    if shutdown.requested() {
-                        return None;
-                    }
-                    std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
-                }
-            }
-        }
-    }
-}
-
-/// The sink an error came from (a bounded metric label).
-pub fn sink_of(e: &Error) -> &'static str {
-    match e {
-        Error::Postgres { .. } => "postgres",
-        Error::Redis { .. } => "redis",
-        Error::Kafka { .. } => "kafka",
-        _ => "other",
-    }
 }

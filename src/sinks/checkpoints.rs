@@ -52,7 +52,7 @@ impl CheckpointStore {
         rows.into_iter()
             .map(|(task, state, offsets, config)| {
                 let offsets = serde_json::from_value(offsets)
-                    .map_err(|e| Error::Failed(format!("checkpoint of task {task}: bad offsets: {e}")))?;
+                    .map_err(|e| Error::Internal(format!("checkpoint of task {task}: bad offsets: {e}")))?;
                 Ok(Checkpoint { task, state, offsets, config })
             })
             .collect()

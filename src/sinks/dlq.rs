@@ -10,7 +10,8 @@
 use crate::error::{Error, Result};
 use crate::telemetry::events::DlqRecord;
 use futures_util::future::try_join_all;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use crate::sources::record::Raw;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 
@@ -33,6 +34,12 @@ pub struct Reason {
     pub message: String,
 }
 
+impl From<crate::codec::DecodeError> for Reason {
+    fn from(e: crate::codec::DecodeError) -> Reason {
+        Reason { class: e.class.as_str().into(), message: e.to_string() }
+    }
+}
+
 /// A DLQ record ready to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -43,14 +50,10 @@ pub struct DeadLetter {
 
 /// Builds the DLQ record for `msg`: raw bytes, original headers first, then
 /// provenance. Long messages are cut so a header never dwarfs the record.
-pub fn dead_letter<M: Message + ?Sized>(msg: &M, pipeline: &str, reason: &Reason) -> DeadLetter {
-    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-    if let Some(h) = msg.headers() {
-        for Header { key, value } in h.iter() {
-            headers.push((key.to_string(), value.map(<[u8]>::to_vec).unwrap_or_default()));
-        }
-    }
-    let ts = msg.timestamp().to_millis().map(|t| t.to_string()).unwrap_or_default();
+pub fn dead_letter(msg: &Raw<'_>, pipeline: &str, reason: &Reason) -> DeadLetter {
+    let mut headers: Vec<(String, Vec<u8>)> =
+        msg.headers().into_iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+    let ts = msg.timestamp().map(|t| t.to_string()).unwrap_or_default();
     let mut message = reason.message.clone();
     if message.len() > 2048 {
         let mut cut = 2048;
@@ -71,7 +74,7 @@ pub fn dead_letter<M: Message + ?Sized>(msg: &M, pipeline: &str, reason: &Reason
     ] {
         headers.push((k.to_string(), v.into_bytes()));
     }
-    DeadLetter { key: msg.key().map(<[u8]>::to_vec), payload: msg.payload().map(<[u8]>::to_vec), headers }
+    DeadLetter { key: msg.key().map(<[u8]>::to_vec), payload: msg.value().map(<[u8]>::to_vec), headers }
 }
 
 /// Sends dead letters and waits for the broker's acknowledgement.
@@ -97,9 +100,9 @@ impl Dlq {
     }
 
     /// Sends every record and returns once all are durable (or the first error).
-    pub async fn send_all<M: Message>(&self, items: &[(&M, Reason)]) -> Result<()> {
+    pub async fn send_all(&self, items: &[(Raw<'_>, Reason)]) -> Result<()> {
         let sends = items.iter().map(|(msg, reason)| async move {
-            let letter = dead_letter(*msg, self.pipeline, reason);
+            let letter = dead_letter(msg, self.pipeline, reason);
             let mut hs = OwnedHeaders::new_with_capacity(letter.headers.len());
             for (k, v) in &letter.headers {
                 hs = hs.insert(Header { key: k, value: Some(v) });
@@ -149,7 +152,7 @@ mod tests {
             Some(original),
         );
         let reason = Reason { class: "malformed".into(), message: "x".repeat(5000) };
-        let d = dead_letter(&msg, "materialize-postgres", &reason);
+        let d = dead_letter(&Raw::from(&msg), "materialize-postgres", &reason);
         assert_eq!(d.payload.as_deref(), Some(&[0xff, 0x00][..]));
         assert_eq!(d.key.as_deref(), Some(&b"proj-1"[..]));
         let get =

@@ -117,7 +117,7 @@ pub async fn produce_all(producer: &rdkafka::producer::FutureProducer, records: 
         match delivery.await {
             Ok(Ok(_)) => {}
             Ok(Err((e, _))) => return Err(Error::Kafka { op: format!("deliver to {}", r.topic), source: e }),
-            Err(_) => return Err(Error::Failed(format!("producer dropped a delivery to {}", r.topic))),
+            Err(_) => return Err(Error::Unavailable(format!("producer dropped a delivery to {}", r.topic))),
         }
     }
     Ok(())

@@ -286,7 +286,7 @@ impl PgTxn {
     }
 
     async fn exec(&mut self, op: &str, stmt: sql::Stmt) -> Result<u64> {
-        let args = stmt.args.map_err(|e| Error::Failed(format!("postgres: {op}: {e}")))?;
+        let args = stmt.args.map_err(|e| Error::Internal(format!("postgres: {op}: {e}")))?;
         let done = sqlx::query_with(&stmt.sql, args).execute(&mut *self.tx).await.map_err(Error::postgres(op))?;
         Ok(done.rows_affected())
     }
@@ -301,7 +301,7 @@ impl PgTxn {
         id: impl Fn(&T) -> Uuid,
     ) -> Result<PgOutcome> {
         let op = format!("insert into {table}");
-        let args = stmt.args.map_err(|e| Error::Failed(format!("postgres: {op}: {e}")))?;
+        let args = stmt.args.map_err(|e| Error::Internal(format!("postgres: {op}: {e}")))?;
         let (inserted, reused): (i64, Vec<Uuid>) =
             sqlx::query_as_with(&stmt.sql, args).fetch_one(&mut *self.tx).await.map_err(Error::postgres(op))?;
         let reused: HashSet<Uuid> = reused.into_iter().collect();

@@ -555,7 +555,7 @@ impl RedisSink {
         match raw {
             None => Ok(None),
             Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
-                Error::Failed(format!("redis: {} field {store} is not a promotion: {e}", keys::STORE_ROLES))
+                Error::Internal(format!("redis: {} field {store} is not a promotion: {e}", keys::STORE_ROLES))
             }),
         }
     }

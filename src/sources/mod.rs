@@ -1,3 +1,4 @@
 //! Where records come from: Kafka consumers.
 
 pub mod kafka;
+pub mod record;

@@ -57,11 +57,31 @@ impl DlqRecord<'_> {
         counter!("udo_dlq_records_total", "pipeline" => self.pipeline, "topic" => self.topic.to_string(),
             "class" => self.class.to_string())
         .increment(1);
+        // A bad record is an error of its producer: counted with the others.
+        counter!("udo_errors_total", "pipeline" => self.pipeline, "step" => "reject", "class" => self.class.to_string())
+            .increment(1);
     }
 }
 
-/// A store or broker write failed; the batch is retried after `delay` with
-/// its partitions paused.
+/// A pipeline step failed (consume, decode, write, dlq, commit, tick,
+/// checkpoint, produce, assign). Every error path emits one; the runner's
+/// retry policy decides what follows.
+pub struct ErrorCounted<'a> {
+    pub pipeline: &'static str,
+    pub step: &'static str,
+    pub error: &'a crate::error::Error,
+}
+
+impl ErrorCounted<'_> {
+    pub fn emit(&self) {
+        let class = self.error.class();
+        tracing::warn!(pipeline = self.pipeline, step = self.step, class, "{} failed: {}", self.step, self.error);
+        counter!("udo_errors_total", "pipeline" => self.pipeline, "step" => self.step, "class" => class).increment(1);
+    }
+}
+
+/// A step failed; it is retried after `delay` with the partitions paused
+/// (the error itself is logged by `ErrorCounted`).
 pub struct SinkRetry<'a> {
     pub pipeline: &'static str,
     pub sink: &'static str,
@@ -72,11 +92,11 @@ pub struct SinkRetry<'a> {
 
 impl SinkRetry<'_> {
     pub fn emit(&self) {
-        tracing::warn!(
+        tracing::info!(
             pipeline = self.pipeline,
             sink = self.sink,
             attempt = self.attempt,
-            "write failed, partitions paused, retrying in {:?}: {}",
+            "partitions paused, retrying in {:?} ({})",
             self.delay,
             self.error
         );

@@ -87,7 +87,7 @@ pub async fn apply(kafka: &crate::config::KafkaConfig, specs: &[TopicSpec], pref
                 Ok(_) => {}
                 // Another `apply` won the race: the topic exists, which is the goal.
                 Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(Error::Failed(format!("create topic {topic}: {code}"))),
+                Err((topic, code)) => return Err(Error::Unavailable(format!("create topic {topic}: {code}"))),
             }
         }
     }

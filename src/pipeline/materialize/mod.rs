@@ -3,23 +3,18 @@
 //! (cooperative-sticky: their partitions are independent, so a rebalance
 //! only stops the partitions that move).
 //!
-//! What they share lives here, so the two stages differ only in how a batch
-//! reaches their store:
-//! - decoding per topic (the records `topics/*.yaml` declares for it) and
-//!   grouping a runner batch by partition, skipping records below the
-//!   position the store already holds (a retried batch, a rebalance overlap);
-//! - dead letters: sent once per record even when the batch is retried (a
-//!   DLQ write is not idempotent, and the DLQ count must be exact);
+//! The runner decodes, dead-letters and stores offsets; what the two share
+//! beyond that lives here, so the stages differ only in their `Store`:
 //! - the store's own offsets, loaded on assignment and handed to the assign
 //!   call, so a restart or a new owner resumes exactly where the store is (a
 //!   partition the store holds nothing of starts at the log's beginning);
-//! - store promotion (DESIGN §4): each batch write is one attempt of the
+//! - store promotion (DESIGN §4): each batch commit is one attempt of the
 //!   pure state machine in `domain::promotion`; a batch the runner had to
 //!   retry counts as a first-attempt failure. Role changes are produced to
 //!   `udo.promotions.v1` keyed by store, with the machine's deterministic id.
 //!
 //! "Caught up" for promotion is judged without extra broker round trips: a
-//! batch smaller than `batch_size` means the runner's poll ran dry before the
+//! batch that is not `full` means the runner's poll ran dry before the
 //! batch filled, i.e. nothing more was fetched (lag 0); a full batch means at
 //! least one more record may be waiting (lag reported as 1, a lower bound:
 //! the exact per-partition figure is `udo_consumer_lag_records`). When no
@@ -32,24 +27,21 @@
 pub mod postgres;
 pub mod redis;
 
-use super::runner::{Offsets, RunnerConfig, Stage, Tp};
+use super::batch::{Batch, Decoder, Offsets, Part, Reject, Tp};
+use super::runner::{RunnerConfig, Stage};
 use super::{Pipeline, RunOptions, need};
-use crate::codec::Codec;
 use crate::config::CommonArgs;
 use crate::domain::promotion::{Attempt, PromotionConfig, StorePromotion};
 use crate::domain::{Event, Promotion, StoreRole};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
-use crate::sinks::dlq::{Dlq, Reason};
 use crate::sinks::kafka::{Outgoing, produce_all};
 use crate::sources::kafka::Assignor;
 use crate::telemetry::Readiness;
-use crate::telemetry::events::{PromotionEmitted, RecordsProduced, SinkSuccessRatio, SinkWrite};
-use crate::topics::{TopicCatalog, names};
-use crate::pipeline::runner::Record;
-use rdkafka::message::Message;
+use crate::telemetry::events::{ErrorCounted, PromotionEmitted, RecordsProduced, SinkSuccessRatio, SinkWrite};
+use crate::topics::names;
 use rdkafka::producer::FutureProducer;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
@@ -98,55 +90,6 @@ impl MaterializeTopics {
         t.extend(self.outputs());
         t
     }
-
-    /// (full name, contract name) of every topic read or written.
-    fn all(&self) -> [(&str, &'static str); 7] {
-        [
-            (&self.writes, names::WRITES),
-            (&self.feedback, names::FEEDBACK),
-            (&self.latency, names::LATENCY),
-            (&self.windows, names::WINDOWS),
-            (&self.alerts, names::ALERTS),
-            (&self.degradations, names::DEGRADATIONS),
-            (&self.promotions, names::PROMOTIONS),
-        ]
-    }
-}
-
-/// One partition's share of a runner batch, decoded.
-pub(crate) struct Part<'m> {
-    pub tp: Tp,
-    /// Offset after the last record of this partition in the batch.
-    pub next_offset: i64,
-    /// Decoded records in offset order (undecodable ones are dead letters).
-    pub events: Vec<(i64, Event)>,
-    /// Every record of the partition in the batch, by offset (for rejects).
-    pub msgs: HashMap<i64, &'m Record<'m>>,
-}
-
-/// A batch, decoded: per-partition parts, dead letters, and the newest
-/// event time (the deterministic position of the write attempt).
-pub(crate) struct Decoded<'m> {
-    pub parts: Vec<Part<'m>>,
-    pub dead: Vec<(&'m Record<'m>, Reason)>,
-    pub at: i64,
-}
-
-/// What a successful batch write did.
-#[derive(Debug, Default)]
-pub(crate) struct Written {
-    pub offsets: Offsets,
-    /// Events handed to the store (not counting dead letters).
-    pub records: u64,
-    pub at: i64,
-}
-
-/// Identity of a runner batch, to tell a retry from a new batch.
-type BatchId = (Tp, i64, Tp, i64, usize);
-
-fn batch_id(batch: &[Record<'_>]) -> Option<BatchId> {
-    let (first, last) = (batch.first()?, batch.last()?);
-    Some((Tp::of(first), first.offset(), Tp::of(last), last.offset(), batch.len()))
 }
 
 /// State and plumbing both materializer stages share.
@@ -156,23 +99,17 @@ pub(crate) struct Common {
     /// The store's name: metric label, promotion subject (`postgres`, `redis`).
     pub sink: &'static str,
     pub group: String,
-    codec: Codec,
-    allowed: HashMap<String, Vec<String>>,
-    dlq: Dlq,
-    /// Records already dead-lettered whose partition position has not yet
-    /// moved past them (a retried batch must not send them again).
-    dlq_sent: HashSet<(Tp, i64)>,
-    /// Next offset to write per assigned partition (what the store holds).
-    next: HashMap<Tp, i64>,
-    batch_size: usize,
+    decoder: Decoder,
     promo_cfg: PromotionConfig,
     promotion: StorePromotion,
     producer: FutureProducer,
     promotions_topic: String,
     /// Promotion events not yet acknowledged by the broker.
     pending: Vec<Outgoing>,
-    /// The batch whose last attempt failed (its next attempt is a retry).
-    failed: Option<BatchId>,
+    /// The current batch failed an attempt (its commit is a retry).
+    retried: bool,
+    /// When the current batch's first attempt started.
+    started: Option<Instant>,
     /// Whether the last write left records behind, and its position.
     behind: bool,
     last_at: i64,
@@ -184,45 +121,33 @@ pub(crate) struct Common {
 impl Common {
     #[allow(clippy::too_many_arguments)]
     fn new(
-        rt: Handle,
         pipeline: &'static str,
         sink: &'static str,
         group: String,
-        codec: Codec,
-        catalog: &TopicCatalog,
+        decoder: Decoder,
         topics: &MaterializeTopics,
         kafka: &crate::config::KafkaConfig,
-        batch_size: usize,
         promo_cfg: PromotionConfig,
         readiness: Readiness,
     ) -> Result<Common> {
-        let mut allowed = HashMap::new();
-        for (full, contract) in topics.all() {
-            allowed.insert(full.to_string(), catalog.records(contract).map_err(Error::Config)?.to_vec());
-        }
         let producer: FutureProducer = crate::sinks::kafka::producer_config_with(kafka, |c| {
             c.set("client.id", format!("udo-{pipeline}")).set("linger.ms", "1");
         })
         .create()
-            .map_err(Error::kafka("create promotion producer"))?;
-        let dlq = Dlq::new(kafka, topics.dlq.clone(), pipeline)?;
+        .map_err(Error::kafka("create promotion producer"))?;
         Ok(Common {
-            rt,
+            rt: Handle::current(),
             pipeline,
             sink,
             group,
-            codec,
-            allowed,
-            dlq,
-            dlq_sent: HashSet::new(),
-            next: HashMap::new(),
-            batch_size,
+            decoder,
             promotion: StorePromotion::new(sink),
             promo_cfg,
             producer,
             promotions_topic: topics.promotions.clone(),
             pending: Vec::new(),
-            failed: None,
+            retried: false,
+            started: None,
             behind: false,
             last_at: 0,
             last_batch: Instant::now(),
@@ -236,7 +161,7 @@ impl Common {
         let Some(p) = latest.filter(|p| p.to_role == StoreRole::Primary) else { return };
         let window = self.promo_cfg.window.max(1);
         let state = serde_json::json!({
-            "store": self.sink, "role": "PRIMARY", "recent": vec![true; window], "successes": window,
+            "store": self.sink, "role": StoreRole::Primary, "recent": vec![true; window], "successes": window,
         });
         match serde_json::from_value::<StorePromotion>(state) {
             Ok(s) => {
@@ -277,123 +202,35 @@ impl Common {
     /// committed, so a new or wiped store is rebuilt from Kafka.
     fn assign(&mut self, parts: &[Tp], stored: HashMap<(String, i32), i64>) -> Offsets {
         self.set_ready(Ok(()));
-        let mut offsets = Vec::new();
-        for tp in parts {
-            let off = stored.get(&(tp.topic.clone(), tp.partition)).copied().unwrap_or(0);
-            self.next.insert(tp.clone(), off);
-            offsets.push((tp.clone(), off));
-        }
-        offsets
-    }
-
-    fn revoke(&mut self, parts: &[Tp]) -> Offsets {
-        // Every batch is durable before the next poll: nothing is in flight.
-        let offsets = parts.iter().filter_map(|tp| self.next.remove(tp).map(|off| (tp.clone(), off))).collect();
-        self.dlq_sent.retain(|(tp, _)| !parts.contains(tp));
-        offsets
-    }
-
-    fn finish(&mut self) -> Offsets {
-        self.flush_promotions();
-        self.next.iter().map(|(tp, off)| (tp.clone(), *off)).collect()
-    }
-
-    /// Decodes a batch by partition, skipping what the store already holds.
-    /// `Err` only when decoding cannot be judged now (schema registry down).
-    pub fn decode<'m>(&self, batch: &'m [Record<'m>]) -> Result<Decoded<'m>> {
-        let mut parts: BTreeMap<Tp, Part<'m>> = BTreeMap::new();
-        let mut dead = Vec::new();
-        let mut at = i64::MIN;
-        for msg in batch {
-            let tp = Tp::of(msg);
-            let offset = msg.offset();
-            if offset < self.next.get(&tp).copied().unwrap_or(0) {
-                continue;
-            }
-            let part = parts.entry(tp.clone()).or_insert_with(|| Part {
-                tp,
-                next_offset: offset + 1,
-                events: Vec::new(),
-                msgs: HashMap::new(),
-            });
-            part.next_offset = part.next_offset.max(offset + 1);
-            part.msgs.insert(offset, msg);
-            let allowed = self.allowed.get(msg.topic()).map(Vec::as_slice).unwrap_or(&[]);
-            match self.codec.decode(allowed, msg.payload().unwrap_or(&[])) {
-                Ok(event) => {
-                    at = at.max(event.occurred_at());
-                    part.events.push((offset, event));
-                }
-                Err(e) if e.class.is_retryable() => {
-                    return Err(Error::Failed(format!("decode {}[{}]@{offset}: {e}", msg.topic(), msg.partition())));
-                }
-                Err(e) => {
-                    if let Some(ts) = msg.timestamp().to_millis() {
-                        at = at.max(ts);
-                    }
-                    dead.push((msg, Reason { class: e.class.as_str().into(), message: e.to_string() }));
-                }
-            }
-        }
-        Ok(Decoded { parts: parts.into_values().collect(), dead, at })
-    }
-
-    /// Dead-letters the records not already sent, and waits for the broker.
-    pub async fn send_dead(&mut self, dead: &[(&Record<'_>, Reason)]) -> Result<()> {
-        let fresh: Vec<(&Record<'_>, Reason)> = dead
+        parts
             .iter()
-            .filter(|(m, _)| !self.dlq_sent.contains(&(Tp::of(m), m.offset())))
-            .map(|(m, r)| (*m, r.clone()))
-            .collect();
-        if fresh.is_empty() {
-            return Ok(());
-        }
-        self.dlq.send_all(&fresh).await?;
-        self.dlq_sent.extend(fresh.iter().map(|(m, _)| (Tp::of(m), m.offset())));
-        Ok(())
+            .map(|tp| (tp.clone(), stored.get(&(tp.topic.clone(), tp.partition)).copied().unwrap_or(0)))
+            .collect()
     }
 
-    /// Runs one attempt of `write` over `batch` and does the bookkeeping:
-    /// positions, metrics, readiness, promotion.
-    fn attempt(
-        &mut self,
-        batch: &[Record<'_>],
-        write: impl FnOnce(&mut Common) -> Result<Written>,
-    ) -> Result<Offsets> {
-        let id = batch_id(batch);
-        let retry = id.is_some() && self.failed == id;
-        let started = Instant::now();
-        let result = write(self);
+    /// A batch became durable: metrics, readiness, promotion.
+    fn committed(&mut self, batch: &Batch<'_>, records: u64) {
+        let elapsed = self.started.take().map_or(Duration::ZERO, |s| s.elapsed());
+        let first_attempt_ok = !std::mem::take(&mut self.retried);
         self.last_batch = Instant::now();
-        match result {
-            Ok(w) => {
-                self.failed = None;
-                for (tp, off) in &w.offsets {
-                    self.next.insert(tp.clone(), *off);
-                    self.dlq_sent.retain(|(t, o)| t != tp || *o >= *off);
-                }
-                if !w.offsets.is_empty() {
-                    SinkWrite {
-                        pipeline: self.pipeline,
-                        sink: self.sink,
-                        records: w.records,
-                        elapsed: started.elapsed(),
-                    }
-                    .emit();
-                    self.set_ready(Ok(()));
-                    let caught_up = batch.len() < self.batch_size;
-                    self.record(!retry, caught_up, w.at);
-                }
-                self.flush_promotions();
-                Ok(w.offsets)
-            }
-            Err(e) => {
-                self.failed = id;
-                if super::runner::sink_of(&e) == self.sink {
-                    self.set_ready(Err(e.to_string()));
-                }
-                Err(e)
-            }
+        SinkWrite { pipeline: self.pipeline, sink: self.sink, records, elapsed }.emit();
+        self.set_ready(Ok(()));
+        if first_attempt_ok {
+            self.record(true, !batch.full, batch.at);
+        }
+        self.flush_promotions();
+    }
+
+    /// An attempt failed: the first failure of a batch is the promotion
+    /// machine's failed attempt (its retries are the same attempt).
+    fn failed(&mut self, at: i64, e: &Error) {
+        self.last_batch = Instant::now();
+        if matches!((e, self.sink), (Error::Postgres { .. }, "postgres") | (Error::Redis { .. }, "redis")) {
+            self.set_ready(Err(e.to_string()));
+        }
+        if !self.retried {
+            self.retried = true;
+            self.record(false, false, at);
         }
     }
 
@@ -412,22 +249,17 @@ impl Common {
     }
 
     fn queue_promotion(&mut self, p: Promotion) {
-        let to_role = match p.to_role {
-            StoreRole::Primary => "PRIMARY",
-            StoreRole::Shadow => "SHADOW",
-        };
-        PromotionEmitted { pipeline: self.pipeline, store: &p.store, to_role, reason: &p.reason }.emit();
-        let topic = &self.promotions_topic;
-        let allowed = self.allowed.get(topic).map(Vec::as_slice).unwrap_or(&[]);
+        PromotionEmitted { pipeline: self.pipeline, store: &p.store, to_role: p.to_role.as_str(), reason: &p.reason }
+            .emit();
         let event = Event::Promotion(p);
-        match self.codec.encode(topic, allowed, &event) {
+        match self.decoder.encode(&self.promotions_topic, &event) {
             Ok(payload) => self.pending.push(Outgoing {
-                topic: topic.clone(),
+                topic: self.promotions_topic.clone(),
                 key: self.sink.as_bytes().to_vec(),
                 payload,
                 headers: Vec::new(),
             }),
-            Err(e) => tracing::error!(pipeline = self.pipeline, "cannot encode a promotion event: {e}"),
+            Err(e) => ErrorCounted { pipeline: self.pipeline, step: "encode", error: &e }.emit(),
         }
     }
 
@@ -443,7 +275,7 @@ impl Common {
                 RecordsProduced { pipeline: self.pipeline, topic: &self.promotions_topic, count }.emit();
                 self.pending.clear();
             }
-            Err(e) => tracing::warn!(pipeline = self.pipeline, "promotion event not delivered yet, will retry: {e}"),
+            Err(e) => ErrorCounted { pipeline: self.pipeline, step: "produce", error: &e }.emit(),
         }
     }
 
@@ -496,29 +328,18 @@ pub(crate) async fn prepare(
     readiness: Readiness,
 ) -> Result<Job> {
     let topics = MaterializeTopics::with_prefix(&common.topic_prefix);
-    let s = &opts.settings.materialize;
-    let cfg = |name: &'static str, inputs: Vec<String>| RunnerConfig {
-        pipeline: name,
-        kafka: common.kafka.clone(),
-        group: group.clone(),
-        topics: inputs,
-        assignor: Assignor::CooperativeSticky,
-        batch_size: s.batch_size,
-        linger: s.linger,
-        retry_min_delay: s.retry_min_delay,
-        retry_max_delay: s.retry_max_delay,
+    let decoder = common.decoder(opts.output_format);
+    let cfg = |name: &'static str, inputs: Vec<String>| {
+        super::runner_config(name, common, &opts.settings, &decoder, group.clone(), inputs, Assignor::CooperativeSticky)
     };
     let shared = |name: &'static str, sink: &'static str| {
         Common::new(
-            Handle::current(),
             name,
             sink,
             group.clone(),
-            common.codec(opts.output_format),
-            &common.topics(),
+            decoder.clone(),
             &topics,
             &common.kafka,
-            s.batch_size,
             opts.settings.promotion.clone(),
             readiness.clone(),
         )
@@ -532,7 +353,7 @@ pub(crate) async fn prepare(
             let mut c = shared(postgres::PIPELINE, "postgres")?;
             c.restore_role(postgres::latest_promotion(&sink, "postgres").await?);
             c.set_ready(Ok(()));
-            Ok(Job::Postgres(cfg(postgres::PIPELINE, topics.postgres_inputs()), postgres::PostgresStage::new(c, sink)))
+            Ok(Job::Postgres(cfg(postgres::PIPELINE, topics.postgres_inputs()), MaterializeStage::new(c, sink)))
         }
         Pipeline::MaterializeRedis => {
             let url = need(&opts.redis_url, "--redis-url / REDIS_URL", pipeline)?;
@@ -540,31 +361,50 @@ pub(crate) async fn prepare(
             let mut c = shared(redis::PIPELINE, "redis")?;
             c.restore_role(sink.store_role("redis").await?);
             c.set_ready(Ok(()));
-            Ok(Job::Redis(cfg(redis::PIPELINE, topics.redis_inputs()), redis::RedisStage::new(c, sink)))
+            Ok(Job::Redis(cfg(redis::PIPELINE, topics.redis_inputs()), MaterializeStage::new(c, sink)))
         }
-        Pipeline::Analyze => Err(Error::Failed("the analyzer is not a materializer".into())),
+        Pipeline::Analyze => Err(Error::Internal("the analyzer is not a materializer".into())),
     }
 }
 
-/// What differs between the two materializers: the store behind the
-/// shared stage (its write of a batch, its stored offsets, its ping).
-pub(crate) trait Store: Send + 'static {
+/// What a store committed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Committed {
+    /// Events handed to the store.
+    pub records: u64,
+    /// Rows the store did not have yet (Postgres); partition batches
+    /// applied (Redis).
+    pub changed: u64,
+}
+
+/// What differs between the two materializers (and what `replay` writes
+/// through): a store's write of decoded partition batches in two steps,
+/// prepare then commit; its stored offsets; its ping.
+// Only ever awaited on the runner thread (block_on): no Send bound needed.
+#[allow(async_fn_in_trait)]
+pub trait Store: Send + Sync + 'static {
+    /// Prepared writes, not yet durable (a Postgres transaction).
+    type Prepared: Send;
     /// Stored next offsets of `group` for `partitions` (absent when none).
     async fn stored_offsets(&self, group: &str, partitions: &[(String, i32)]) -> Result<HashMap<(String, i32), i64>>;
     async fn ping(&self) -> Result<()>;
-    /// Writes one runner batch (see each store's module docs).
-    async fn write(&self, c: &mut Common, batch: &[Record<'_>]) -> Result<Written>;
+    /// Prepares the writes of `parts` for `group`, each partition with its
+    /// next offset, and returns the records the store refuses (reused ids).
+    async fn write(&self, group: &str, parts: &[&Part<'_>]) -> Result<(Self::Prepared, Vec<Reject>)>;
+    /// Makes prepared writes durable, offsets included.
+    async fn commit(&self, group: &str, prepared: Self::Prepared, parts: &[&Part<'_>]) -> Result<Committed>;
 }
 
 /// A materializer: the shared plumbing around one store.
-pub(crate) struct MaterializeStage<S> {
+pub(crate) struct MaterializeStage<S: Store> {
     c: Common,
     store: S,
+    prepared: Option<S::Prepared>,
 }
 
 impl<S: Store> MaterializeStage<S> {
     pub(crate) fn new(c: Common, store: S) -> MaterializeStage<S> {
-        MaterializeStage { c, store }
+        MaterializeStage { c, store, prepared: None }
     }
 }
 
@@ -575,13 +415,52 @@ impl<S: Store> Stage for MaterializeStage<S> {
         Ok(self.c.assign(parts, stored))
     }
 
-    fn revoked(&mut self, parts: &[Tp]) -> Offsets {
-        self.c.revoke(parts)
+    fn revoked(&mut self, _parts: &[Tp]) -> Offsets {
+        // Every batch is durable before the next poll: the offsets the
+        // runner stored are final.
+        Vec::new()
     }
 
-    fn process(&mut self, batch: &[Record<'_>]) -> Result<Offsets> {
-        let store = &self.store;
-        self.c.attempt(batch, |c| c.rt.clone().block_on(store.write(c, batch)))
+    fn write(&mut self, batch: &Batch<'_>) -> Result<Vec<Reject>> {
+        self.c.started.get_or_insert_with(Instant::now);
+        let parts: Vec<&Part<'_>> = batch.parts.iter().collect();
+        let result = self.c.rt.block_on(self.store.write(&self.c.group, &parts));
+        match result {
+            Ok((prepared, rejects)) => {
+                self.prepared = Some(prepared);
+                Ok(rejects)
+            }
+            Err(e) => {
+                self.c.failed(batch.at, &e);
+                Err(e)
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &Batch<'_>) -> Result<Offsets> {
+        let prepared = self.prepared.take().ok_or_else(|| Error::Internal("commit without a write".into()))?;
+        let parts: Vec<&Part<'_>> = batch.parts.iter().collect();
+        match self.c.rt.block_on(self.store.commit(&self.c.group, prepared, &parts)) {
+            Ok(done) => {
+                self.c.committed(batch, done.records);
+                Ok(batch.next_offsets())
+            }
+            Err(e) => {
+                self.c.failed(batch.at, &e);
+                Err(e)
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        // Dropping a Postgres transaction rolls it back.
+        self.prepared = None;
+        // A DLQ failure between write and commit fails the attempt too.
+        if !self.c.retried {
+            self.c.retried = true;
+            let at = self.c.last_at;
+            self.c.record(false, false, at);
+        }
     }
 
     fn tick(&mut self) -> Result<Offsets> {
@@ -590,13 +469,14 @@ impl<S: Store> Stage for MaterializeStage<S> {
             c.rt.block_on(async {
                 tokio::time::timeout(Duration::from_secs(2), store.ping())
                     .await
-                    .map_err(|_| Error::Failed(format!("{}: ping timed out", c.sink)))?
+                    .map_err(|_| Error::Unavailable(format!("{}: ping timed out", c.sink)))?
             })
         });
         Ok(Vec::new())
     }
 
     fn finish(&mut self) -> Offsets {
-        self.c.finish()
+        self.c.flush_promotions();
+        Vec::new()
     }
 }

@@ -12,13 +12,12 @@
 //! with the partitions paused; dead letters already acknowledged are not
 //! sent twice.
 
-use super::{Common, MaterializeStage, Store, Written};
+use super::{Committed, MaterializeStage, Store};
 use crate::domain::Promotion;
 use crate::error::{Error, Result};
-use crate::sinks::dlq::Reason;
-use crate::sinks::postgres::{PgBatch, PgSink};
+use crate::pipeline::batch::{Part, Reason, Reject};
+use crate::sinks::postgres::{PgBatch, PgSink, PgTxn};
 use crate::telemetry::events::PostgresCheckedWrite;
-use crate::pipeline::runner::Record;
 
 pub const PIPELINE: &str = "materialize-postgres";
 
@@ -41,45 +40,29 @@ pub async fn latest_promotion(sink: &PgSink, store: &str) -> Result<Option<Promo
         None => Ok(None),
         Some((json,)) => serde_json::from_value(json)
             .map(Some)
-            .map_err(|e| Error::Failed(format!("postgres: promotions row is not a promotion: {e}"))),
+            .map_err(|e| Error::Internal(format!("postgres: promotions row is not a promotion: {e}"))),
     }
 }
 
-/// Writes one decoded batch in one transaction (see the module docs).
-async fn write(c: &mut Common, sink: &PgSink, batch: &[Record<'_>]) -> Result<Written> {
-    let decoded = c.decode(batch)?;
-    if decoded.parts.is_empty() {
-        return Ok(Written::default());
+fn pg_batch<'a>(part: &'a Part<'_>) -> PgBatch<'a> {
+    PgBatch {
+        topic: &part.tp.topic,
+        partition: part.tp.partition,
+        next_offset: part.next_offset,
+        records: part.records.iter().map(|r| (r.offset, &r.event)).collect(),
     }
-    let mut dead = decoded.dead;
-    let mut txn = sink.begin().await?;
-    let mut records = 0u64;
-    for part in &decoded.parts {
-        let b = PgBatch {
-            topic: &part.tp.topic,
-            partition: part.tp.partition,
-            next_offset: part.next_offset,
-            records: part.events.iter().map(|(o, e)| (*o, e)).collect(),
-        };
-        let out = txn.write(&c.group, &b).await?;
-        records += out.events as u64;
-        if out.checked {
-            PostgresCheckedWrite { pipeline: c.pipeline, topic: &part.tp.topic, partition: part.tp.partition }.emit();
-        }
-        for r in out.rejects {
-            match part.msgs.get(&r.offset) {
-                Some(m) => dead.push((*m, Reason { class: r.reason.class().into(), message: r.to_string() })),
-                None => return Err(Error::Failed(format!("postgres rejected {r}, which is not in the batch"))),
-            }
-        }
-    }
-    c.send_dead(&dead).await?;
-    txn.commit().await?;
-    let offsets = decoded.parts.iter().map(|p| (p.tp.clone(), p.next_offset)).collect();
-    Ok(Written { offsets, records, at: decoded.at })
+}
+
+/// A batch's open transaction and what it holds.
+pub struct Prepared {
+    txn: PgTxn,
+    records: u64,
+    inserted: u64,
 }
 
 impl Store for PgSink {
+    type Prepared = Prepared;
+
     async fn stored_offsets(
         &self,
         group: &str,
@@ -92,7 +75,28 @@ impl Store for PgSink {
         PgSink::ping(self).await
     }
 
-    async fn write(&self, c: &mut Common, batch: &[Record<'_>]) -> Result<Written> {
-        write(c, self, batch).await
+    /// Every partition's rows and next offset in ONE transaction.
+    async fn write(&self, group: &str, parts: &[&Part<'_>]) -> Result<(Prepared, Vec<Reject>)> {
+        let mut txn = self.begin().await?;
+        let (mut records, mut inserted, mut rejects) = (0u64, 0u64, Vec::new());
+        for part in parts {
+            let out = txn.write(group, &pg_batch(part)).await?;
+            records += out.events as u64;
+            inserted += out.inserted;
+            if out.checked {
+                PostgresCheckedWrite { pipeline: PIPELINE, topic: &part.tp.topic, partition: part.tp.partition }.emit();
+            }
+            rejects.extend(out.rejects.into_iter().map(|r| Reject {
+                tp: part.tp.clone(),
+                offset: r.offset,
+                reason: Reason { class: r.reason.class().into(), message: r.to_string() },
+            }));
+        }
+        Ok((Prepared { txn, records, inserted }, rejects))
+    }
+
+    async fn commit(&self, _group: &str, prepared: Prepared, _parts: &[&Part<'_>]) -> Result<Committed> {
+        prepared.txn.commit().await?;
+        Ok(Committed { records: prepared.records, changed: prepared.inserted })
     }
 }

@@ -14,41 +14,19 @@
 //! current state (newest wins per key), so it dead-letters what does not
 //! decode or validate.
 
-use super::{Common, MaterializeStage, Store, Written};
+use super::{Committed, MaterializeStage, Store};
 use crate::error::{Error, Result};
+use crate::pipeline::batch::{Part, Reject};
 use crate::sinks::redis::{RedisBatch, RedisSink};
-use crate::pipeline::runner::Record;
 
 pub const PIPELINE: &str = "materialize-redis";
 
 pub(crate) type RedisStage = MaterializeStage<RedisSink>;
 
-async fn write(c: &mut Common, sink: &RedisSink, batch: &[Record<'_>]) -> Result<Written> {
-    let decoded = c.decode(batch)?;
-    if decoded.parts.is_empty() {
-        return Ok(Written::default());
-    }
-    c.send_dead(&decoded.dead).await?;
-    let batches: Vec<RedisBatch<'_>> = decoded
-        .parts
-        .iter()
-        .map(|p| RedisBatch {
-            topic: &p.tp.topic,
-            partition: p.tp.partition,
-            next_offset: p.next_offset,
-            records: p.events.iter().map(|(o, e)| (*o, e)).collect(),
-        })
-        .collect();
-    let outcomes = sink.apply_all(&c.group, &batches).await?;
-    if outcomes.len() != batches.len() {
-        return Err(Error::Failed(format!("redis answered {} of {} applies", outcomes.len(), batches.len())));
-    }
-    let records = decoded.parts.iter().map(|p| p.events.len() as u64).sum();
-    let offsets = decoded.parts.iter().map(|p| (p.tp.clone(), p.next_offset)).collect();
-    Ok(Written { offsets, records, at: decoded.at })
-}
-
 impl Store for RedisSink {
+    /// Nothing to prepare: the apply is the commit.
+    type Prepared = ();
+
     async fn stored_offsets(
         &self,
         group: &str,
@@ -61,7 +39,26 @@ impl Store for RedisSink {
         RedisSink::ping(self).await
     }
 
-    async fn write(&self, c: &mut Common, batch: &[Record<'_>]) -> Result<Written> {
-        write(c, self, batch).await
+    async fn write(&self, _group: &str, _parts: &[&Part<'_>]) -> Result<((), Vec<Reject>)> {
+        Ok(((), Vec::new()))
+    }
+
+    /// Every partition's script call in ONE pipelined round trip.
+    async fn commit(&self, group: &str, _: (), parts: &[&Part<'_>]) -> Result<Committed> {
+        let batches: Vec<RedisBatch<'_>> = parts
+            .iter()
+            .map(|p| RedisBatch {
+                topic: &p.tp.topic,
+                partition: p.tp.partition,
+                next_offset: p.next_offset,
+                records: p.records.iter().map(|r| (r.offset, &r.event)).collect(),
+            })
+            .collect();
+        let outcomes = self.apply_all(group, &batches).await?;
+        if outcomes.len() != batches.len() {
+            return Err(Error::Internal(format!("redis answered {} of {} applies", outcomes.len(), batches.len())));
+        }
+        let applied = outcomes.iter().filter(|o| o.applied).count() as u64;
+        Ok(Committed { records: parts.iter().map(|p| p.records.len() as u64).sum(), changed: applied })
     }
 }

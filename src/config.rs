@@ -5,7 +5,8 @@
 //! `UDO__SECTION__KEY=value` environment overrides. Secrets never reach logs:
 //! `Display` of anything holding a URL goes through `redact`.
 
-use crate::codec::{Catalog, Codec, HttpRegistry, OutputFormat, SchemaRegistry};
+use crate::codec::{Catalog, Codec, OutputFormat, SchemaRegistry};
+use crate::registry::HttpRegistry;
 use crate::domain::Limits;
 use crate::topics::TopicCatalog;
 use clap::Args;
@@ -377,6 +378,13 @@ impl KafkaProperties {
             }
         }
         Ok(())
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for KafkaProperties {
+    /// Properties set in code (tests, tools); not validated.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> KafkaProperties {
+        KafkaProperties(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 }
 

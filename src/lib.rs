@@ -1,15 +1,24 @@
 //! udo-stream: an event-driven stream processor (see README for the map).
 
+//!
+//! The pure logic lives in workspace crates that cannot do IO (they do not
+//! depend on tokio, rdkafka, sqlx or redis): `udo-domain` (events, windows,
+//! the analyzer engine, promotion), `udo-codec` (Avro/JSON wire formats),
+//! `udo-synth` (seeded synthetic load). They are re-exported here under
+//! their short names.
+
+pub use udo_codec as codec;
+pub use udo_domain as domain;
+pub use udo_synth as synth;
+
 pub mod bench;
 pub mod cli;
-pub mod codec;
 pub mod config;
-pub mod domain;
 pub mod error;
 pub mod pipeline;
+pub mod registry;
 pub mod shutdown;
 pub mod sinks;
 pub mod sources;
-pub mod synth;
 pub mod telemetry;
 pub mod topics;

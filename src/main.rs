@@ -1,6 +1,8 @@
 use clap::Parser;
 
-// Counts heap bytes for `bench analyze`'s memory-per-key figure.
+// Counts heap bytes for `bench analyze`'s memory-per-key figure; only in
+// benchmark builds (`--features bench-alloc`), never in the shipped binary.
+#[cfg(feature = "bench-alloc")]
 #[global_allocator]
 static ALLOC: udo_stream::bench::alloc::Counting = udo_stream::bench::alloc::Counting;
 

@@ -8,6 +8,11 @@
 //!   ready meanwhile), resumes by itself, loses nothing, and its consumer
 //!   lag returns to 0.
 //!
+//! - PostgreSQL stopped for 3 minutes (`UDO_TEST_OUTAGE_SECS`) under two
+//!   `materialize-postgres` members of one group: the runner keeps polling
+//!   while it retries, so neither member leaves the group (no rebalance,
+//!   although the outage is 6× `max.poll.interval.ms`), and nothing is lost.
+//!
 //! These tests stop shared services, so they never overlap: a lock keeps
 //! them sequential within this binary, and cargo runs test binaries one
 //! after another. Embeddings are 8-dimensional to keep 200k records fast.
@@ -239,5 +244,72 @@ fn postgres_then_redis_outage_pauses_retries_and_resumes_without_loss() {
     assert!(m.metric("udo_sink_paused", &[]) == 0.0, "partitions resumed");
     m.stop();
     assert_exact_and_consistent(&pool, &redis, &produced);
+    block_on(common::drop_database(&db));
+}
+
+#[test]
+fn a_three_minute_postgres_outage_under_two_members_causes_no_rebalance_and_loses_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let outage: u64 = std::env::var("UDO_TEST_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(180);
+    let prefix = common::prefix("matlong");
+    common::apply_topics(&prefix);
+    let db = block_on(common::fresh_database("matlong"));
+    let redis = block_on(common::fresh_redis_db(13));
+    let pool = pg_pool(&db);
+    let group = format!("{prefix}udo-materialize-postgres");
+    let env = [("UDO__MATERIALIZE__BATCH_SIZE", "1000")];
+    let mut members = [
+        materializer("materialize-postgres", &prefix, &db, &redis, &env),
+        materializer("materialize-postgres", &prefix, &db, &redis, &env),
+    ];
+    // Both members hold partitions (the group has split) before traffic.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !members.iter().all(|m| m.metric("udo_assigned_partitions", &["materialize-postgres"]) > 0.0) {
+        members.iter_mut().for_each(Materializer::assert_alive);
+        assert!(Instant::now() < deadline, "the two members did not split the partitions within 90 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Traffic before, during and after the outage.
+    let rate = 150;
+    let producer = produce_paced(&prefix, rate * (outage + 40), rate, 43);
+    std::thread::sleep(Duration::from_secs(10));
+    let rebalances = |ms: &[Materializer; 2]| -> f64 { ms.iter().map(|m| m.metric("udo_rebalances_total", &[])).sum() };
+    let before = rebalances(&members);
+    stack(&["stop", "postgres"]);
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(outage) {
+        members.iter_mut().for_each(Materializer::assert_alive);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let retries: f64 = members.iter().map(|m| m.metric("udo_sink_retries_total", &["sink=\"postgres\""])).sum();
+    stack(&["start", "postgres"]);
+    let produced = produced(producer);
+    wait_caught_up(
+        "postgres",
+        &topics(&prefix, &PG_TOPICS),
+        Duration::from_secs(300),
+        || pg_offsets(&pool, &group),
+        || members.iter_mut().for_each(Materializer::assert_alive),
+    );
+    let after = rebalances(&members);
+    eprintln!("postgres down {outage} s under two members: {retries} retries, rebalances {before} -> {after}");
+    assert!(retries >= 2.0, "the members retried during the outage ({retries})");
+    assert_eq!(after, before, "no member left the group during a {outage} s outage");
+    for m in &members {
+        assert!(m.metric("udo_assigned_partitions", &["materialize-postgres"]) > 0.0, "both members kept partitions");
+    }
+    let counts = pg_counts(&pool);
+    for (table, kind) in [
+        ("latency_samples", "LatencySample"),
+        ("uncertainty_feedback", "FeedbackRating"),
+        ("uncertainty_logs", "DecisionLog"),
+        ("project_context_events", "ContextChunk"),
+    ] {
+        let n = produced[kind];
+        assert_eq!(counts[table], (n, n), "{table}: (count(*), count(distinct event_id)) = produced {kind}");
+    }
+    for m in members {
+        m.stop();
+    }
     block_on(common::drop_database(&db));
 }

@@ -1,5 +1,6 @@
 //! A counting global allocator, so `bench analyze` can report the heap bytes
-//! the engine holds per key. It wraps the system allocator with one relaxed
+//! the engine holds per key. It is the global allocator only in benchmark
+//! builds (`--features bench-alloc`, see `main.rs`). It wraps the system allocator with one relaxed
 //! atomic add per call: negligible next to the allocation itself.
 #![allow(unsafe_code)] // GlobalAlloc is an unsafe trait; this is its only use.
 

@@ -75,12 +75,16 @@ pub async fn run(common: CommonArgs, args: AnalyzeBenchArgs) -> Result<()> {
         p95.max * 100.0,
         p95.mean * 100.0
     );
-    let (bytes_per_key, keys) = memory_per_key(spec, args.keys);
-    println!(
-        "memory: {keys} active keys hold {:.1} KB each ({:.2}x the 16 KB budget)",
-        bytes_per_key / 1024.0,
-        bytes_per_key / 16384.0
-    );
+    if cfg!(feature = "bench-alloc") {
+        let (bytes_per_key, keys) = memory_per_key(spec, args.keys);
+        println!(
+            "memory: {keys} active keys hold {:.1} KB each ({:.2}x the 16 KB budget)",
+            bytes_per_key / 1024.0,
+            bytes_per_key / 16384.0
+        );
+    } else {
+        println!("memory: not measured (the counting allocator is in benchmark builds: --features bench-alloc)");
+    }
     if args.pipeline_records > 0 {
         let url = args.database_url.as_deref().ok_or_else(|| {
             Error::Config("the pipeline run needs --database-url / DATABASE_URL (or --pipeline-records 0)".into())

@@ -30,7 +30,6 @@
 
 use crate::domain::{ChunkOp, ContextChunk, DecisionLog, Event, FeedbackRating, LatencySample};
 use crate::error::{Error, Result};
-use crate::sinks::postgres::sql::{op, outcome};
 use crate::sinks::postgres::{PgBatch, PgSink, Row, copy, payload_hash};
 use crate::sinks::redis::{RedisBatch, RedisSink, keys};
 use crate::synth::{Generator, Kind, SynthConfig, simulated_time};
@@ -340,7 +339,7 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
                     V::Text(Some(&e.component)),
                     V::Text(Some(&e.endpoint)),
                     V::F64(e.latency_ms),
-                    V::Text(Some(outcome(e.outcome))),
+                    V::Text(Some(e.outcome.as_str())),
                     V::I32(e.status_code),
                 ]
             })
@@ -397,7 +396,7 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
                     V::Text(Some(&e.project_id)),
                     V::Text(Some(&e.file_path)),
                     V::I32(Some(e.chunk_index)),
-                    V::Text(Some(op(e.op))),
+                    V::Text(Some(e.op.as_str())),
                 ]
             })
             .collect();

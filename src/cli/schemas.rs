@@ -1,7 +1,8 @@
 //! `udo-stream schemas check` and `schemas register`.
 
 use crate::codec::registry::Compatibility;
-use crate::codec::{Catalog, HttpRegistry, SchemaRegistry};
+use crate::codec::{Catalog, SchemaRegistry};
+use crate::registry::HttpRegistry;
 use crate::config::CommonArgs;
 use crate::error::{Error, Result};
 use crate::topics::TopicCatalog;

@@ -16,7 +16,7 @@
 //! resumes at the checkpointed offsets, so it re-emits exactly the outputs
 //! since the checkpoint, with identical ids.
 
-use super::batch::{Batch, Decoder, Offsets, Reason, Reject, Rec, Tp};
+use super::batch::{Batch, Decoder, Offsets, Reason, Rec, Reject, Tp};
 use super::runner::Stage;
 use crate::config::AnalyzeSettings;
 use crate::domain::Event;
@@ -157,7 +157,7 @@ impl AnalyzeStage {
             c.set("client.id", "udo-analyze");
         })
         .create()
-            .map_err(Error::kafka("create analyzer producer"))?;
+        .map_err(Error::kafka("create analyzer producer"))?;
         Ok(AnalyzeStage {
             rt: Handle::current(),
             engine_cfg,

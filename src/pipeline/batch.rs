@@ -16,9 +16,9 @@
 use crate::codec::{Codec, DecodeError};
 use crate::domain::Event;
 use crate::error::{Error, Result};
-use crate::topics::TopicCatalog;
 pub use crate::sinks::dlq::Reason;
 pub use crate::sources::record::Raw;
+use crate::topics::TopicCatalog;
 use std::collections::HashMap;
 
 /// A topic partition.
@@ -160,8 +160,7 @@ pub struct Decoder {
 impl Decoder {
     /// Declares every topic of `catalog` under `prefix`.
     pub fn new(codec: Codec, catalog: &TopicCatalog, prefix: &str) -> Decoder {
-        let allowed =
-            catalog.specs().iter().map(|s| (format!("{prefix}{}", s.name), s.records().to_vec())).collect();
+        let allowed = catalog.specs().iter().map(|s| (format!("{prefix}{}", s.name), s.records().to_vec())).collect();
         Decoder { codec, allowed }
     }
 
@@ -265,7 +264,8 @@ mod tests {
 
     fn msg(d: &Decoder, topic: &str, partition: i32, offset: i64, good: bool) -> OwnedMessage {
         let payload = if good {
-            let e = Generator::new(SynthConfig::new(8), offset as u64, 1_700_000_000_000).next(Kind::Latency, 1_700_000_000_000);
+            let e = Generator::new(SynthConfig::new(8), offset as u64, 1_700_000_000_000)
+                .next(Kind::Latency, 1_700_000_000_000);
             d.encode(topic, &e).unwrap()
         } else {
             b"not a record".to_vec()
@@ -301,8 +301,11 @@ mod tests {
             _ => None,    // partition 2 is not assigned
         };
         let b = d.batch(msgs.iter().map(Raw::from), position, true).unwrap();
-        let shape: Vec<(i32, i64, Vec<i64>)> =
-            b.parts.iter().map(|p| (p.tp.partition, p.next_offset, p.records.iter().map(|r| r.offset).collect())).collect();
+        let shape: Vec<(i32, i64, Vec<i64>)> = b
+            .parts
+            .iter()
+            .map(|p| (p.tp.partition, p.next_offset, p.records.iter().map(|r| r.offset).collect()))
+            .collect();
         assert_eq!(shape, vec![(0, 13, vec![10, 12]), (1, 7, vec![6])], "{:?}", b.rejects);
         assert_eq!(b.rejects.len(), 1);
         assert_eq!((b.rejects[0].tp.partition, b.rejects[0].offset), (0, 11));

@@ -13,12 +13,12 @@ pub mod runner;
 
 use crate::codec::OutputFormat;
 use crate::config::{CommonArgs, SecretUrl, Settings};
-use crate::topics::names;
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::sinks::checkpoints::CheckpointStore;
 use crate::sources::kafka::Assignor;
 use crate::telemetry::Readiness;
+use crate::topics::names;
 use batch::Decoder;
 use retry::RetryPolicy;
 use runner::RunnerConfig;
@@ -99,8 +99,15 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
                 let store = CheckpointStore::connect(url, &group).await?;
                 let topics = analyze::AnalyzeTopics::with_prefix(&common.topic_prefix);
                 let decoder = common.decoder(opts.output_format);
-                let cfg =
-                    runner_config(analyze::PIPELINE, &common, &opts.settings, &decoder, group, topics.inputs(), Assignor::Range);
+                let cfg = runner_config(
+                    analyze::PIPELINE,
+                    &common,
+                    &opts.settings,
+                    &decoder,
+                    group,
+                    topics.inputs(),
+                    Assignor::Range,
+                );
                 let stage = analyze::AnalyzeStage::new(
                     opts.settings.analyze.clone(),
                     decoder,

@@ -107,7 +107,8 @@ fn offsets_at(c: &BaseConsumer, topic: &str, parts: &[i32], at_ms: i64) -> Resul
         tpl.add_partition_offset(topic, *p, Offset::Offset(at_ms))
             .map_err(Error::kafka(format!("look up {topic}[{p}] at {at_ms}")))?;
     }
-    let found = c.offsets_for_times(tpl, LOOKUP_TIMEOUT).map_err(Error::kafka(format!("offsets of {topic} by time")))?;
+    let found =
+        c.offsets_for_times(tpl, LOOKUP_TIMEOUT).map_err(Error::kafka(format!("offsets of {topic} by time")))?;
     let mut out = BTreeMap::new();
     for e in found.elements_for_topic(topic) {
         if let Err(err) = e.error() {

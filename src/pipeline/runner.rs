@@ -26,15 +26,17 @@
 //! a refused configuration) ends the pipeline with its message.
 
 use super::batch::{Batch, Decoder, Reject};
-use crate::sources::record::Raw;
 pub use super::batch::{Offsets, Tp};
 use super::retry::{RetryPolicy, Retrying};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::sinks::dlq::Dlq;
 use crate::sources::kafka::{Assignor, describe, group_config_with};
+use crate::sources::record::Raw;
 use crate::telemetry::Readiness;
-use crate::telemetry::events::{ConsumerLag, ErrorCounted, PartitionsChanged, RecordsConsumed, SinkRecovered, SinkRetry};
+use crate::telemetry::events::{
+    ConsumerLag, ErrorCounted, PartitionsChanged, RecordsConsumed, SinkRecovered, SinkRetry,
+};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
@@ -552,3 +554,6 @@ fn consume<S: Stage>(runner: &mut Runner<'_, S>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

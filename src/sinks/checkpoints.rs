@@ -41,14 +41,13 @@ impl CheckpointStore {
     }
 
     pub async fn load(&self, tasks: &[i32]) -> Result<Vec<Checkpoint>> {
-        let rows: Vec<(i32, Vec<u8>, serde_json::Value, String)> = sqlx::query_as(
-            "SELECT task, state, offsets, config FROM analyze_checkpoints WHERE consumer_group = $1 AND task = ANY($2)",
-        )
-        .bind(&self.group)
-        .bind(tasks)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Error::postgres("load analyzer checkpoints"))?;
+        let rows: Vec<(i32, Vec<u8>, serde_json::Value, String)> =
+            sqlx::query_as(include_str!("postgres/sql/checkpoint_load.sql"))
+                .bind(&self.group)
+                .bind(tasks)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::postgres("load analyzer checkpoints"))?;
         rows.into_iter()
             .map(|(task, state, offsets, config)| {
                 let offsets = serde_json::from_value(offsets)
@@ -62,20 +61,15 @@ impl CheckpointStore {
     pub async fn save(&self, checkpoints: &[Checkpoint]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(Error::postgres("begin checkpoint"))?;
         for c in checkpoints {
-            sqlx::query(
-                "INSERT INTO analyze_checkpoints (consumer_group, task, state, offsets, config, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, now())
-                 ON CONFLICT (consumer_group, task) DO UPDATE
-                 SET state = EXCLUDED.state, offsets = EXCLUDED.offsets, config = EXCLUDED.config, updated_at = now()",
-            )
-            .bind(&self.group)
-            .bind(c.task)
-            .bind(&c.state)
-            .bind(serde_json::to_value(&c.offsets).unwrap_or_default())
-            .bind(&c.config)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::postgres(format!("write checkpoint of task {}", c.task)))?;
+            sqlx::query(include_str!("postgres/sql/checkpoint_save.sql"))
+                .bind(&self.group)
+                .bind(c.task)
+                .bind(&c.state)
+                .bind(serde_json::to_value(&c.offsets).unwrap_or_default())
+                .bind(&c.config)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::postgres(format!("write checkpoint of task {}", c.task)))?;
         }
         tx.commit().await.map_err(Error::postgres("commit checkpoint"))
     }

@@ -173,9 +173,24 @@ impl PgSink {
         Ok(outcome)
     }
 
+    /// The newest promotion event Postgres holds for `store`.
+    pub async fn latest_promotion(&self, store: &str) -> Result<Option<crate::domain::Promotion>> {
+        let row: Option<(serde_json::Value,)> = sqlx::query_as(include_str!("postgres/sql/latest_promotion.sql"))
+            .bind(store)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::postgres("read the latest promotion"))?;
+        match row {
+            None => Ok(None),
+            Some((json,)) => serde_json::from_value(json)
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("postgres: promotions row is not a promotion: {e}"))),
+        }
+    }
+
     /// Removes every offset stored for `group` (a finished replay's).
     pub async fn forget_group(&self, group: &str) -> Result<()> {
-        sqlx::query("DELETE FROM consumer_offsets WHERE consumer_group = $1")
+        sqlx::query(include_str!("postgres/sql/forget_group.sql"))
             .bind(group)
             .execute(&self.pool)
             .await
@@ -212,10 +227,7 @@ async fn ensure_embedding_column(conn: &mut PgConnection, dim: u32) -> Result<()
         .execute(&mut *tx)
         .await
         .map_err(Error::postgres("lock embedding setup"))?;
-    let typmod: i32 = sqlx::query_scalar(
-        "SELECT atttypmod FROM pg_attribute
-         WHERE attrelid = 'project_contexts'::regclass AND attname = 'embedding' AND NOT attisdropped",
-    )
+    let typmod: i32 = sqlx::query_scalar(include_str!("postgres/sql/embedding_typmod.sql"))
     .fetch_one(&mut *tx)
     .await
     .map_err(Error::postgres("read project_contexts.embedding type"))?;
@@ -230,10 +242,7 @@ async fn ensure_embedding_column(conn: &mut PgConnection, dim: u32) -> Result<()
              (changing the dimension means re-embedding every chunk)"
         )));
     }
-    tx.execute(
-        "CREATE INDEX IF NOT EXISTS project_contexts_embedding_hnsw
-         ON project_contexts USING hnsw (embedding vector_cosine_ops)",
-    )
+    tx.execute(include_str!("postgres/sql/embedding_index.sql"))
     .await
     .map_err(Error::postgres("create HNSW index on project_contexts.embedding"))?;
     tx.commit().await.map_err(Error::postgres("commit embedding setup"))?;

@@ -81,8 +81,8 @@ fn group_defaults(c: &mut rdkafka::ClientConfig, group: &str, assignor: Assignor
                 Assignor::Range => "range",
             },
         )
-        // A sink outage holds a batch in retry without polling; stay in the
-        // group through a long one rather than rebalancing mid-retry.
+        // The runner keeps polling while it retries a batch, so a store
+        // outage does not count against this; only a stuck stage does.
         .set("max.poll.interval.ms", "30000")
         // Lag per partition comes from these statistics (udo_consumer_lag_records).
         .set("statistics.interval.ms", "5000")

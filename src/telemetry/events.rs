@@ -192,6 +192,7 @@ impl PartitionsChanged<'_> {
         let what = if self.assigned { "assigned" } else { "revoked" };
         tracing::info!(pipeline = self.pipeline, total = self.total, "{what}: {}", self.partitions);
         gauge!("udo_assigned_partitions", "pipeline" => self.pipeline).set(self.total as f64);
+        counter!("udo_rebalances_total", "pipeline" => self.pipeline, "change" => what).increment(1);
     }
 }
 

@@ -351,7 +351,7 @@ pub(crate) async fn prepare(
                 .map_err(|_| Error::Config(format!("UDO_EMBEDDING_DIM {} is too large", common.embedding_dim)))?;
             let sink = crate::sinks::postgres::PgSink::connect(url, dim).await?;
             let mut c = shared(postgres::PIPELINE, "postgres")?;
-            c.restore_role(postgres::latest_promotion(&sink, "postgres").await?);
+            c.restore_role(sink.latest_promotion("postgres").await?);
             c.set_ready(Ok(()));
             Ok(Job::Postgres(cfg(postgres::PIPELINE, topics.postgres_inputs()), MaterializeStage::new(c, sink)))
         }

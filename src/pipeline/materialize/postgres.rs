@@ -13,8 +13,7 @@
 //! sent twice.
 
 use super::{Committed, MaterializeStage, Store};
-use crate::domain::Promotion;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pipeline::batch::{Part, Reason, Reject};
 use crate::sinks::postgres::{PgBatch, PgSink, PgTxn};
 use crate::telemetry::events::PostgresCheckedWrite;
@@ -22,27 +21,6 @@ use crate::telemetry::events::PostgresCheckedWrite;
 pub const PIPELINE: &str = "materialize-postgres";
 
 pub(crate) type PostgresStage = MaterializeStage<PgSink>;
-
-/// The newest promotion event Postgres holds for `store`.
-pub async fn latest_promotion(sink: &PgSink, store: &str) -> Result<Option<Promotion>> {
-    let row: Option<(serde_json::Value,)> = sqlx::query_as(
-        "SELECT json_build_object(
-             'event_id', event_id, 'occurred_at', (extract(epoch FROM occurred_at) * 1000)::int8,
-             'source', source, 'store', store, 'from_role', from_role, 'to_role', to_role,
-             'success_ratio', success_ratio, 'attempts', attempts, 'lag', lag, 'reason', reason)
-         FROM promotions WHERE store = $1 ORDER BY occurred_at DESC, event_id DESC LIMIT 1",
-    )
-    .bind(store)
-    .fetch_optional(sink.pool())
-    .await
-    .map_err(Error::postgres("read the latest promotion"))?;
-    match row {
-        None => Ok(None),
-        Some((json,)) => serde_json::from_value(json)
-            .map(Some)
-            .map_err(|e| Error::Internal(format!("postgres: promotions row is not a promotion: {e}"))),
-    }
-}
 
 fn pg_batch<'a>(part: &'a Part<'_>) -> PgBatch<'a> {
     PgBatch {

@@ -6,7 +6,6 @@
 //! COPY baseline.
 
 use super::plan::{Plan, Row};
-use super::sql::{op, outcome};
 use crate::domain::{ContextChunk, DecisionLog, FeedbackRating, LatencySample};
 use uuid::Uuid;
 
@@ -159,7 +158,7 @@ pub fn latency_copy(rows: &[Row<'_, LatencySample>]) -> Vec<u8> {
         c.text(&e.component);
         c.text(&e.endpoint);
         c.f64(e.latency_ms);
-        c.text(outcome(e.outcome));
+        c.text(e.outcome.as_str());
         c.opt_i32(e.status_code);
     }
     c.finish()
@@ -204,7 +203,7 @@ pub fn chunk_events_copy(rows: &[Row<'_, ContextChunk>]) -> Vec<u8> {
         c.text(&e.project_id);
         c.text(&e.file_path);
         c.i32(e.chunk_index);
-        c.text(op(e.op));
+        c.text(e.op.as_str());
     }
     c.finish()
 }

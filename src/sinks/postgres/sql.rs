@@ -9,10 +9,7 @@
 
 use super::copy::{CONTEXT_COLUMNS, LATENCY_COLUMNS};
 use super::plan::Row;
-use crate::domain::{
-    Alert, ChunkOp, ContextChunk, DecisionLog, Degradation, DegradationKind, FeedbackRating, Outcome, Promotion,
-    StoreRole, WindowStats,
-};
+use crate::domain::{Alert, ContextChunk, DecisionLog, Degradation, DegradationKind, FeedbackRating, Promotion, WindowStats};
 use sqlx::Arguments;
 use sqlx::postgres::{PgArguments, Postgres};
 use uuid::Uuid;
@@ -20,10 +17,7 @@ use uuid::Uuid;
 /// Session temp tables that COPY payloads are staged in before a checked
 /// insert or upsert (created once per connection; emptied by the statement
 /// that reads them, and at commit anyway).
-pub const CREATE_STAGES: [&str; 2] = [
-    "CREATE TEMP TABLE IF NOT EXISTS udo_stage_latency (LIKE latency_samples) ON COMMIT DELETE ROWS",
-    "CREATE TEMP TABLE IF NOT EXISTS udo_stage_contexts (LIKE project_contexts) ON COMMIT DELETE ROWS",
-];
+pub const CREATE_STAGES: [&str; 2] = [include_str!("sql/stage_latency.sql"), include_str!("sql/stage_contexts.sql")];
 
 /// Moves the staged rows into `latency_samples` (the stage is empty after),
 /// checked like [`checked`]: one row (inserted count, reused event ids).
@@ -40,13 +34,10 @@ pub fn insert_latency_from_stage() -> String {
 /// event is inserted; a stored event with the same payload hash is left
 /// alone (a replay); a stored event with another hash, a reused event id,
 /// is kept as it is (the no-op update only makes it visible to RETURNING).
-pub const REUSE_CHECK: &str = "ON CONFLICT (event_id) DO UPDATE SET payload_hash = t.payload_hash
-     WHERE t.payload_hash <> EXCLUDED.payload_hash
-     RETURNING t.event_id, (t.xmax = 0) AS fresh";
+pub const REUSE_CHECK: &str = include_str!("sql/reuse_check.sql");
 
 /// Reads a checked insert's `w` rows: (rows inserted, reused event ids).
-const CHECK_RESULT: &str = "SELECT count(*) FILTER (WHERE w.fresh),
-     coalesce(array_agg(w.event_id) FILTER (WHERE NOT w.fresh), '{}'::uuid[]) FROM w";
+const CHECK_RESULT: &str = include_str!("sql/check_result.sql");
 
 /// A set-based insert into `table` that also reports reused event ids, in
 /// one statement and round trip: one row (inserted count, reused ids).
@@ -56,29 +47,6 @@ pub fn checked(u: &Unnest, table: &str) -> String {
 
 fn ts(col: &str) -> String {
     format!("to_timestamp({col}::float8 / 1000)")
-}
-
-pub fn outcome(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Ok => "OK",
-        Outcome::Error => "ERROR",
-        Outcome::Timeout => "TIMEOUT",
-    }
-}
-
-fn role(r: StoreRole) -> &'static str {
-    match r {
-        StoreRole::Shadow => "SHADOW",
-        StoreRole::Primary => "PRIMARY",
-    }
-}
-
-fn enum_str<T: serde::Serialize>(v: &T) -> String {
-    // Serde's SCREAMING_SNAKE_CASE names are the contract's enum symbols.
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        other => format!("{other:?}"),
-    }
 }
 
 /// A statement and its bind values.
@@ -198,20 +166,13 @@ pub fn decisions(rows: &[Row<'_, DecisionLog>]) -> Unnest {
     u
 }
 
-pub fn op(o: ChunkOp) -> &'static str {
-    match o {
-        ChunkOp::Upsert => "UPSERT",
-        ChunkOp::Delete => "DELETE",
-    }
-}
-
 /// The chunk event ledger: every chunk event, without content or embedding.
 pub fn chunk_events(rows: &[Row<'_, ContextChunk>]) -> Unnest {
     let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
     u.col("project_id", "text", map(rows, |e| e.project_id.clone()))
         .col("file_path", "text", map(rows, |e| e.file_path.clone()))
         .col("chunk_index", "int4", map(rows, |e| e.chunk_index))
-        .col("op", "text", map(rows, |e| op(e.op).to_owned()));
+        .col("op", "text", map(rows, |e| e.op.as_str().to_owned()));
     u
 }
 
@@ -300,8 +261,8 @@ pub fn alerts(rows: &[Row<'_, Alert>]) -> Unnest {
         .col("subject", "text", map(rows, |e| e.subject.clone()))
         .col("component", "text", map(rows, |e| e.component.clone()))
         .col("project_id", "text", map(rows, |e| e.project_id.clone()))
-        .col("severity", "text", map(rows, |e| enum_str(&e.severity)))
-        .col("status", "text", map(rows, |e| enum_str(&e.status)))
+        .col("severity", "text", map(rows, |e| e.severity.as_str().to_owned()))
+        .col("status", "text", map(rows, |e| e.status.as_str().to_owned()))
         .col("value", "float8", map(rows, |e| e.value))
         .col("threshold", "float8", map(rows, |e| e.threshold))
         .ts_col("window_start", map(rows, |e| e.window_start))
@@ -333,8 +294,8 @@ pub fn degradations(rows: &[Row<'_, Degradation>]) -> Unnest {
 pub fn promotions(rows: &[Row<'_, Promotion>]) -> Unnest {
     let mut u = header(rows, |e| e.event_id, |e| e.occurred_at, |e| e.source.clone());
     u.col("store", "text", map(rows, |e| e.store.clone()))
-        .col("from_role", "text", map(rows, |e| role(e.from_role).to_owned()))
-        .col("to_role", "text", map(rows, |e| role(e.to_role).to_owned()))
+        .col("from_role", "text", map(rows, |e| e.from_role.as_str().to_owned()))
+        .col("to_role", "text", map(rows, |e| e.to_role.as_str().to_owned()))
         .col("success_ratio", "float8", map(rows, |e| e.success_ratio))
         .col("attempts", "int4", map(rows, |e| e.attempts))
         .col("lag", "int8", map(rows, |e| e.lag))
@@ -382,15 +343,9 @@ pub fn projects(activity: &std::collections::BTreeMap<String, (i64, i64)>) -> St
     u.stmt(sql)
 }
 
-pub const STORE_OFFSET: &str = "INSERT INTO consumer_offsets AS o (consumer_group, topic, partition, next_offset)
-     VALUES ($1, $2, $3, $4)
-     ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-         SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()
-     WHERE o.next_offset < EXCLUDED.next_offset";
+pub const STORE_OFFSET: &str = include_str!("sql/store_offset.sql");
 
-pub const STORED_OFFSETS: &str = "SELECT o.topic, o.partition, o.next_offset FROM consumer_offsets o
-     JOIN UNNEST($2::text[], $3::int4[]) AS u(topic, partition) ON o.topic = u.topic AND o.partition = u.partition
-     WHERE o.consumer_group = $1";
+pub const STORED_OFFSETS: &str = include_str!("sql/stored_offsets.sql");
 
 #[cfg(test)]
 mod tests {
@@ -411,11 +366,5 @@ mod tests {
              FROM UNNEST($1::uuid[], $2::int8[], $3::float8[]) AS u(event_id, occurred_at_ms, p95_ms) \
              ON CONFLICT DO NOTHING"
         );
-    }
-
-    #[test]
-    fn enum_symbols_are_the_contracts() {
-        assert_eq!(enum_str(&crate::domain::Severity::Critical), "CRITICAL");
-        assert_eq!(enum_str(&crate::domain::AlertStatus::Resolved), "RESOLVED");
     }
 }

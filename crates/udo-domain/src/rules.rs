@@ -109,14 +109,7 @@ impl AlertCtx<'_> {
             Transition::Entered { .. } => AlertStatus::Firing,
             Transition::Exited { .. } => AlertStatus::Resolved,
         };
-        let sev = match severity {
-            Severity::Warning => "WARNING",
-            Severity::Critical => "CRITICAL",
-        };
-        let st = match status {
-            AlertStatus::Firing => "FIRING",
-            AlertStatus::Resolved => "RESOLVED",
-        };
+        let (sev, st) = (severity.as_str(), status.as_str());
         let end = self.window.end.to_string();
         Some(Event::Alert(Alert {
             event_id: output_id(&["alert", rule, self.subject, sev, st, &end]),
@@ -162,7 +155,7 @@ impl ComponentRules {
             let (kind, name, n, reason) = match t {
                 Transition::Entered { after } => (
                     DegradationKind::Degraded,
-                    "DEGRADED",
+                    DegradationKind::Degraded.as_str(),
                     after,
                     format!(
                         "p95 {p95:.1} ms (limit {}) / error rate {:.2}% (limit {:.2}%) for {after} windows",
@@ -173,7 +166,7 @@ impl ComponentRules {
                 ),
                 Transition::Exited { after } => (
                     DegradationKind::Recovered,
-                    "RECOVERED",
+                    DegradationKind::Recovered.as_str(),
                     after,
                     format!(
                         "p95 {p95:.1} ms < {} and error rate {:.2}% < {:.2}% for {after} windows",

@@ -1,6 +1,6 @@
 use super::*;
-use crate::domain::*;
-use crate::synth::{Generator, Kind, SynthConfig};
+use udo_domain::*;
+use udo_synth::{Generator, Kind, SynthConfig};
 use proptest::prelude::*;
 
 const T0: i64 = 1_767_225_600_000;
@@ -424,7 +424,7 @@ fn json_errors_name_the_missing_field() {
 #[test]
 fn builtin_catalog_matches_schemas_dir_and_fingerprints_are_distinct() {
     let c = Catalog::builtin();
-    let mut on_disk: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))
+    let mut on_disk: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas"))
         .unwrap()
         .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
         .collect();

@@ -7,11 +7,11 @@ pub mod catalog;
 pub mod error;
 pub mod registry;
 
-use crate::domain::{Event, Limits};
+use udo_domain::{Event, Limits};
 use apache_avro::{Schema, error::Details, types::Value};
 pub use catalog::Catalog;
 pub use error::{DecodeClass, DecodeError};
-pub use registry::{HttpRegistry, MemoryRegistry, RegistryError, SchemaRegistry};
+pub use registry::{MemoryRegistry, RegistryError, SchemaRegistry};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -256,6 +256,7 @@ names!(Severity { Warning => "WARNING", "warning", Critical => "CRITICAL", "crit
 names!(AlertStatus { Firing => "FIRING", "firing", Resolved => "RESOLVED", "resolved" });
 names!(DegradationKind { Degraded => "DEGRADED", "degraded", Recovered => "RECOVERED", "recovered" });
 names!(StoreRole { Shadow => "SHADOW", "shadow", Primary => "PRIMARY", "primary" });
+names!(Outcome { Ok => "OK", "ok", Error => "ERROR", "error", Timeout => "TIMEOUT", "timeout" });
 names!(ChunkOp { Upsert => "UPSERT", "upsert", Delete => "DELETE", "delete" });
 
 /// Any event of the contract. The variant name is the Avro record name.
@@ -365,6 +366,10 @@ mod tests {
             assert_eq!(v.label(), v.as_str().to_lowercase());
         }
         for v in StoreRole::ALL {
+            assert_eq!(serde_name(v), v.as_str());
+            assert_eq!(v.label(), v.as_str().to_lowercase());
+        }
+        for v in Outcome::ALL {
             assert_eq!(serde_name(v), v.as_str());
             assert_eq!(v.label(), v.as_str().to_lowercase());
         }

@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 /// (record name, schema text), one per `schemas/<name>.avsc`.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("LatencySample", include_str!("../../schemas/LatencySample.avsc")),
-    ("FeedbackRating", include_str!("../../schemas/FeedbackRating.avsc")),
-    ("DecisionLog", include_str!("../../schemas/DecisionLog.avsc")),
-    ("ContextChunk", include_str!("../../schemas/ContextChunk.avsc")),
-    ("WindowStats", include_str!("../../schemas/WindowStats.avsc")),
-    ("Alert", include_str!("../../schemas/Alert.avsc")),
-    ("Degradation", include_str!("../../schemas/Degradation.avsc")),
-    ("Promotion", include_str!("../../schemas/Promotion.avsc")),
+    ("LatencySample", include_str!("../../../schemas/LatencySample.avsc")),
+    ("FeedbackRating", include_str!("../../../schemas/FeedbackRating.avsc")),
+    ("DecisionLog", include_str!("../../../schemas/DecisionLog.avsc")),
+    ("ContextChunk", include_str!("../../../schemas/ContextChunk.avsc")),
+    ("WindowStats", include_str!("../../../schemas/WindowStats.avsc")),
+    ("Alert", include_str!("../../../schemas/Alert.avsc")),
+    ("Degradation", include_str!("../../../schemas/Degradation.avsc")),
+    ("Promotion", include_str!("../../../schemas/Promotion.avsc")),
 ];
 
 /// One parsed schema with its single-object fingerprint.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::domain::events::{AlertStatus, DegradationKind, Outcome, Severity};
+use crate::events::{AlertStatus, DegradationKind, Outcome, Severity};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use uuid::Uuid;

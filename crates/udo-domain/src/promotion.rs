@@ -57,13 +57,6 @@ pub struct StorePromotion {
     successes: usize,
 }
 
-fn role_name(role: StoreRole) -> &'static str {
-    match role {
-        StoreRole::Shadow => "SHADOW",
-        StoreRole::Primary => "PRIMARY",
-    }
-}
-
 impl StorePromotion {
     /// A store starts as SHADOW with no history.
     pub fn new(store: impl Into<String>) -> Self {
@@ -131,7 +124,7 @@ impl StorePromotion {
         };
         let from = std::mem::replace(&mut self.role, to);
         Some(Promotion {
-            event_id: output_id(&["promotion", &self.store, role_name(from), role_name(to), &at.to_string()]),
+            event_id: output_id(&["promotion", &self.store, from.as_str(), to.as_str(), &at.to_string()]),
             occurred_at: at,
             source: source.into(),
             store: self.store.clone(),
@@ -148,7 +141,7 @@ impl StorePromotion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Event, Limits};
+    use crate::{Event, Limits};
 
     const T0: i64 = 1_750_000_000_000;
 

@@ -9,7 +9,7 @@ mod incident;
 
 pub use incident::{Incident, IncidentKind};
 
-use crate::domain::*;
+use udo_domain::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Normal};

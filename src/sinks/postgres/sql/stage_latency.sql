@@ -1,0 +1,1 @@
+CREATE TEMP TABLE IF NOT EXISTS udo_stage_latency (LIKE latency_samples) ON COMMIT DELETE ROWS

@@ -22,18 +22,14 @@ use crate::config::AnalyzeSettings;
 use crate::domain::Event;
 use crate::domain::engine::{Engine, EngineConfig, Input, Source, Stream, TaskState};
 use crate::error::{Error, Result};
-use crate::sinks::checkpoints::{Checkpoint, CheckpointStore};
-use crate::sinks::kafka::{Outgoing, future_record};
+use crate::sinks::checkpoints::{Checkpoint, CheckpointStore, Checkpoints};
+use crate::sinks::kafka::{Outgoing, Outputs};
 use crate::telemetry::Readiness;
 use crate::telemetry::events::{
-    AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, ErrorCounted, LateEvent, RecordsProduced,
-    StateMachines, WindowsClosed,
+    AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, ErrorCounted, LateEvent, StateMachines,
+    WindowsClosed,
 };
 use crate::topics::{TopicCatalog, names};
-use futures_util::future::join_all;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::DeliveryFuture;
-use rdkafka::producer::FutureProducer;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Handle;
@@ -103,14 +99,17 @@ struct Task {
     dirty: bool,
 }
 
-pub struct AnalyzeStage {
+pub struct AnalyzeStage<C: Checkpoints = CheckpointStore> {
     rt: Handle,
     engine_cfg: EngineConfig,
     settings: AnalyzeSettings,
     decoder: Decoder,
     topics: AnalyzeTopics,
-    producer: FutureProducer,
-    store: CheckpointStore,
+    /// Outputs are sent without waiting, so consumption runs on; the next
+    /// checkpoint (and the writes offsets, held in `pending_writes`
+    /// meanwhile) waits for all of them.
+    outputs: Outputs,
+    store: C,
     tasks: BTreeMap<i32, Task>,
     /// Writes partitions: next offset whose decisions were forwarded.
     writes_next: HashMap<Tp, i64>,
@@ -119,13 +118,6 @@ pub struct AnalyzeStage {
     /// consumer is catching up (a backfill), and a silent partition is
     /// merely not fetched yet, not idle.
     last_full_batch: Option<Instant>,
-    /// Outputs sent and not yet acknowledged. Sending does not wait, so
-    /// consumption runs on; the next checkpoint (and the writes offsets,
-    /// held in `pending_writes` meanwhile) waits for all of them.
-    in_flight: Vec<(Outgoing, DeliveryFuture)>,
-    /// Outputs of ingested records not (yet) accepted by the broker: resent
-    /// before anything is checkpointed past them.
-    unsent: Vec<Outgoing>,
     /// Writes partitions done by the batch being written (moved to
     /// `pending_writes` on commit).
     writes_done: Vec<(Tp, i64)>,
@@ -133,7 +125,7 @@ pub struct AnalyzeStage {
     readiness: Readiness,
 }
 
-impl AnalyzeStage {
+impl<C: Checkpoints> AnalyzeStage<C> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: AnalyzeSettings,
@@ -141,9 +133,9 @@ impl AnalyzeStage {
         catalog: &TopicCatalog,
         topics: AnalyzeTopics,
         kafka: &crate::config::KafkaConfig,
-        store: CheckpointStore,
+        store: C,
         readiness: Readiness,
-    ) -> Result<AnalyzeStage> {
+    ) -> Result<AnalyzeStage<C>> {
         let spec = settings.window_spec().map_err(Error::Config)?;
         let engine_cfg = EngineConfig {
             spec,
@@ -153,25 +145,19 @@ impl AnalyzeStage {
             source: "udo-analyze".into(),
             decision_channels: catalog.get(names::WRITES).map_or(1, |t| t.partitions),
         };
-        let producer: FutureProducer = crate::sinks::kafka::producer_config_with(kafka, |c| {
-            c.set("client.id", "udo-analyze");
-        })
-        .create()
-        .map_err(Error::kafka("create analyzer producer"))?;
+        let outputs = Outputs::new(kafka, PIPELINE, |_| {})?;
         Ok(AnalyzeStage {
             rt: Handle::current(),
             engine_cfg,
             settings,
             decoder,
             topics,
-            producer,
+            outputs,
             store,
             tasks: BTreeMap::new(),
             writes_next: HashMap::new(),
             last_checkpoint: Instant::now(),
             last_full_batch: None,
-            in_flight: Vec::new(),
-            unsent: Vec::new(),
             writes_done: Vec::new(),
             pending_writes: BTreeMap::new(),
             readiness,
@@ -216,74 +202,6 @@ impl AnalyzeStage {
         Ok(out)
     }
 
-    /// Sends outputs without waiting for acknowledgements (see `in_flight`).
-    /// On an error the records not sent are kept in `unsent`: they are
-    /// outputs of records already ingested and cannot be handed back.
-    fn send(&mut self, records: Vec<Outgoing>) -> Result<()> {
-        let mut records = records.into_iter();
-        while let Some(r) = records.next() {
-            let sent = loop {
-                match self.producer.send_result(future_record(&r)) {
-                    Ok(delivery) => break Ok(delivery),
-                    // The local queue is full: wait for what is in flight.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        if let Err(e) = self.flush() {
-                            break Err(e);
-                        }
-                    }
-                    Err((e, _)) => break Err(Error::Kafka { op: format!("produce to {}", r.topic), source: e }),
-                }
-            };
-            match sent {
-                Ok(delivery) => self.in_flight.push((r, delivery)),
-                Err(e) => {
-                    self.unsent.push(r);
-                    self.unsent.extend(records);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Resends what the broker refused before, then waits until every
-    /// output in flight is acknowledged. `Err` when some were refused again
-    /// (kept in `unsent`; the runner retries, nothing is checkpointed past
-    /// them meanwhile).
-    fn flush(&mut self) -> Result<()> {
-        if !self.unsent.is_empty() {
-            let again = std::mem::take(&mut self.unsent);
-            self.send(again)?;
-        }
-        let pending = std::mem::take(&mut self.in_flight);
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let results = self.rt.block_on(join_all(pending.into_iter().map(|(r, f)| async move { (r, f.await) })));
-        let mut delivered: BTreeMap<String, u64> = BTreeMap::new();
-        let mut error = None;
-        for (r, result) in results {
-            match result {
-                Ok(Ok(_)) => *delivered.entry(r.topic).or_default() += 1,
-                Ok(Err((e, _))) => {
-                    error = Some(Error::Kafka { op: format!("deliver to {}", r.topic), source: e });
-                    self.unsent.push(r);
-                }
-                Err(_) => {
-                    error = Some(Error::Unavailable(format!("delivery to {} was cancelled", r.topic)));
-                    self.unsent.push(r);
-                }
-            }
-        }
-        for (topic, count) in delivered {
-            RecordsProduced { pipeline: PIPELINE, topic: &topic, count }.emit();
-        }
-        match error {
-            None => Ok(()),
-            Some(e) => Err(e),
-        }
-    }
-
     fn close_tasks(&mut self, which: impl IntoIterator<Item = i32>, out: &mut Vec<Event>) {
         for p in which {
             if let Some(task) = self.tasks.get_mut(&p) {
@@ -305,7 +223,7 @@ impl AnalyzeStage {
     /// offsets they cover; first every output sent so far must be
     /// acknowledged.
     fn checkpoint(&mut self, which: &[i32]) -> Result<Offsets> {
-        self.flush()?;
+        self.outputs.flush()?;
         // Everything sent so far is acknowledged: the forwarded decisions'
         // writes offsets may be stored.
         let mut offsets: Offsets = self.pending_writes.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
@@ -354,7 +272,7 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-impl Stage for AnalyzeStage {
+impl<C: Checkpoints> Stage for AnalyzeStage<C> {
     fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {
         let tasks: BTreeSet<i32> =
             parts.iter().filter(|tp| self.topics.is_task_input(&tp.topic)).map(|tp| tp.partition).collect();
@@ -497,7 +415,7 @@ impl Stage for AnalyzeStage {
         self.close_tasks(touched, &mut events);
         let mut records = forward;
         records.extend(self.outgoing(&events)?);
-        self.send(records)?;
+        self.outputs.send(records)?;
         Ok(rejects)
     }
 
@@ -555,7 +473,7 @@ impl Stage for AnalyzeStage {
                     }
                 }
                 let records = self.outgoing(&events)?;
-                self.send(records)?;
+                self.outputs.send(records)?;
             }
         }
         let (mut degraded, mut firing, mut keys) = (0, 0, 0);
@@ -591,3 +509,6 @@ impl Stage for AnalyzeStage {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,6 +18,25 @@ pub struct Checkpoint {
     pub config: String,
 }
 
+/// Where a stateful stage keeps its checkpoints (Postgres here; in memory
+/// in the analyzer's unit tests).
+#[allow(async_fn_in_trait)] // awaited on the runner thread only (block_on)
+pub trait Checkpoints: Send + 'static {
+    async fn load(&self, tasks: &[i32]) -> Result<Vec<Checkpoint>>;
+    /// All of them, atomically.
+    async fn save(&self, checkpoints: &[Checkpoint]) -> Result<()>;
+}
+
+impl Checkpoints for CheckpointStore {
+    async fn load(&self, tasks: &[i32]) -> Result<Vec<Checkpoint>> {
+        CheckpointStore::load(self, tasks).await
+    }
+
+    async fn save(&self, checkpoints: &[Checkpoint]) -> Result<()> {
+        CheckpointStore::save(self, checkpoints).await
+    }
+}
+
 #[derive(Clone)]
 pub struct CheckpointStore {
     pool: PgPool,

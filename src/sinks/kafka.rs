@@ -1,11 +1,16 @@
-//! Kafka producers: idempotent, all acks, Java-compatible partitioning.
+//! Kafka producers: idempotent, all acks, Java-compatible partitioning;
+//! `Outputs`, the pipelines' producer of their output topics.
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
+use crate::telemetry::events::RecordsProduced;
+use futures_util::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, DeliveryResult, FutureProducer, ProducerContext, ThreadedProducer};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -93,32 +98,101 @@ pub fn future_record(r: &Outgoing) -> rdkafka::producer::FutureRecord<'_, [u8], 
     record
 }
 
-/// Sends every record and returns once the broker acknowledged all of them
-/// (the proof an effect is durable), or the first failure. A full local
-/// queue waits instead of failing.
-pub async fn produce_all(producer: &rdkafka::producer::FutureProducer, records: &[Outgoing]) -> Result<()> {
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-    let mut pending = Vec::with_capacity(records.len());
-    for r in records {
-        loop {
-            match producer.send_result(future_record(r)) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
+/// A pipeline's output producer. `send` does not wait, so consumption runs
+/// on; `flush` waits until every output sent so far is acknowledged (the
+/// proof an effect is durable, awaited before offsets move past its input).
+/// An output the broker refused is kept and resent by the next `flush`:
+/// outputs of records already processed cannot be handed back.
+pub struct Outputs {
+    pipeline: &'static str,
+    producer: FutureProducer,
+    rt: tokio::runtime::Handle,
+    in_flight: Vec<(Outgoing, DeliveryFuture)>,
+    unsent: Vec<Outgoing>,
+}
+
+impl Outputs {
+    /// Call inside a tokio runtime (`flush` blocks on it).
+    pub fn new(kafka: &KafkaConfig, pipeline: &'static str, role: impl FnOnce(&mut ClientConfig)) -> Result<Outputs> {
+        let producer: FutureProducer = producer_config_with(kafka, |c| {
+            c.set("client.id", format!("udo-{pipeline}"));
+            role(c);
+        })
+        .create()
+        .map_err(Error::kafka(format!("create the {pipeline} producer")))?;
+        Ok(Outputs {
+            pipeline,
+            producer,
+            rt: tokio::runtime::Handle::current(),
+            in_flight: Vec::new(),
+            unsent: Vec::new(),
+        })
+    }
+
+    /// Outputs sent or kept, not yet acknowledged.
+    pub fn pending(&self) -> usize {
+        self.in_flight.len() + self.unsent.len()
+    }
+
+    /// Sends without waiting for acknowledgements; a full local queue waits
+    /// for what is in flight. On an error the records not sent are kept.
+    pub fn send(&mut self, records: Vec<Outgoing>) -> Result<()> {
+        let mut records = records.into_iter();
+        while let Some(r) = records.next() {
+            let sent = loop {
+                match self.producer.send_result(future_record(&r)) {
+                    Ok(delivery) => break Ok(delivery),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        if let Err(e) = self.flush() {
+                            break Err(e);
+                        }
+                    }
+                    Err((e, _)) => break Err(Error::Kafka { op: format!("produce to {}", r.topic), source: e }),
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            };
+            match sent {
+                Ok(delivery) => self.in_flight.push((r, delivery)),
+                Err(e) => {
+                    self.unsent.push(r);
+                    self.unsent.extend(records);
+                    return Err(e);
                 }
-                Err((e, _)) => return Err(Error::Kafka { op: format!("produce to {}", r.topic), source: e }),
             }
         }
+        Ok(())
     }
-    for (delivery, r) in pending.into_iter().zip(records) {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(Error::Kafka { op: format!("deliver to {}", r.topic), source: e }),
-            Err(_) => return Err(Error::Unavailable(format!("producer dropped a delivery to {}", r.topic))),
+
+    /// Resends what the broker refused before, then waits for every output
+    /// in flight. `Err` when some were refused again (kept for the next).
+    pub fn flush(&mut self) -> Result<()> {
+        if !self.unsent.is_empty() {
+            let again = std::mem::take(&mut self.unsent);
+            self.send(again)?;
         }
+        let pending = std::mem::take(&mut self.in_flight);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let results = self.rt.block_on(join_all(pending.into_iter().map(|(r, f)| async move { (r, f.await) })));
+        let mut delivered: BTreeMap<String, u64> = BTreeMap::new();
+        let mut error = None;
+        for (r, result) in results {
+            match result {
+                Ok(Ok(_)) => *delivered.entry(r.topic).or_default() += 1,
+                Ok(Err((e, _))) => {
+                    error = Some(Error::Kafka { op: format!("deliver to {}", r.topic), source: e });
+                    self.unsent.push(r);
+                }
+                Err(_) => {
+                    error = Some(Error::Unavailable(format!("delivery to {} was cancelled", r.topic)));
+                    self.unsent.push(r);
+                }
+            }
+        }
+        for (topic, count) in delivered {
+            RecordsProduced { pipeline: self.pipeline, topic: &topic, count }.emit();
+        }
+        error.map_or(Ok(()), Err)
     }
-    Ok(())
 }
+

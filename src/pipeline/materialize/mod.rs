@@ -35,12 +35,11 @@ use crate::domain::promotion::{Attempt, PromotionConfig, StorePromotion};
 use crate::domain::{Event, Promotion, StoreRole};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
-use crate::sinks::kafka::{Outgoing, produce_all};
+use crate::sinks::kafka::{Outgoing, Outputs};
 use crate::sources::kafka::Assignor;
 use crate::telemetry::Readiness;
-use crate::telemetry::events::{ErrorCounted, PromotionEmitted, RecordsProduced, SinkSuccessRatio, SinkWrite};
+use crate::telemetry::events::{ErrorCounted, PromotionEmitted, SinkSuccessRatio, SinkWrite};
 use crate::topics::names;
-use rdkafka::producer::FutureProducer;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -102,10 +101,9 @@ pub(crate) struct Common {
     decoder: Decoder,
     promo_cfg: PromotionConfig,
     promotion: StorePromotion,
-    producer: FutureProducer,
+    /// Promotion events (sent with the batch; awaited at the next tick).
+    outputs: Outputs,
     promotions_topic: String,
-    /// Promotion events not yet acknowledged by the broker.
-    pending: Vec<Outgoing>,
     /// The current batch failed an attempt (its commit is a retry).
     retried: bool,
     /// When the current batch's first attempt started.
@@ -130,11 +128,9 @@ impl Common {
         promo_cfg: PromotionConfig,
         readiness: Readiness,
     ) -> Result<Common> {
-        let producer: FutureProducer = crate::sinks::kafka::producer_config_with(kafka, |c| {
-            c.set("client.id", format!("udo-{pipeline}")).set("linger.ms", "1");
-        })
-        .create()
-        .map_err(Error::kafka("create promotion producer"))?;
+        let outputs = Outputs::new(kafka, pipeline, |c| {
+            c.set("linger.ms", "1");
+        })?;
         Ok(Common {
             rt: Handle::current(),
             pipeline,
@@ -143,9 +139,8 @@ impl Common {
             decoder,
             promotion: StorePromotion::new(sink),
             promo_cfg,
-            producer,
+            outputs,
             promotions_topic: topics.promotions.clone(),
-            pending: Vec::new(),
             retried: false,
             started: None,
             behind: false,
@@ -218,7 +213,6 @@ impl Common {
         if first_attempt_ok {
             self.record(true, !batch.full, batch.at);
         }
-        self.flush_promotions();
     }
 
     /// An attempt failed: the first failure of a batch is the promotion
@@ -252,44 +246,31 @@ impl Common {
         PromotionEmitted { pipeline: self.pipeline, store: &p.store, to_role: p.to_role.as_str(), reason: &p.reason }
             .emit();
         let event = Event::Promotion(p);
-        match self.decoder.encode(&self.promotions_topic, &event) {
-            Ok(payload) => self.pending.push(Outgoing {
+        let sent = self.decoder.encode(&self.promotions_topic, &event).and_then(|payload| {
+            self.outputs.send(vec![Outgoing {
                 topic: self.promotions_topic.clone(),
                 key: self.sink.as_bytes().to_vec(),
                 payload,
                 headers: Vec::new(),
-            }),
-            Err(e) => ErrorCounted { pipeline: self.pipeline, step: "encode", error: &e }.emit(),
+            }])
+        });
+        if let Err(e) = sent {
+            // Kept by `outputs` (a send error) or a bug (an encode error): counted either way.
+            ErrorCounted { pipeline: self.pipeline, step: "produce", error: &e }.emit();
         }
     }
 
-    /// Produces queued promotion events; on failure they stay queued for the
-    /// next batch or tick (the store writes they describe are already durable).
-    fn flush_promotions(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        match self.rt.block_on(produce_all(&self.producer, &self.pending)) {
-            Ok(()) => {
-                let count = self.pending.len() as u64;
-                RecordsProduced { pipeline: self.pipeline, topic: &self.promotions_topic, count }.emit();
-                self.pending.clear();
-            }
-            Err(e) => ErrorCounted { pipeline: self.pipeline, step: "produce", error: &e }.emit(),
-        }
-    }
-
-    /// Time-driven work: deliver queued promotions, notice being caught up
-    /// when no batch comes, and whether `ping` says the store is reachable.
-    fn tick(&mut self, ping: impl FnOnce(&Common) -> Result<()>) {
-        self.flush_promotions();
+    /// Time-driven work: notice being caught up when no batch comes,
+    /// whether `ping` says the store is reachable, and wait for the
+    /// promotion events sent (`Err` when the broker refused one: the runner
+    /// retries the tick; the store writes they describe are durable).
+    fn tick(&mut self, ping: impl FnOnce(&Common) -> Result<()>) -> Result<()> {
         let quiet = self.last_batch.elapsed();
         if self.behind && quiet >= Duration::from_secs(1) {
             self.behind = false;
             let source = format!("udo-{}", self.pipeline);
             if let Some(p) = self.promotion.observe_lag(&self.promo_cfg, &source, 0, self.last_at) {
                 self.queue_promotion(p);
-                self.flush_promotions();
             }
         }
         if quiet >= Duration::from_secs(5) && self.last_contact.elapsed() >= Duration::from_secs(5) {
@@ -300,6 +281,7 @@ impl Common {
             }
             self.set_ready(state);
         }
+        self.outputs.flush()
     }
 }
 
@@ -471,12 +453,18 @@ impl<S: Store> Stage for MaterializeStage<S> {
                     .await
                     .map_err(|_| Error::Unavailable(format!("{}: ping timed out", c.sink)))?
             })
-        });
+        })?;
         Ok(Vec::new())
     }
 
     fn finish(&mut self) -> Offsets {
-        self.c.flush_promotions();
+        if let Err(e) = self.c.outputs.flush() {
+            // The role change is recomputed from the store's history on restart.
+            ErrorCounted { pipeline: self.c.pipeline, step: "produce", error: &e }.emit();
+        }
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! The analyzer stage on decoded events, with checkpoints in memory (no
+//! database) and librdkafka's mock cluster taking its outputs.
+
+use super::*;
+use crate::codec::{Catalog, Codec, OutputFormat};
+use crate::config::{KafkaConfig, KafkaProperties};
+use crate::domain::Limits;
+use crate::synth::{Generator, Kind as SynthKind, SynthConfig};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use std::sync::{Arc, Mutex};
+
+const PREFIX: &str = "t.";
+const T0: i64 = 1_700_000_000_000;
+
+#[derive(Clone, Default)]
+struct Memory {
+    saved: Arc<Mutex<BTreeMap<i32, Checkpoint>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Checkpoints for Memory {
+    async fn load(&self, tasks: &[i32]) -> Result<Vec<Checkpoint>> {
+        let saved = self.saved.lock().unwrap();
+        Ok(tasks.iter().filter_map(|t| saved.get(t).cloned()).collect())
+    }
+
+    async fn save(&self, checkpoints: &[Checkpoint]) -> Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Unavailable("checkpoint store down".into()));
+        }
+        let mut saved = self.saved.lock().unwrap();
+        for c in checkpoints {
+            saved.insert(c.task, c.clone());
+        }
+        Ok(())
+    }
+}
+
+struct Fixture {
+    mock: MockCluster<'static, DefaultProducerContext>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let mock = MockCluster::new(1).unwrap();
+        for t in ["windows", "alerts", "degradations", "analyze.decisions"] {
+            mock.create_topic(&format!("{PREFIX}udo.{t}.v1"), 1, 1).unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        Fixture { mock, rt }
+    }
+
+    fn stage(&self, store: Memory) -> AnalyzeStage<Memory> {
+        let _guard = self.rt.enter();
+        let limits = Limits { embedding_dim: 8, max_record_bytes: 1 << 20 };
+        let codec = Codec::new(Arc::new(Catalog::builtin()), limits, None, OutputFormat::Avro);
+        let catalog = TopicCatalog::builtin();
+        let decoder = Decoder::new(codec, &catalog, PREFIX);
+        let props: KafkaProperties = [("log_level", "3")].into_iter().collect();
+        let kafka = KafkaConfig::new(&self.mock.bootstrap_servers(), props);
+        let settings = AnalyzeSettings { checkpoint_interval: Duration::ZERO, ..AnalyzeSettings::default() };
+        let topics = AnalyzeTopics::with_prefix(PREFIX);
+        let mut stage = AnalyzeStage::new(settings, decoder, &catalog, topics.clone(), &kafka, store, Readiness::default())
+            .unwrap();
+        let parts: Vec<Tp> = topics.inputs().into_iter().map(|t| Tp::new(t, 0)).collect();
+        stage.assigned(&parts).unwrap();
+        stage
+    }
+}
+
+/// Latency samples of task 0 at `T0 + at` for each `at` (ms), offsets from `first`.
+fn latency(first: i64, at: &[i64]) -> Batch<'static> {
+    let mut g = Generator::new(SynthConfig::new(8), first as u64, T0);
+    let events = at.iter().enumerate().map(|(i, t)| (first + i as i64, g.next(SynthKind::Latency, T0 + t))).collect();
+    Batch::from_events(vec![(Tp::new("t.udo.latency.v1", 0), events)])
+}
+
+fn spread(n: i64, step: i64) -> Vec<i64> {
+    (0..n).map(|i| i * step).collect()
+}
+
+#[test]
+fn a_retried_batch_is_not_ingested_twice() {
+    let f = Fixture::new();
+    let _guard = f.rt.enter();
+    let (once, twice) = (Memory::default(), Memory::default());
+    let mut a = f.stage(once.clone());
+    let mut b = f.stage(twice.clone());
+    let first = latency(0, &spread(500, 1_000));
+    let second = latency(500, &spread(500, 1_000).iter().map(|t| t + 500_000).collect::<Vec<_>>());
+    for batch in [&first, &second] {
+        a.write(batch).unwrap();
+        a.commit(batch).unwrap();
+        // The runner retries a batch whose DLQ write or commit failed.
+        b.write(batch).unwrap();
+        b.abort();
+        b.write(batch).unwrap();
+        b.commit(batch).unwrap();
+    }
+    a.finish();
+    b.finish();
+    let (once, twice) = (once.saved.lock().unwrap(), twice.saved.lock().unwrap());
+    assert_eq!(once[&0].offsets, BTreeMap::from([("t.udo.latency.v1".to_string(), 1000)]));
+    assert_eq!(once[&0].state, twice[&0].state, "the retried run holds the same engine state");
+    assert_eq!(once[&0].offsets, twice[&0].offsets);
+}
+
+#[test]
+fn an_event_behind_the_watermark_is_a_late_reject() {
+    let f = Fixture::new();
+    let _guard = f.rt.enter();
+    let mut stage = f.stage(Memory::default());
+    let on_time = latency(0, &spread(100, 10_000)); // 0 .. 990 s
+    assert!(stage.write(&on_time).unwrap().is_empty());
+    stage.commit(&on_time).unwrap();
+    let late = latency(100, &[0]);
+    let rejects = stage.write(&late).unwrap();
+    assert_eq!(rejects.len(), 1);
+    assert_eq!((rejects[0].offset, rejects[0].reason.class.as_str()), (100, "late"));
+}
+
+#[test]
+fn a_checkpoint_covers_what_was_ingested_and_a_failed_one_is_an_error_to_retry() {
+    let f = Fixture::new();
+    let _guard = f.rt.enter();
+    let store = Memory::default();
+    let mut stage = f.stage(store.clone());
+    let b = latency(0, &spread(50, 1_000));
+    stage.write(&b).unwrap();
+    stage.commit(&b).unwrap();
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(stage.tick().is_err(), "a checkpoint the store refused is the runner's to retry");
+    assert!(store.saved.lock().unwrap().is_empty());
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let offsets = stage.tick().unwrap();
+    assert!(offsets.contains(&(Tp::new("t.udo.latency.v1", 0), 50)), "{offsets:?}");
+    assert_eq!(store.saved.lock().unwrap()[&0].offsets["t.udo.latency.v1"], 50);
+}

@@ -130,11 +130,35 @@ pub struct AnalyzeSettings {
     pub min_samples: u64,
     /// Uncertainty windows with fewer ratings are reported but not evaluated.
     pub min_ratings: u64,
-    /// How often engine state and input offsets are checkpointed.
+    /// How often engine state and input offsets are checkpointed
+    /// (at-least-once, to PostgreSQL).
     #[serde(deserialize_with = "duration")]
     pub checkpoint_interval: Duration,
+    /// `at_least_once` (default) or `exactly_once` (Kafka transactions).
+    pub processing: Processing,
+    /// Exactly-once: how often a transaction commits outputs, state and
+    /// input offsets ("100ms", as Kafka Streams).
+    #[serde(deserialize_with = "duration")]
+    pub commit_interval: Duration,
+    /// Exactly-once: this instance's stable transactional id (default
+    /// `<group>-<host name>`). Two live instances must not share one: the
+    /// newer fences the older.
+    pub transactional_id: Option<String>,
     /// Alert and degradation thresholds.
     pub thresholds: crate::domain::rules::Thresholds,
+}
+
+/// The analyzer's processing guarantee (README, "Delivery guarantees").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Processing {
+    /// Outputs since the last checkpoint are re-emitted after a crash, with
+    /// the same ids (consumers dedupe by `event_id`). Cheaper.
+    #[default]
+    AtLeastOnce,
+    /// Outputs, state (changelog topic) and input offsets commit in one
+    /// Kafka transaction: a `read_committed` consumer sees each output once.
+    ExactlyOnce,
 }
 
 impl Default for AnalyzeSettings {
@@ -147,6 +171,9 @@ impl Default for AnalyzeSettings {
             min_samples: 20,
             min_ratings: 10,
             checkpoint_interval: Duration::from_secs(2),
+            processing: Processing::AtLeastOnce,
+            commit_interval: Duration::from_millis(100),
+            transactional_id: None,
             thresholds: Default::default(),
         }
     }

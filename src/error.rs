@@ -63,6 +63,11 @@ pub enum Error {
     /// An external system did not answer in time or dropped a request.
     #[error("{0}")]
     Unavailable(String),
+    /// Exactly-once: this instance's transactional producer was fenced by a
+    /// newer one with the same transactional id (or its transaction timed
+    /// out). Not retried: the other instance carries on.
+    #[error("{0}")]
+    Fenced(String),
     /// A broken invariant: a bug in udo-stream.
     #[error("internal error (a bug in udo-stream, please report it): {0}")]
     Internal(String),
@@ -92,7 +97,7 @@ impl Error {
             Error::Kafka { .. } | Error::Io { .. } | Error::Postgres { .. } | Error::Redis { .. } => {
                 ErrorDomain::External
             }
-            Error::Unavailable(_) => ErrorDomain::External,
+            Error::Unavailable(_) | Error::Fenced(_) => ErrorDomain::External,
             Error::Registry(e) if e.is_retryable() => ErrorDomain::External,
             Error::Registry(_) => ErrorDomain::User,
             Error::Encode(_) | Error::Internal(_) => ErrorDomain::Internal,
@@ -102,7 +107,7 @@ impl Error {
     /// The retry hint (see [`Retry`]).
     pub fn retry(&self) -> Retry {
         let transient = match self {
-            Error::Config(_) | Error::Encode(_) | Error::Internal(_) => false,
+            Error::Config(_) | Error::Encode(_) | Error::Internal(_) | Error::Fenced(_) => false,
             Error::Registry(e) => e.is_retryable(),
             Error::Io { .. } | Error::Unavailable(_) => true,
             Error::Kafka { source, .. } => kafka_transient(source),
@@ -123,6 +128,7 @@ impl Error {
             Error::Postgres { .. } => "postgres",
             Error::Redis { .. } => "redis",
             Error::Unavailable(_) => "unavailable",
+            Error::Fenced(_) => "fenced",
             Error::Internal(_) => "internal",
         }
     }

@@ -18,12 +18,13 @@
 
 use super::batch::{Batch, Decoder, Offsets, Reason, Rec, Reject, Tp};
 use super::runner::Stage;
-use crate::config::AnalyzeSettings;
+use crate::config::{AnalyzeSettings, Processing};
 use crate::domain::Event;
 use crate::domain::engine::{Engine, EngineConfig, Input, Source, Stream, TaskState};
 use crate::error::{Error, Result};
+use crate::sinks::changelog::Changelog;
 use crate::sinks::checkpoints::{Checkpoint, CheckpointStore, Checkpoints};
-use crate::sinks::kafka::{Outgoing, Outputs};
+use crate::sinks::kafka::{Outgoing, Outputs, TxnProducer};
 use crate::telemetry::Readiness;
 use crate::telemetry::events::{
     AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, ErrorCounted, LateEvent, StateMachines,
@@ -32,9 +33,69 @@ use crate::telemetry::events::{
 use crate::topics::{TopicCatalog, names};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::runtime::Handle;
 
 pub const PIPELINE: &str = "analyze";
+
+/// Builds the analyzer for its processing guarantee and starts it on the
+/// runner thread: at-least-once checkpoints to PostgreSQL; exactly-once
+/// commits outputs, state (the changelog topic) and input offsets in one
+/// Kafka transaction every `commit_interval`, and needs no PostgreSQL.
+pub(crate) async fn start(
+    common: &crate::config::CommonArgs,
+    opts: &super::RunOptions,
+    group: String,
+    shutdown: crate::shutdown::Shutdown,
+    readiness: Readiness,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let topics = AnalyzeTopics::with_prefix(&common.topic_prefix);
+    let decoder = common.decoder(opts.output_format);
+    let mut settings = opts.settings.analyze.clone();
+    let mut cfg = super::runner_config(
+        PIPELINE,
+        common,
+        &opts.settings,
+        &decoder,
+        group.clone(),
+        topics.inputs(),
+        crate::sources::kafka::Assignor::Range,
+    );
+    let catalog = common.topics();
+    match settings.processing {
+        Processing::AtLeastOnce => {
+            let url = super::need(
+                &opts.database_url,
+                "--database-url / DATABASE_URL (checkpoints)",
+                super::Pipeline::Analyze,
+            )?;
+            let store = CheckpointStore::connect(url, &group).await?;
+            let outputs = Outputs::new(&common.kafka, PIPELINE, |_| {})?;
+            let stage = AnalyzeStage::new(settings, decoder, &catalog, topics, outputs, store, readiness.clone())?;
+            Ok(tokio::task::spawn_blocking(move || super::runner::run(cfg, stage, shutdown, readiness)))
+        }
+        Processing::ExactlyOnce => {
+            let id = settings.transactional_id.clone().unwrap_or_else(|| format!("{group}-{}", host_name()));
+            let producer = TxnProducer::new(&common.kafka, PIPELINE, &id)?;
+            let changelog =
+                Changelog::new(&common.kafka, common.topic(names::ANALYZE_CHANGELOG), producer.outputs(PIPELINE));
+            let outputs = producer.outputs(PIPELINE);
+            // State and offsets commit together, every commit interval.
+            settings.checkpoint_interval = settings.commit_interval;
+            cfg.txn = Some(producer);
+            let stage = AnalyzeStage::new(settings, decoder, &catalog, topics, outputs, changelog, readiness.clone())?;
+            Ok(tokio::task::spawn_blocking(move || super::runner::run(cfg, stage, shutdown, readiness)))
+        }
+    }
+}
+
+/// This machine's name (the default transactional id's suffix).
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "udo-stream".into())
+}
 
 /// Full topic names (with any prefix).
 #[derive(Debug, Clone)]
@@ -100,7 +161,6 @@ struct Task {
 }
 
 pub struct AnalyzeStage<C: Checkpoints = CheckpointStore> {
-    rt: Handle,
     engine_cfg: EngineConfig,
     settings: AnalyzeSettings,
     decoder: Decoder,
@@ -132,7 +192,7 @@ impl<C: Checkpoints> AnalyzeStage<C> {
         decoder: Decoder,
         catalog: &TopicCatalog,
         topics: AnalyzeTopics,
-        kafka: &crate::config::KafkaConfig,
+        outputs: Outputs,
         store: C,
         readiness: Readiness,
     ) -> Result<AnalyzeStage<C>> {
@@ -145,9 +205,7 @@ impl<C: Checkpoints> AnalyzeStage<C> {
             source: "udo-analyze".into(),
             decision_channels: catalog.get(names::WRITES).map_or(1, |t| t.partitions),
         };
-        let outputs = Outputs::new(kafka, PIPELINE, |_| {})?;
         Ok(AnalyzeStage {
-            rt: Handle::current(),
             engine_cfg,
             settings,
             decoder,
@@ -193,6 +251,7 @@ impl<C: Checkpoints> AnalyzeStage<C> {
             };
             let payload = self.decoder.encode(topic, e)?;
             out.push(Outgoing {
+                partition: None,
                 topic: topic.clone(),
                 key: e.partition_key().as_bytes().to_vec(),
                 payload,
@@ -239,8 +298,8 @@ impl<C: Checkpoints> AnalyzeStage<C> {
         }
         if !cps.is_empty() {
             let started = Instant::now();
-            let saved = self.rt.block_on(self.store.save(&cps));
-            self.readiness.set("analyze.postgres", saved.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let saved = self.store.save(&cps);
+            self.readiness.set("analyze.checkpoints", saved.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             saved?;
             let bytes = cps.iter().map(|c| c.state.len()).sum();
             CheckpointWritten { tasks: cps.len(), bytes, elapsed: started.elapsed() }.emit();
@@ -277,8 +336,8 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
         let tasks: BTreeSet<i32> =
             parts.iter().filter(|tp| self.topics.is_task_input(&tp.topic)).map(|tp| tp.partition).collect();
         let wanted: Vec<i32> = tasks.iter().copied().filter(|p| !self.tasks.contains_key(p)).collect();
-        let loaded = self.rt.block_on(self.store.load(&wanted))?;
-        self.readiness.set("analyze.postgres", Ok(()));
+        let loaded = self.store.load(&wanted)?;
+        self.readiness.set("analyze.checkpoints", Ok(()));
         let mut by_task: HashMap<i32, Checkpoint> = loaded.into_iter().map(|c| (c.task, c)).collect();
         let tag = self.config_tag();
         for p in wanted {
@@ -347,6 +406,31 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
         offsets
     }
 
+    fn lost(&mut self, parts: &[Tp]) {
+        // Another member owns these now: checkpointing them could overwrite
+        // its newer state. Drop them; their work since the last checkpoint
+        // is redone by the new owner.
+        let tasks: BTreeSet<i32> =
+            parts.iter().filter(|tp| self.topics.is_task_input(&tp.topic)).map(|tp| tp.partition).collect();
+        self.tasks.retain(|p, _| !tasks.contains(p));
+        for tp in parts {
+            self.writes_next.remove(tp);
+            self.pending_writes.remove(tp);
+        }
+    }
+
+    fn rewind(&mut self, parts: &[Tp]) -> Result<Offsets> {
+        // The transaction holding everything since the last commit was
+        // aborted: drop that state and restore the committed one.
+        self.tasks.clear();
+        self.writes_next.clear();
+        self.pending_writes.clear();
+        self.writes_done.clear();
+        self.outputs.clear();
+        self.store.clear();
+        self.assigned(parts)
+    }
+
     fn write(&mut self, batch: &Batch<'_>) -> Result<Vec<Reject>> {
         let mut rejects = Vec::new();
         let mut forward: Vec<Outgoing> = Vec::new();
@@ -363,6 +447,7 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                 for rec in part.records.iter().filter(|r| r.offset >= from) {
                     if let Event::DecisionLog(d) = &rec.event {
                         forward.push(Outgoing {
+                            partition: None,
                             topic: self.topics.decisions.clone(),
                             key: d.component.clone().into_bytes(),
                             payload: rec.payload().to_vec(),

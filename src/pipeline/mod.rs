@@ -10,12 +10,12 @@ pub mod materialize;
 pub mod replay;
 pub mod retry;
 pub mod runner;
+pub mod transaction;
 
 use crate::codec::OutputFormat;
 use crate::config::{CommonArgs, SecretUrl, Settings};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
-use crate::sinks::checkpoints::CheckpointStore;
 use crate::sources::kafka::Assignor;
 use crate::telemetry::Readiness;
 use crate::topics::names;
@@ -85,6 +85,7 @@ pub(crate) fn runner_config(
         batch_size: s.batch_size,
         linger: s.linger,
         retry: RetryPolicy::new(s.retry_min_delay, s.retry_max_delay),
+        txn: None,
     }
 }
 
@@ -95,30 +96,8 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
         let group = p.group(&common);
         match p {
             Pipeline::Analyze => {
-                let url = need(&opts.database_url, "--database-url / DATABASE_URL (checkpoints)", p)?;
-                let store = CheckpointStore::connect(url, &group).await?;
-                let topics = analyze::AnalyzeTopics::with_prefix(&common.topic_prefix);
-                let decoder = common.decoder(opts.output_format);
-                let cfg = runner_config(
-                    analyze::PIPELINE,
-                    &common,
-                    &opts.settings,
-                    &decoder,
-                    group,
-                    topics.inputs(),
-                    Assignor::Range,
-                );
-                let stage = analyze::AnalyzeStage::new(
-                    opts.settings.analyze.clone(),
-                    decoder,
-                    &common.topics(),
-                    topics,
-                    &common.kafka,
-                    store,
-                    readiness.clone(),
-                )?;
-                let (sd, rd) = (shutdown.clone(), readiness.clone());
-                handles.push((p, tokio::task::spawn_blocking(move || runner::run(cfg, stage, sd, rd))));
+                let handle = analyze::start(&common, &opts, group, shutdown.clone(), readiness.clone()).await?;
+                handles.push((p, handle));
             }
             Pipeline::MaterializePostgres | Pipeline::MaterializeRedis => {
                 let job = materialize::prepare(p, &common, &opts, group, readiness.clone()).await?;

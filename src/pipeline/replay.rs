@@ -19,6 +19,7 @@ use crate::pipeline::batch::{Batch, Decoder, Part, Raw, Tp};
 use crate::pipeline::materialize::Store;
 use crate::pipeline::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
+use crate::sources::kafka::EofExpected;
 use crate::sinks::postgres::PgSink;
 use crate::sinks::redis::RedisSink;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -77,7 +78,7 @@ const MAX_ATTEMPTS: u32 = 10;
 /// How long the broker may take to answer a metadata or offsets lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
+fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer<EofExpected>> {
     kafka
         .client(|c| {
             crate::sources::kafka::fetch_defaults(c);
@@ -89,7 +90,7 @@ fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer> {
                 .set("enable.partition.eof", "true")
                 .set("client.id", "udo-replay");
         })
-        .create()
+        .create_with_context(EofExpected)
         .map_err(Error::kafka("create the replay consumer"))
 }
 
@@ -101,7 +102,7 @@ fn transient(e: &KafkaError) -> bool {
 /// The first offset of each partition stamped at or after `at_ms`, from the
 /// broker's time index (ListOffsets by timestamp); a partition with no such
 /// record maps to `None` (its end).
-fn offsets_at(c: &BaseConsumer, topic: &str, parts: &[i32], at_ms: i64) -> Result<BTreeMap<i32, Option<i64>>> {
+fn offsets_at(c: &BaseConsumer<EofExpected>, topic: &str, parts: &[i32], at_ms: i64) -> Result<BTreeMap<i32, Option<i64>>> {
     let mut tpl = TopicPartitionList::new();
     for p in parts {
         tpl.add_partition_offset(topic, *p, Offset::Offset(at_ms))
@@ -128,7 +129,7 @@ fn offsets_at(c: &BaseConsumer, topic: &str, parts: &[i32], at_ms: i64) -> Resul
 /// Each partition's offset range `[start, end)` for the configured times:
 /// start at the first record stamped at or after `from`, end before the
 /// first stamped at or after `to` (or at the end of the log as it is now).
-fn ranges(c: &BaseConsumer, cfg: &ReplayConfig) -> Result<BTreeMap<Tp, (i64, i64)>> {
+fn ranges(c: &BaseConsumer<EofExpected>, cfg: &ReplayConfig) -> Result<BTreeMap<Tp, (i64, i64)>> {
     let mut out = BTreeMap::new();
     for topic in &cfg.topics {
         let md = c.fetch_metadata(Some(topic), LOOKUP_TIMEOUT).map_err(Error::kafka(format!("metadata of {topic}")))?;
@@ -224,7 +225,7 @@ pub fn replay(rt: &Handle, cfg: &ReplayConfig, shutdown: &Shutdown) -> Result<Re
 
 /// Up to `max` records of open partitions, in fetch order; a partition
 /// closes when its range end (or its end of log) is reached.
-fn next_batch(c: &BaseConsumer, open: &mut HashMap<Tp, i64>, max: usize) -> Result<Vec<OwnedMessage>> {
+fn next_batch(c: &BaseConsumer<EofExpected>, open: &mut HashMap<Tp, i64>, max: usize) -> Result<Vec<OwnedMessage>> {
     let mut batch = Vec::new();
     let deadline = Instant::now() + Duration::from_millis(200);
     while batch.len() < max && !open.is_empty() && Instant::now() < deadline {
@@ -264,7 +265,7 @@ fn take(m: &BorrowedMessage<'_>, open: &mut HashMap<Tp, i64>, batch: &mut Vec<Ow
     }
 }
 
-fn position(c: &BaseConsumer, tp: &Tp) -> Option<i64> {
+fn position(c: &BaseConsumer<EofExpected>, tp: &Tp) -> Option<i64> {
     let pos = c.position().ok()?;
     match pos.find_partition(&tp.topic, tp.partition)?.offset() {
         Offset::Offset(o) => Some(o),

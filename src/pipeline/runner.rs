@@ -28,14 +28,16 @@
 use super::batch::{Batch, Decoder, Reject};
 pub use super::batch::{Offsets, Tp};
 use super::retry::{RetryPolicy, Retrying};
+use super::transaction::{Outcome, Txn};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::sinks::dlq::Dlq;
+use crate::sinks::kafka::TxnProducer;
 use crate::sources::kafka::{Assignor, describe, group_config_with};
 use crate::sources::record::Raw;
 use crate::telemetry::Readiness;
 use crate::telemetry::events::{
-    ConsumerLag, ErrorCounted, PartitionsChanged, RecordsConsumed, SinkRecovered, SinkRetry,
+    ConsumerLag, ErrorCounted, PartitionsChanged, RecordsConsumed, SinkRecovered, SinkRetry, TransactionCommitted,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -76,6 +78,17 @@ pub trait Stage: Send + 'static {
     fn finish(&mut self) -> Offsets {
         Vec::new()
     }
+    /// Partitions taken away without a chance to flush (the member was
+    /// evicted): drop their state, another member owns them now.
+    fn lost(&mut self, parts: &[Tp]) {
+        let _ = self.revoked(parts);
+    }
+    /// Exactly-once: the transaction was aborted, so everything since the
+    /// last commit is gone; drop that state and return where each partition
+    /// resumes (as `assigned`).
+    fn rewind(&mut self, parts: &[Tp]) -> Result<Offsets> {
+        self.assigned(parts)
+    }
 }
 
 #[derive(Clone)]
@@ -91,6 +104,9 @@ pub struct RunnerConfig {
     pub batch_size: usize,
     pub linger: Duration,
     pub retry: RetryPolicy,
+    /// Exactly-once: the member's transactional producer (the stage's
+    /// outputs and the DLQ go through it; offsets commit with it).
+    pub txn: Option<TxnProducer>,
 }
 
 /// What the rebalance callback and the loop share: the partitions assigned
@@ -102,10 +118,16 @@ struct Assigned {
     generation: u64,
     /// A `Stop` error from loading resume positions: the pipeline ends.
     fatal: Option<Error>,
+    /// Exactly-once: offsets the next transaction commits.
+    txn_offsets: BTreeMap<Tp, i64>,
+    /// Exactly-once: a transaction aborted in the rebalance callback; the
+    /// loop rewinds the partitions still assigned.
+    rewind: bool,
 }
 
 struct RunnerContext<S: Stage> {
     cfg: RunnerConfig,
+    txn: Option<Arc<Txn>>,
     stage: Arc<Mutex<S>>,
     assigned: Arc<Mutex<Assigned>>,
     shutdown: Shutdown,
@@ -206,15 +228,40 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let parts = parts_of(tpl);
-                let offsets = self.stage.lock().expect("stage lock").revoked(&parts);
-                {
+                let lost = consumer.assignment_lost();
+                let offsets = if lost {
+                    self.stage.lock().expect("stage lock").lost(&parts);
+                    Vec::new()
+                } else {
+                    self.stage.lock().expect("stage lock").revoked(&parts)
+                };
+                let pending = {
                     let mut a = self.assigned.lock().expect("assigned lock");
                     for tp in &parts {
                         a.positions.remove(tp);
                     }
                     a.generation += 1;
-                }
-                if !offsets.is_empty() {
+                    a.txn_offsets.extend(offsets.iter().cloned());
+                    std::mem::take(&mut a.txn_offsets)
+                };
+                if let Some(txn) = &self.txn {
+                    // Commit what the partitions owe before they go (abort
+                    // when they are already someone else's).
+                    let pending: Offsets = pending.into_iter().collect();
+                    let outcome = if lost {
+                        txn.abort().map(|()| Outcome::Aborted)
+                    } else {
+                        txn.commit(consumer, &pending, false)
+                    };
+                    match outcome {
+                        Ok(Outcome::Committed) => {}
+                        Ok(Outcome::Aborted) => self.assigned.lock().expect("assigned lock").rewind = true,
+                        Err(e) => {
+                            ErrorCounted { pipeline, step: "commit", error: &e }.emit();
+                            self.assigned.lock().expect("assigned lock").fatal = Some(e);
+                        }
+                    }
+                } else if !offsets.is_empty() {
                     // Commit now: the next owner starts from these.
                     let commit = tpl_of(&offsets);
                     if let Err(e) = consumer.store_offsets(&commit) {
@@ -264,6 +311,7 @@ struct Runner<'c, S: Stage> {
     readiness: &'c Readiness,
     /// Paused assignment and the failing step, while a retry waits.
     paused: Option<(TopicPartitionList, Retrying)>,
+    txn: Option<Arc<Txn>>,
 }
 
 impl<'c, S: Stage> Runner<'c, S> {
@@ -279,6 +327,11 @@ impl<'c, S: Stage> Runner<'c, S> {
 
     fn store(&self, offsets: &Offsets) {
         if offsets.is_empty() {
+            return;
+        }
+        if self.txn.is_some() {
+            // Exactly-once: committed with the next transaction.
+            self.assigned.lock().expect("assigned lock").txn_offsets.extend(offsets.iter().cloned());
             return;
         }
         if let Err(e) = self.consumer.store_offsets(&tpl_of(offsets)) {
@@ -324,6 +377,9 @@ impl<'c, S: Stage> Runner<'c, S> {
         }
         let retrying = &mut self.paused.as_mut().expect("paused").1;
         let Some(delay) = retrying.next_delay(&e) else {
+            // A send that failed because the transactional producer is
+            // fenced says only "Fatal": stop with the reason instead.
+            let e = self.txn.as_ref().and_then(|t| t.fatal_error()).unwrap_or(e);
             tracing::error!(pipeline, step, "stopping: retrying cannot help: {e}");
             return Err(e);
         };
@@ -456,13 +512,17 @@ impl<'c, S: Stage> Runner<'c, S> {
         }
     }
 
-    /// The stage's tick, retried like a batch.
+    /// The stage's tick, retried like a batch. Exactly-once: a tick that
+    /// checkpointed (returned offsets) commits the transaction.
     fn tick(&mut self, held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
         loop {
             let ticked = self.stage.lock().expect("stage lock").tick();
             match ticked {
                 Ok(offsets) => {
                     self.store(&offsets);
+                    if !offsets.is_empty() {
+                        self.commit_transaction(held, false)?;
+                    }
                     self.recovered();
                     return Ok(Flow::Done(()));
                 }
@@ -476,6 +536,72 @@ impl<'c, S: Stage> Runner<'c, S> {
     }
 }
 
+impl<'c, S: Stage> Runner<'c, S> {
+    /// Exactly-once: commits the open transaction with the offsets gathered
+    /// since the last one; on an abort, rewinds.
+    fn commit_transaction(&mut self, held: &mut Vec<Record<'c>>, last: bool) -> Result<()> {
+        let Some(txn) = self.txn.clone() else { return Ok(()) };
+        let offsets: Offsets =
+            std::mem::take(&mut self.assigned.lock().expect("assigned lock").txn_offsets).into_iter().collect();
+        let started = Instant::now();
+        match txn.commit(self.consumer, &offsets, last) {
+            Ok(Outcome::Committed) => {
+                TransactionCommitted { pipeline: self.cfg.pipeline, elapsed: started.elapsed() }.emit();
+                Ok(())
+            }
+            Ok(Outcome::Aborted) if last => Ok(()),
+            Ok(Outcome::Aborted) => self.rewind(held),
+            Err(e) => {
+                let e = txn.fatal_error().unwrap_or(e);
+                ErrorCounted { pipeline: self.cfg.pipeline, step: "commit", error: &e }.emit();
+                Err(e)
+            }
+        }
+    }
+
+    /// Exactly-once, after an abort: the stage restores its committed state
+    /// and every assigned partition goes back to where it resumes.
+    fn rewind(&mut self, held: &mut Vec<Record<'c>>) -> Result<()> {
+        let pipeline = self.cfg.pipeline;
+        held.clear();
+        self.assigned.lock().expect("assigned lock").rewind = false;
+        let parts = parts_of(&self.consumer.assignment().map_err(Error::kafka("read the assignment"))?);
+        let mut retrying = self.cfg.retry.start();
+        let resume: HashMap<Tp, i64> = loop {
+            let result = self.stage.lock().expect("stage lock").rewind(&parts);
+            match result {
+                Ok(offsets) => break offsets.into_iter().collect(),
+                Err(e) => {
+                    ErrorCounted { pipeline, step: "rewind", error: &e }.emit();
+                    let Some(delay) = retrying.next_delay(&e) else { return Err(e) };
+                    std::thread::sleep(delay);
+                }
+            }
+        };
+        let committed =
+            self.consumer.committed(Duration::from_secs(30)).map_err(Error::kafka("read the committed offsets"))?;
+        let mut a = self.assigned.lock().expect("assigned lock");
+        for tp in &parts {
+            let at = resume.get(tp).copied().or_else(|| {
+                match committed.find_partition(&tp.topic, tp.partition).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                }
+            });
+            let offset = at.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = self.consumer.seek(&tp.topic, tp.partition, offset, Duration::from_secs(10)) {
+                let e = Error::kafka(format!("rewind {tp}"))(e);
+                ErrorCounted { pipeline, step: "rewind", error: &e }.emit();
+                return Err(e);
+            }
+            a.positions.insert(tp.clone(), at.unwrap_or(i64::MIN));
+        }
+        a.generation += 1;
+        tracing::info!(pipeline, partitions = parts.len(), "rewound to the last committed transaction");
+        Ok(())
+    }
+}
+
 /// Runs `stage` until shutdown, or until an error retrying cannot fix.
 /// Blocking: call from a dedicated thread (e.g. `spawn_blocking`) inside a
 /// tokio runtime.
@@ -485,16 +611,26 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
     readiness.set(&format!("{pipeline}.sinks"), Ok(()));
     let stage = Arc::new(Mutex::new(stage));
     let assigned = Arc::new(Mutex::new(Assigned::default()));
+    let txn = cfg.txn.clone().map(|p| Arc::new(Txn::new(pipeline, p)));
+    if let Some(t) = &txn {
+        t.init()?;
+        tracing::info!(pipeline, transactional_id = t.id(), "exactly-once: transactions initialized");
+    }
     let ctx = RunnerContext {
         cfg: cfg.clone(),
+        txn: txn.clone(),
         stage: stage.clone(),
         assigned: assigned.clone(),
         shutdown: shutdown.clone(),
         readiness: readiness.clone(),
     };
-    let consumer: BaseConsumer<RunnerContext<S>> = group_config_with(&cfg.kafka, &cfg.group, cfg.assignor)
-        .create_with_context(ctx)
-        .map_err(Error::kafka(format!("create consumer for group {}", cfg.group)))?;
+    let mut client = group_config_with(&cfg.kafka, &cfg.group, cfg.assignor);
+    if txn.is_some() {
+        // Offsets commit with the transactions, never on their own.
+        client.set("enable.auto.commit", "false");
+    }
+    let consumer: BaseConsumer<RunnerContext<S>> =
+        client.create_with_context(ctx).map_err(Error::kafka(format!("create consumer for group {}", cfg.group)))?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(Error::kafka(format!("subscribe to {topics:?}")))?;
     tracing::info!(pipeline, group = %cfg.group, topics = ?cfg.topics, "consuming");
@@ -503,17 +639,25 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
         consumer: &consumer,
         stage: &stage,
         assigned: &assigned,
-        dlq: Dlq::new(&cfg.kafka, cfg.dlq_topic.clone(), pipeline)?,
+        dlq: match &cfg.txn {
+            Some(t) => Dlq::on(t.producer.clone(), cfg.dlq_topic.clone(), pipeline),
+            None => Dlq::new(&cfg.kafka, cfg.dlq_topic.clone(), pipeline)?,
+        },
         rt: tokio::runtime::Handle::current(),
         shutdown: &shutdown,
         readiness: &readiness,
         paused: None,
+        txn,
     };
-    let result = consume(&mut runner);
+    let mut result = consume(&mut runner);
     tracing::info!(pipeline, "stopping: finishing in-flight work");
     let offsets = stage.lock().expect("stage lock").finish();
     runner.store(&offsets);
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    if runner.txn.is_some() {
+        if result.is_ok() {
+            result = runner.commit_transaction(&mut Vec::new(), true);
+        }
+    } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(pipeline, "final commit: {e}");
     }
     consumer.unsubscribe();
@@ -531,8 +675,15 @@ fn consume<S: Stage>(runner: &mut Runner<'_, S>) -> Result<()> {
     let mut batch: Vec<Record<'_>> = Vec::with_capacity(runner.cfg.batch_size);
     let mut held: Vec<Record<'_>> = Vec::new();
     while !runner.shutdown.requested() {
-        if let Some(e) = runner.assigned.lock().expect("assigned lock").fatal.take() {
+        let (fatal, rewind) = {
+            let mut a = runner.assigned.lock().expect("assigned lock");
+            (a.fatal.take(), a.rewind)
+        };
+        if let Some(e) = fatal {
             return Err(e);
+        }
+        if rewind {
+            runner.rewind(&mut held)?;
         }
         batch.clear();
         runner.poll_batch(&mut batch, &mut held);

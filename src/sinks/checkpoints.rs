@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// One task's checkpoint.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub task: i32,
     pub state: Vec<u8>,
@@ -18,22 +18,30 @@ pub struct Checkpoint {
     pub config: String,
 }
 
-/// Where a stateful stage keeps its checkpoints (Postgres here; in memory
-/// in the analyzer's unit tests).
-#[allow(async_fn_in_trait)] // awaited on the runner thread only (block_on)
+/// Where a stateful stage keeps its checkpoints: PostgreSQL (at-least-once),
+/// the changelog topic inside the transaction (exactly-once,
+/// `sinks::changelog`), memory (unit tests). Called on the runner thread,
+/// which blocks on IO.
 pub trait Checkpoints: Send + 'static {
-    async fn load(&self, tasks: &[i32]) -> Result<Vec<Checkpoint>>;
-    /// All of them, atomically.
-    async fn save(&self, checkpoints: &[Checkpoint]) -> Result<()>;
+    fn load(&mut self, tasks: &[i32]) -> Result<Vec<Checkpoint>>;
+    /// All of them, atomically (or in the open transaction).
+    fn save(&mut self, checkpoints: &[Checkpoint]) -> Result<()>;
+    /// Whether `save` makes the offsets durable by itself (PostgreSQL), or
+    /// the caller's transaction commit does (the changelog).
+    fn transactional(&self) -> bool {
+        false
+    }
+    /// The open transaction was aborted: forget what `save` sent into it.
+    fn clear(&mut self) {}
 }
 
 impl Checkpoints for CheckpointStore {
-    async fn load(&self, tasks: &[i32]) -> Result<Vec<Checkpoint>> {
-        CheckpointStore::load(self, tasks).await
+    fn load(&mut self, tasks: &[i32]) -> Result<Vec<Checkpoint>> {
+        tokio::runtime::Handle::current().block_on(CheckpointStore::load(self, tasks))
     }
 
-    async fn save(&self, checkpoints: &[Checkpoint]) -> Result<()> {
-        CheckpointStore::save(self, checkpoints).await
+    fn save(&mut self, checkpoints: &[Checkpoint]) -> Result<()> {
+        tokio::runtime::Handle::current().block_on(CheckpointStore::save(self, checkpoints))
     }
 }
 

@@ -95,6 +95,12 @@ impl Dlq {
         Ok(Dlq { producer, topic, pipeline })
     }
 
+    /// Dead letters through an existing producer (exactly-once: the
+    /// transactional one, so a dead letter commits or aborts with its batch).
+    pub fn on(producer: FutureProducer, topic: String, pipeline: &'static str) -> Dlq {
+        Dlq { producer, topic, pipeline }
+    }
+
     pub fn topic(&self) -> &str {
         &self.topic
     }

@@ -79,6 +79,8 @@ pub fn counting_producer(kafka: &KafkaConfig) -> Result<ThreadedProducer<Deliver
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub topic: String,
+    /// `None`: by key (murmur2, as a Java client would place it).
+    pub partition: Option<i32>,
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -88,6 +90,9 @@ pub struct Outgoing {
 pub fn future_record(r: &Outgoing) -> rdkafka::producer::FutureRecord<'_, [u8], [u8]> {
     use rdkafka::message::{Header, OwnedHeaders};
     let mut record = rdkafka::producer::FutureRecord::to(&r.topic).key(r.key.as_slice()).payload(r.payload.as_slice());
+    if let Some(p) = r.partition {
+        record = record.partition(p);
+    }
     if !r.headers.is_empty() {
         let mut hs = OwnedHeaders::new_with_capacity(r.headers.len());
         for (k, v) in &r.headers {
@@ -120,13 +125,18 @@ impl Outputs {
         })
         .create()
         .map_err(Error::kafka(format!("create the {pipeline} producer")))?;
-        Ok(Outputs {
-            pipeline,
-            producer,
-            rt: tokio::runtime::Handle::current(),
-            in_flight: Vec::new(),
-            unsent: Vec::new(),
-        })
+        Ok(Outputs::on(producer, pipeline))
+    }
+
+    /// Outputs through an existing producer (the transactional one).
+    pub fn on(producer: FutureProducer, pipeline: &'static str) -> Outputs {
+        Outputs { pipeline, producer, rt: tokio::runtime::Handle::current(), in_flight: Vec::new(), unsent: Vec::new() }
+    }
+
+    /// Forgets every output not yet acknowledged (their transaction was aborted).
+    pub fn clear(&mut self) {
+        self.in_flight.clear();
+        self.unsent.clear();
     }
 
     /// Outputs sent or kept, not yet acknowledged.
@@ -196,3 +206,34 @@ impl Outputs {
     }
 }
 
+
+/// Exactly-once: one transactional producer per member (KIP-447: fenced by
+/// the consumer group's generation, so its id only has to be stable per
+/// instance). The stage's outputs, its changelog and the DLQ all go through
+/// it, so they commit or abort together with the input offsets.
+#[derive(Clone)]
+pub struct TxnProducer {
+    pub producer: FutureProducer,
+    pub id: String,
+}
+
+impl TxnProducer {
+    pub fn new(kafka: &KafkaConfig, pipeline: &'static str, id: &str) -> Result<TxnProducer> {
+        let producer: FutureProducer = producer_config_with(kafka, |c| {
+            c.set("client.id", format!("udo-{pipeline}"))
+                .set("transactional.id", id)
+                // A transaction left open by a crashed member is aborted by
+                // the broker after this long (or at once by its successor's
+                // init with the same id).
+                .set("transaction.timeout.ms", "60000")
+                .set("linger.ms", "5");
+        })
+        .create()
+        .map_err(Error::kafka(format!("create the transactional producer {id}")))?;
+        Ok(TxnProducer { producer, id: id.to_string() })
+    }
+
+    pub fn outputs(&self, pipeline: &'static str) -> Outputs {
+        Outputs::on(self.producer.clone(), pipeline)
+    }
+}

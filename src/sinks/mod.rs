@@ -1,5 +1,7 @@
-//! Where records go: Kafka producers (and, later, the stores).
+//! Where records go: Kafka producers (outputs, the DLQ, the analyzer's
+//! changelog), PostgreSQL, Redis and the analyzer's checkpoints.
 
+pub mod changelog;
 pub mod checkpoints;
 pub mod dlq;
 pub mod kafka;

@@ -23,6 +23,21 @@ impl ConsumerContext for GroupContext {
     }
 }
 
+/// Context of the assigned consumers that ask for end-of-partition events
+/// (`replay`, the analyzer's changelog restore): librdkafka also reports
+/// each one through the error callback, which would log it as an error.
+pub struct EofExpected;
+
+impl ClientContext for EofExpected {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for EofExpected {}
+
 /// `topic[0,1,2]` style summary of a partition list.
 pub fn describe(tpl: &TopicPartitionList) -> String {
     let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
@@ -65,6 +80,9 @@ pub fn group_config_with(kafka: &KafkaConfig, group: &str, assignor: Assignor) -
 /// by `queued.max.messages.kbytes` (64 MiB).
 pub fn fetch_defaults(c: &mut rdkafka::ClientConfig) {
     c.set("queued.min.messages", "1000000").set("fetch.queue.backoff.ms", "10");
+    // Never see an aborted output of the exactly-once analyzer (librdkafka's
+    // default too; set here so no override can drop it: it is protected).
+    c.set("isolation.level", "read_committed");
 }
 
 fn group_defaults(c: &mut rdkafka::ClientConfig, group: &str, assignor: Assignor) {

@@ -326,3 +326,16 @@ impl PromotionEmitted<'_> {
         .increment(1);
     }
 }
+
+/// Exactly-once: a transaction (outputs, state, input offsets) committed.
+pub struct TransactionCommitted {
+    pub pipeline: &'static str,
+    pub elapsed: Duration,
+}
+
+impl TransactionCommitted {
+    pub fn emit(&self) {
+        counter!("udo_transactions_committed_total", "pipeline" => self.pipeline).increment(1);
+        histogram!("udo_transaction_commit_seconds", "pipeline" => self.pipeline).record(self.elapsed.as_secs_f64());
+    }
+}

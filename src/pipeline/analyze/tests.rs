@@ -20,12 +20,12 @@ struct Memory {
 }
 
 impl Checkpoints for Memory {
-    async fn load(&self, tasks: &[i32]) -> Result<Vec<Checkpoint>> {
+    fn load(&mut self, tasks: &[i32]) -> Result<Vec<Checkpoint>> {
         let saved = self.saved.lock().unwrap();
         Ok(tasks.iter().filter_map(|t| saved.get(t).cloned()).collect())
     }
 
-    async fn save(&self, checkpoints: &[Checkpoint]) -> Result<()> {
+    fn save(&mut self, checkpoints: &[Checkpoint]) -> Result<()> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Unavailable("checkpoint store down".into()));
         }
@@ -62,8 +62,10 @@ impl Fixture {
         let kafka = KafkaConfig::new(&self.mock.bootstrap_servers(), props);
         let settings = AnalyzeSettings { checkpoint_interval: Duration::ZERO, ..AnalyzeSettings::default() };
         let topics = AnalyzeTopics::with_prefix(PREFIX);
-        let mut stage = AnalyzeStage::new(settings, decoder, &catalog, topics.clone(), &kafka, store, Readiness::default())
-            .unwrap();
+        let outputs = Outputs::new(&kafka, PIPELINE, |_| {}).unwrap();
+        let mut stage =
+            AnalyzeStage::new(settings, decoder, &catalog, topics.clone(), outputs, store, Readiness::default())
+                .unwrap();
         let parts: Vec<Tp> = topics.inputs().into_iter().map(|t| Tp::new(t, 0)).collect();
         stage.assigned(&parts).unwrap();
         stage

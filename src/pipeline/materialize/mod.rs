@@ -248,6 +248,7 @@ impl Common {
         let event = Event::Promotion(p);
         let sent = self.decoder.encode(&self.promotions_topic, &event).and_then(|payload| {
             self.outputs.send(vec![Outgoing {
+                partition: None,
                 topic: self.promotions_topic.clone(),
                 key: self.sink.as_bytes().to_vec(),
                 payload,

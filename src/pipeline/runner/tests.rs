@@ -205,6 +205,7 @@ impl Running {
             batch_size: 50,
             linger: Duration::from_millis(20),
             retry: RetryPolicy::new(Duration::from_millis(50), Duration::from_millis(400)),
+            txn: None,
         };
         let (shutdown, trigger) = Shutdown::manual();
         let handle = std::thread::spawn(move || {

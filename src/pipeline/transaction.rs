@@ -1,0 +1,161 @@
+//! Exactly-once: the runner's transactional commit (Kafka Streams'
+//! `exactly_once_v2`, KIP-447). One transaction holds a commit interval's
+//! outputs, dead letters and changelog records (all produced through the
+//! member's transactional producer) and the input offsets they cover
+//! (`send_offsets_to_transaction` with the consumer's group metadata, so a
+//! member of an older generation, a zombie, is fenced by the coordinator).
+//!
+//! librdkafka's error classes are handled as its `examples/transactions.c`
+//! does: a retriable error repeats the step that failed; one that requires
+//! an abort aborts the transaction, and the caller rewinds its consumer and
+//! state to the last commit; a fatal one (a producer fenced by a newer
+//! instance with the same transactional id) ends the pipeline.
+
+use super::batch::Offsets;
+use crate::error::{Error, Result};
+use crate::sinks::kafka::TxnProducer;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+static COMMITS: AtomicU64 = AtomicU64::new(0);
+static COMMIT_NANOS: AtomicU64 = AtomicU64::new(0);
+static COMMIT_MAX_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Commits so far in this process, their total and longest duration (what
+/// `bench analyze` reports as the latency exactly-once adds).
+pub fn commit_stats() -> (u64, Duration, Duration) {
+    (
+        COMMITS.load(Ordering::Relaxed),
+        Duration::from_nanos(COMMIT_NANOS.load(Ordering::Relaxed)),
+        Duration::from_nanos(COMMIT_MAX_NANOS.load(Ordering::Relaxed)),
+    )
+}
+/// Retriable errors (a coordinator moving, concurrent transactions) repeat
+/// the step this many times before the commit counts as failed.
+const RETRIES: u32 = 20;
+
+/// What became of the open transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    /// Aborted: everything since the last commit is gone; rewind.
+    Aborted,
+}
+
+pub struct Txn {
+    pipeline: &'static str,
+    producer: TxnProducer,
+}
+
+fn failed(op: &str, id: &str, e: KafkaError) -> Error {
+    if matches!(&e, KafkaError::Transaction(t) if t.is_fatal()) {
+        return fenced(id, &e.to_string());
+    }
+    Error::kafka(format!("{op} (transactional id {id})"))(e)
+}
+
+fn fenced(id: &str, why: &str) -> Error {
+    Error::Fenced(format!(
+        "exactly-once: this instance was fenced ({why}): another instance runs with transactional id {id:?} \
+         (analyze.transactional_id), or a transaction outlived transaction.timeout.ms; this instance stops, \
+         the other carries on"
+    ))
+}
+
+impl Txn {
+    pub fn new(pipeline: &'static str, producer: TxnProducer) -> Txn {
+        Txn { pipeline, producer }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.producer.id
+    }
+
+    /// The producer's fatal error, if it has one (after which every send
+    /// fails with a bare "Fatal"): the error to stop with.
+    pub fn fatal_error(&self) -> Option<Error> {
+        use rdkafka::producer::Producer;
+        let (_, why) = self.producer.producer.client().fatal_error()?;
+        Some(fenced(self.id(), &why))
+    }
+
+    /// Registers the transactional id (aborting whatever a crashed
+    /// predecessor with the same id left open) and begins a transaction.
+    pub fn init(&self) -> Result<()> {
+        let p = &self.producer.producer;
+        p.init_transactions(TIMEOUT).map_err(|e| failed("init transactions", self.id(), e))?;
+        p.begin_transaction().map_err(|e| failed("begin a transaction", self.id(), e))
+    }
+
+    /// Commits the open transaction with `offsets` for `consumer`'s group,
+    /// then begins the next one unless `last`.
+    pub fn commit<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        offsets: &Offsets,
+        last: bool,
+    ) -> Result<Outcome> {
+        let p = &self.producer.producer;
+        let id = self.id();
+        let mut tpl = TopicPartitionList::new();
+        for (tp, off) in offsets {
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off))
+                .map_err(|e| failed("list the offsets to commit", id, e))?;
+        }
+        let started = Instant::now();
+        let mut offsets_sent = tpl.count() == 0;
+        let mut retries = 0;
+        let outcome = loop {
+            let step = if offsets_sent {
+                p.commit_transaction(TIMEOUT)
+            } else {
+                let meta = consumer
+                    .group_metadata()
+                    .ok_or_else(|| Error::Internal("exactly-once needs a group member's metadata".into()))?;
+                p.send_offsets_to_transaction(&tpl, &meta, TIMEOUT)
+            };
+            let e = match step {
+                Ok(()) if offsets_sent => break Outcome::Committed,
+                Ok(()) => {
+                    offsets_sent = true;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            match e {
+                KafkaError::Transaction(e) if e.txn_requires_abort() => {
+                    tracing::warn!(pipeline = self.pipeline, "transaction aborted ({e}); rewinding to the last commit");
+                    p.abort_transaction(TIMEOUT).map_err(|e| failed("abort the transaction", id, e))?;
+                    break Outcome::Aborted;
+                }
+                KafkaError::Transaction(e) if e.is_retriable() && retries < RETRIES => {
+                    retries += 1;
+                    tracing::debug!(pipeline = self.pipeline, "transaction step retried ({e})");
+                    std::thread::sleep(Duration::from_millis(50 * u64::from(retries)));
+                }
+                e => return Err(failed("commit the transaction", id, e)),
+            }
+        };
+        let nanos = started.elapsed().as_nanos() as u64;
+        COMMITS.fetch_add(1, Ordering::Relaxed);
+        COMMIT_NANOS.fetch_add(nanos, Ordering::Relaxed);
+        COMMIT_MAX_NANOS.fetch_max(nanos, Ordering::Relaxed);
+        if !last {
+            p.begin_transaction().map_err(|e| failed("begin a transaction", id, e))?;
+        }
+        Ok(outcome)
+    }
+
+    /// Aborts the open transaction (an assignment lost) and begins the next.
+    pub fn abort(&self) -> Result<()> {
+        let p = &self.producer.producer;
+        p.abort_transaction(TIMEOUT).map_err(|e| failed("abort the transaction", self.id(), e))?;
+        p.begin_transaction().map_err(|e| failed("begin a transaction", self.id(), e))
+    }
+}

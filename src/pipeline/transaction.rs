@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,6 +51,8 @@ pub enum Outcome {
 pub struct Txn {
     pipeline: &'static str,
     producer: TxnProducer,
+    /// A transaction is open (none after the final commit at shutdown).
+    open: AtomicBool,
 }
 
 fn failed(op: &str, id: &str, e: KafkaError) -> Error {
@@ -70,7 +72,7 @@ fn fenced(id: &str, why: &str) -> Error {
 
 impl Txn {
     pub fn new(pipeline: &'static str, producer: TxnProducer) -> Txn {
-        Txn { pipeline, producer }
+        Txn { pipeline, producer, open: AtomicBool::new(false) }
     }
 
     pub fn id(&self) -> &str {
@@ -90,7 +92,13 @@ impl Txn {
     pub fn init(&self) -> Result<()> {
         let p = &self.producer.producer;
         p.init_transactions(TIMEOUT).map_err(|e| failed("init transactions", self.id(), e))?;
-        p.begin_transaction().map_err(|e| failed("begin a transaction", self.id(), e))
+        self.begin()
+    }
+
+    fn begin(&self) -> Result<()> {
+        self.producer.producer.begin_transaction().map_err(|e| failed("begin a transaction", self.id(), e))?;
+        self.open.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Commits the open transaction with `offsets` for `consumer`'s group,
@@ -103,6 +111,13 @@ impl Txn {
     ) -> Result<Outcome> {
         let p = &self.producer.producer;
         let id = self.id();
+        if !self.open.load(Ordering::SeqCst) {
+            if offsets.is_empty() {
+                // After the final commit (a revoke while shutting down): nothing to do.
+                return Ok(Outcome::Committed);
+            }
+            self.begin()?;
+        }
         let mut tpl = TopicPartitionList::new();
         for (tp, off) in offsets {
             tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off))
@@ -146,16 +161,19 @@ impl Txn {
         COMMITS.fetch_add(1, Ordering::Relaxed);
         COMMIT_NANOS.fetch_add(nanos, Ordering::Relaxed);
         COMMIT_MAX_NANOS.fetch_max(nanos, Ordering::Relaxed);
+        self.open.store(false, Ordering::SeqCst);
         if !last {
-            p.begin_transaction().map_err(|e| failed("begin a transaction", id, e))?;
+            self.begin()?;
         }
         Ok(outcome)
     }
 
     /// Aborts the open transaction (an assignment lost) and begins the next.
     pub fn abort(&self) -> Result<()> {
-        let p = &self.producer.producer;
-        p.abort_transaction(TIMEOUT).map_err(|e| failed("abort the transaction", self.id(), e))?;
-        p.begin_transaction().map_err(|e| failed("begin a transaction", self.id(), e))
+        if self.open.swap(false, Ordering::SeqCst) {
+            let p = &self.producer.producer;
+            p.abort_transaction(TIMEOUT).map_err(|e| failed("abort the transaction", self.id(), e))?;
+        }
+        self.begin()
     }
 }

@@ -56,13 +56,24 @@ impl Checkpoints for Changelog {
             return Ok(Vec::new());
         }
         let c = self.reader()?;
+        // Only partitions holding records need reading (a fresh group's
+        // are empty: one watermark round trip each, no fetch wait).
+        let mut open: BTreeSet<i32> = BTreeSet::new();
         let mut tpl = TopicPartitionList::new();
         for t in tasks {
-            tpl.add_partition_offset(&self.topic, *t, Offset::Beginning)
-                .map_err(Error::kafka(format!("assign {}[{t}]", self.topic)))?;
+            let (lo, hi) = c
+                .fetch_watermarks(&self.topic, *t, Duration::from_secs(10))
+                .map_err(Error::kafka(format!("watermarks of {}[{t}]", self.topic)))?;
+            if hi > lo {
+                open.insert(*t);
+                tpl.add_partition_offset(&self.topic, *t, Offset::Beginning)
+                    .map_err(Error::kafka(format!("assign {}[{t}]", self.topic)))?;
+            }
+        }
+        if open.is_empty() {
+            return Ok(Vec::new());
         }
         c.assign(&tpl).map_err(Error::kafka(format!("assign {}", self.topic)))?;
-        let mut open: BTreeSet<i32> = tasks.iter().copied().collect();
         let mut latest: BTreeMap<i32, Checkpoint> = BTreeMap::new();
         let deadline = Instant::now() + RESTORE_TIMEOUT;
         while !open.is_empty() {

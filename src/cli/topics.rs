@@ -21,15 +21,22 @@ pub enum TopicsCommand {
         /// Exit with status 3 when any topic drifted from its spec.
         #[arg(long)]
         fail_on_drift: bool,
+        /// Replication factor for every topic, instead of each spec's (the
+        /// specs say 1 for a one-node development broker; a cluster wants 3).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        replication: Option<i32>,
     },
 }
 
 pub async fn run(common: CommonArgs, cmd: TopicsCommand) -> Result<()> {
-    let TopicsCommand::Apply { dir, dry_run, fail_on_drift } = cmd;
-    let catalog = match &dir {
+    let TopicsCommand::Apply { dir, dry_run, fail_on_drift, replication } = cmd;
+    let mut catalog = match &dir {
         Some(d) => TopicCatalog::load_dir(d).map_err(Error::Config)?,
         None => common.topics(),
     };
+    if let Some(r) = replication {
+        catalog = catalog.with_replication(r);
+    }
     let actions = crate::topics::admin::apply(&common.kafka, catalog.specs(), &common.topic_prefix, dry_run).await?;
     let (mut created, mut drifted) = (0, 0);
     for a in &actions {

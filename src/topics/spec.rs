@@ -161,6 +161,14 @@ impl TopicCatalog {
         &self.specs
     }
 
+    /// The same topics with another replication factor (`topics apply --replication`).
+    pub fn with_replication(mut self, replication: i32) -> TopicCatalog {
+        for s in &mut self.specs {
+            s.replication = replication;
+        }
+        self
+    }
+
     pub fn get(&self, name: &str) -> Option<&TopicSpec> {
         self.specs.iter().find(|s| s.name == name)
     }

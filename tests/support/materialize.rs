@@ -403,3 +403,43 @@ pub fn reset_group(group: &str, topics: &[String], offset: i64) {
     }
     c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
 }
+
+/// Exact rows per kind, and Redis holding exactly Postgres's live chunks.
+pub fn assert_exact_and_consistent(pool: &sqlx::PgPool, redis: &str, produced: &std::collections::BTreeMap<String, i64>) {
+    let counts = pg_counts(pool);
+    for (table, kind) in [
+        ("latency_samples", "LatencySample"),
+        ("uncertainty_feedback", "FeedbackRating"),
+        ("uncertainty_logs", "DecisionLog"),
+        ("project_context_events", "ContextChunk"),
+    ] {
+        let n = produced[kind];
+        assert_eq!(counts[table], (n, n), "{table}: (count(*), count(distinct event_id)) = produced {kind}");
+    }
+    let pg: std::collections::BTreeSet<(String, String, i64, String)> = block_on(
+        sqlx::query_as::<_, (String, String, i32, String)>(
+            "SELECT project_id, file_path, chunk_index, event_id::text FROM project_contexts",
+        )
+        .fetch_all(pool),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(p, f, i, e)| (p, f, i as i64, e))
+    .collect();
+    let mut con = redis_con(redis);
+    let mut red = std::collections::BTreeSet::new();
+    let keys: Vec<String> = block_on(redis::cmd("KEYS").arg("project:*:context").query_async(&mut con)).unwrap();
+    for key in keys {
+        let project = key.trim_start_matches("project:").trim_end_matches(":context").to_string();
+        let h: std::collections::BTreeMap<String, String> =
+            block_on(redis::cmd("HGETALL").arg(&key).query_async(&mut con)).unwrap();
+        for (file, json) in h {
+            for c in serde_json::from_str::<Vec<serde_json::Value>>(&json).unwrap() {
+                let id = c["event_id"].as_str().unwrap().to_string();
+                red.insert((project.clone(), file.clone(), c["chunk_index"].as_i64().unwrap(), id));
+            }
+        }
+    }
+    assert!(!pg.is_empty());
+    assert_eq!(red, pg, "Redis holds exactly the chunks Postgres holds");
+}

@@ -31,6 +31,12 @@ static FINISHED: AtomicUsize = AtomicUsize::new(0);
 const TESTS: usize = 3;
 const INPUTS: [&str; 3] = ["udo.writes.v1", "udo.feedback.v1", "udo.latency.v1"];
 
+/// Events per run: 500k by default (sized for CI); a longer soak with
+/// `UDO_FAULT_EVENTS=5000000 scripts/test broker_faults`.
+fn events(default: u64) -> u64 {
+    std::env::var("UDO_FAULT_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 fn stack(args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
     let out = Command::new(script).args(args).output().expect("run scripts/stack");
@@ -193,7 +199,7 @@ fn kill_9_of_the_busiest_leader_during_500k_events_loses_and_duplicates_nothing(
     let _finish = Finish;
     cluster();
     let mut run = start("faults-kill", 11, &[]);
-    let producer = produce(&run.prefix, 500_000, 51);
+    let producer = produce(&run.prefix, events(500_000), 51);
     std::thread::sleep(Duration::from_secs(3));
     let victim = busiest_leader(&run.prefix);
     stack(&["kill", &format!("kafka-{victim}")]);
@@ -210,7 +216,7 @@ fn a_rolling_restart_of_the_three_brokers_mid_run_loses_nothing_and_lag_returns_
     let _finish = Finish;
     cluster();
     let mut run = start("faults-roll", 12, &[]);
-    let producer = produce(&run.prefix, 500_000, 52);
+    let producer = produce(&run.prefix, events(500_000), 52);
     for n in 1..=3 {
         std::thread::sleep(Duration::from_secs(2));
         stack(&["stop", &format!("kafka-{n}")]);
@@ -231,7 +237,7 @@ fn two_brokers_down_past_the_delivery_timeout_hold_everything_until_they_return(
     cluster();
     // Delivery gives up after 10 s; the outage lasts 25 s.
     let mut run = start("faults-isr", 13, &[("UDO__KAFKA__MESSAGE_TIMEOUT_MS", "10000")]);
-    let produced = produced(produce(&run.prefix, 200_000, 53));
+    let produced = produced(produce(&run.prefix, events(500_000) * 2 / 5, 53));
     std::thread::sleep(Duration::from_secs(2));
     let errors_before = run.pipelines.metric("udo_errors_total", &[]);
     stack(&["stop", "kafka-2"]);

@@ -57,7 +57,7 @@ fn topics_apply_is_idempotent_and_reports_drift_without_touching_data() {
     let p = prefix("topics");
     apply_topics(&p);
     let again = udo_ok(&["topics", "apply", "--topic-prefix", &p]);
-    assert!(again.contains("no changes (9 topics as declared)"), "{again}");
+    assert!(again.contains("no changes (10 topics as declared)"), "{again}");
 
     // A topic created by hand with fewer partitions than declared, holding data.
     let q = prefix("drift");
@@ -75,7 +75,7 @@ fn topics_apply_is_idempotent_and_reports_drift_without_touching_data() {
 
     let out = udo_ok(&["topics", "apply", "--topic-prefix", &q]);
     assert!(out.contains(&format!("DRIFT   {latency}: has 2 partitions, 6 declared")), "{out}");
-    assert!(out.contains("8 created, 1 drifted"), "{out}");
+    assert!(out.contains("9 created, 1 drifted"), "{out}");
     let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
     let total: i64 = (0..2)
         .map(|p| {

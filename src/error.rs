@@ -68,6 +68,11 @@ pub enum Error {
     /// out). Not retried: the other instance carries on.
     #[error("{0}")]
     Fenced(String),
+    /// Exactly-once: the transactional producer hit a fatal error of its
+    /// own (not another instance's fencing). The runner stops; the pipeline
+    /// restarts with a new producer, which aborts what was open.
+    #[error("{0}")]
+    ProducerFatal(String),
     /// A broken invariant: a bug in udo-stream.
     #[error("internal error (a bug in udo-stream, please report it): {0}")]
     Internal(String),
@@ -97,7 +102,7 @@ impl Error {
             Error::Kafka { .. } | Error::Io { .. } | Error::Postgres { .. } | Error::Redis { .. } => {
                 ErrorDomain::External
             }
-            Error::Unavailable(_) | Error::Fenced(_) => ErrorDomain::External,
+            Error::Unavailable(_) | Error::Fenced(_) | Error::ProducerFatal(_) => ErrorDomain::External,
             Error::Registry(e) if e.is_retryable() => ErrorDomain::External,
             Error::Registry(_) => ErrorDomain::User,
             Error::Encode(_) | Error::Internal(_) => ErrorDomain::Internal,
@@ -107,7 +112,7 @@ impl Error {
     /// The retry hint (see [`Retry`]).
     pub fn retry(&self) -> Retry {
         let transient = match self {
-            Error::Config(_) | Error::Encode(_) | Error::Internal(_) | Error::Fenced(_) => false,
+            Error::Config(_) | Error::Encode(_) | Error::Internal(_) | Error::Fenced(_) | Error::ProducerFatal(_) => false,
             Error::Registry(e) => e.is_retryable(),
             Error::Io { .. } | Error::Unavailable(_) => true,
             Error::Kafka { source, .. } => kafka_transient(source),
@@ -129,6 +134,7 @@ impl Error {
             Error::Redis { .. } => "redis",
             Error::Unavailable(_) => "unavailable",
             Error::Fenced(_) => "fenced",
+            Error::ProducerFatal(_) => "producer_fatal",
             Error::Internal(_) => "internal",
         }
     }

@@ -50,7 +50,7 @@ pub(crate) async fn start(
     let topics = AnalyzeTopics::with_prefix(&common.topic_prefix);
     let decoder = common.decoder(opts.output_format);
     let mut settings = opts.settings.analyze.clone();
-    let mut cfg = super::runner_config(
+    let cfg = super::runner_config(
         PIPELINE,
         common,
         &opts.settings,
@@ -74,15 +74,46 @@ pub(crate) async fn start(
         }
         Processing::ExactlyOnce => {
             let id = settings.transactional_id.clone().unwrap_or_else(|| format!("{group}-{}", host_name()));
-            let producer = TxnProducer::new(&common.kafka, PIPELINE, &id)?;
-            let changelog =
-                Changelog::new(&common.kafka, common.topic(names::ANALYZE_CHANGELOG), producer.outputs(PIPELINE));
-            let outputs = producer.outputs(PIPELINE);
             // State and offsets commit together, every commit interval.
             settings.checkpoint_interval = settings.commit_interval;
-            cfg.txn = Some(producer);
-            let stage = AnalyzeStage::new(settings, decoder, &catalog, topics, outputs, changelog, readiness.clone())?;
-            Ok(tokio::task::spawn_blocking(move || super::runner::run(cfg, stage, shutdown, readiness)))
+            let kafka = common.kafka.clone();
+            let changelog_topic = common.topic(names::ANALYZE_CHANGELOG);
+            let rd = readiness.clone();
+            let build = move || -> Result<(super::runner::RunnerConfig, AnalyzeStage<Changelog>)> {
+                let producer = TxnProducer::new(&kafka, PIPELINE, &id)?;
+                let changelog = Changelog::new(&kafka, changelog_topic.clone(), producer.outputs(PIPELINE));
+                let outputs = producer.outputs(PIPELINE);
+                let mut cfg = cfg.clone();
+                cfg.txn = Some(producer);
+                let stage = AnalyzeStage::new(
+                    settings.clone(),
+                    decoder.clone(),
+                    &catalog,
+                    topics.clone(),
+                    outputs,
+                    changelog,
+                    readiness.clone(),
+                )?;
+                Ok((cfg, stage))
+            };
+            Ok(tokio::task::spawn_blocking(move || {
+                // A producer that failed fatally (not fenced by another
+                // instance) is replaced: the member rejoins with a new one.
+                let policy = super::retry::RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(30));
+                let mut restarts = policy.start();
+                loop {
+                    let (cfg, stage) = build()?;
+                    match super::runner::run(cfg, stage, shutdown.clone(), rd.clone()) {
+                        Err(Error::ProducerFatal(why)) if !shutdown.requested() => {
+                            let e = Error::Unavailable(why);
+                            let delay = restarts.next_delay(&e).unwrap_or(Duration::from_secs(30));
+                            tracing::warn!(pipeline = PIPELINE, "restarting in {delay:?}: {e}");
+                            std::thread::sleep(delay);
+                        }
+                        other => return other,
+                    }
+                }
+            }))
         }
     }
 }

@@ -119,6 +119,23 @@ impl<'a> Batch<'a> {
         Batch { parts, rejects: Vec::new(), full: false, at }
     }
 
+    /// Partitions moving to `next_offset` without records (their position
+    /// passed transaction markers).
+    pub fn positions(parts: Vec<(Tp, i64)>) -> Batch<'static> {
+        let parts = parts.into_iter().map(|(tp, next_offset)| Part { tp, next_offset, records: Vec::new() }).collect();
+        Batch { parts, rejects: Vec::new(), full: false, at: i64::MIN }
+    }
+
+    /// Moves each partition's next offset up to `position(tp)` (the
+    /// consumer's, past markers it skipped), never down.
+    pub fn advance(&mut self, mut position: impl FnMut(&Tp) -> Option<i64>) {
+        for p in &mut self.parts {
+            if let Some(pos) = position(&p.tp) {
+                p.next_offset = p.next_offset.max(pos);
+            }
+        }
+    }
+
     /// Decoded records, all partitions.
     pub fn len(&self) -> usize {
         self.parts.iter().map(|p| p.records.len()).sum()

@@ -106,13 +106,18 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
             }
         }
     }
-    let mut first_error = None;
-    for (p, h) in handles {
-        let result = h.await.map_err(|e| Error::Internal(format!("pipeline {} panicked: {e}", p.name())))?;
+    // The first pipeline to fail ends the process (its supervisor restarts
+    // it; every pipeline resumes from its own durable offsets): a process
+    // that kept running with one pipeline dead would look healthy.
+    let mut pending: Vec<_> = handles.into_iter().map(|(p, h)| Box::pin(async move { (p, h.await) })).collect();
+    while !pending.is_empty() {
+        let ((p, joined), _, rest) = futures_util::future::select_all(pending).await;
+        pending = rest;
+        let result = joined.map_err(|e| Error::Internal(format!("pipeline {} panicked: {e}", p.name())))?;
         if let Err(e) = result {
             tracing::error!(pipeline = p.name(), "failed: {e}");
-            first_error.get_or_insert(e);
+            return Err(e);
         }
     }
-    first_error.map_or(Ok(()), Err)
+    Ok(())
 }

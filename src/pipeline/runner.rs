@@ -469,6 +469,53 @@ impl<'c, S: Stage> Runner<'c, S> {
                 },
             }
         };
+        // Every record polled so far is in this batch, so the consumer's
+        // position is where each partition resumes: past the transaction
+        // markers (and aborted records) after its last record, which the
+        // consumer skips and never returns. Storing last offset + 1 instead
+        // would leave a lag of 1 behind every transaction.
+        let positions = self.consumer_positions();
+        batch.advance(|tp| positions.get(tp).copied());
+        self.complete(batch, polled, held)
+    }
+
+    /// The consumer's fetch position of every assigned partition.
+    fn consumer_positions(&self) -> HashMap<Tp, i64> {
+        let Ok(tpl) = self.consumer.position() else { return HashMap::new() };
+        tpl.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((Tp::new(e.topic(), e.partition()), o)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Idle partitions whose position moved past what was processed without
+    /// a record (only transaction markers or aborted records came): their
+    /// offsets move too, through the same lifecycle (a store keeps its
+    /// offsets with its rows).
+    fn advance_idle(&mut self, held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
+        if !held.is_empty() {
+            return Ok(Flow::Done(()));
+        }
+        let positions = self.consumer_positions();
+        let parts: Vec<(Tp, i64)> = {
+            let a = self.assigned.lock().expect("assigned lock");
+            a.positions
+                .iter()
+                .filter(|(_, done)| **done != i64::MIN)
+                .filter_map(|(tp, done)| positions.get(tp).filter(|p| **p > *done).map(|p| (tp.clone(), *p)))
+                .collect()
+        };
+        if parts.is_empty() {
+            return Ok(Flow::Done(()));
+        }
+        self.complete(Batch::positions(parts), &[], held)
+    }
+
+    /// A decoded batch through write, DLQ and commit, retried until durable.
+    fn complete(&mut self, mut batch: Batch<'_>, polled: &[Record<'c>], held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
         let mut sent = HashSet::new();
         let mut generation = self.generation();
         loop {
@@ -674,6 +721,7 @@ fn consume<S: Stage>(runner: &mut Runner<'_, S>) -> Result<()> {
     let pipeline = runner.cfg.pipeline;
     let mut batch: Vec<Record<'_>> = Vec::with_capacity(runner.cfg.batch_size);
     let mut held: Vec<Record<'_>> = Vec::new();
+    let mut last_advance = Instant::now();
     while !runner.shutdown.requested() {
         let (fatal, rewind) = {
             let mut a = runner.assigned.lock().expect("assigned lock");
@@ -697,6 +745,12 @@ fn consume<S: Stage>(runner: &mut Runner<'_, S>) -> Result<()> {
             }
             if let Flow::Shutdown = runner.process(&batch, &mut held)? {
                 break; // nothing stored: the batch replays
+            }
+        }
+        if batch.is_empty() && last_advance.elapsed() >= Duration::from_secs(1) {
+            last_advance = Instant::now();
+            if let Flow::Shutdown = runner.advance_idle(&mut held)? {
+                break;
             }
         }
         if let Flow::Shutdown = runner.tick(&mut held)? {

@@ -15,7 +15,7 @@ use super::batch::Offsets;
 use crate::error::{Error, Result};
 use crate::sinks::kafka::TxnProducer;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,10 +56,28 @@ pub struct Txn {
 }
 
 fn failed(op: &str, id: &str, e: KafkaError) -> Error {
-    if matches!(&e, KafkaError::Transaction(t) if t.is_fatal()) {
-        return fenced(id, &e.to_string());
+    if let KafkaError::Transaction(t) = &e {
+        if t.is_fatal() {
+            return fatal(id, t.code(), &e.to_string());
+        }
     }
     Error::kafka(format!("{op} (transactional id {id})"))(e)
+}
+
+/// A fatal producer error: fencing by a newer instance with the same id
+/// stops this one for good; any other (a transaction state the broker lost
+/// in an outage) restarts the pipeline with a new producer.
+fn fatal(id: &str, code: RDKafkaErrorCode, why: &str) -> Error {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch | C::TransactionalIdAuthorizationFailed => {
+            fenced(id, why)
+        }
+        _ => Error::ProducerFatal(format!(
+            "exactly-once: the transactional producer {id:?} failed fatally ({why}); the pipeline restarts with a \
+             new one, which aborts the open transaction"
+        )),
+    }
 }
 
 fn fenced(id: &str, why: &str) -> Error {
@@ -83,8 +101,8 @@ impl Txn {
     /// fails with a bare "Fatal"): the error to stop with.
     pub fn fatal_error(&self) -> Option<Error> {
         use rdkafka::producer::Producer;
-        let (_, why) = self.producer.producer.client().fatal_error()?;
-        Some(fenced(self.id(), &why))
+        let (code, why) = self.producer.producer.client().fatal_error()?;
+        Some(fatal(self.id(), code, &why))
     }
 
     /// Registers the transactional id (aborting whatever a crashed

@@ -205,6 +205,11 @@ impl Common {
 
     /// A batch became durable: metrics, readiness, promotion.
     fn committed(&mut self, batch: &Batch<'_>, records: u64) {
+        if batch.len() == 0 && batch.rejects.is_empty() {
+            // Offsets moved past transaction markers: not a write attempt.
+            self.started = None;
+            return;
+        }
         let elapsed = self.started.take().map_or(Duration::ZERO, |s| s.elapsed());
         let first_attempt_ok = !std::mem::take(&mut self.retried);
         self.last_batch = Instant::now();

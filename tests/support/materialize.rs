@@ -222,9 +222,20 @@ pub fn watermarks(topics: &[String]) -> BTreeMap<(String, i32), i64> {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", super::common::brokers()).create().unwrap();
     let mut out = BTreeMap::new();
     for t in topics {
-        let md = c.fetch_metadata(Some(t), Duration::from_secs(10)).unwrap();
+        // Retried: right after a broker fault, leadership may still be moving.
+        let retry = |what: &str, f: &mut dyn FnMut() -> rdkafka::error::KafkaResult<()>| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while let Err(e) = f() {
+                assert!(Instant::now() < deadline, "{what} of {t}: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        };
+        let mut md = None;
+        retry("metadata", &mut || c.fetch_metadata(Some(t), Duration::from_secs(10)).map(|m| md = Some(m)));
+        let md = md.unwrap();
         for p in md.topics()[0].partitions() {
-            let (_, high) = c.fetch_watermarks(t, p.id(), Duration::from_secs(10)).unwrap();
+            let mut high = 0;
+            retry("watermarks", &mut || c.fetch_watermarks(t, p.id(), Duration::from_secs(10)).map(|(_, h)| high = h));
             out.insert((t.clone(), p.id()), high);
         }
     }

@@ -79,19 +79,7 @@ const MAX_ATTEMPTS: u32 = 10;
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn consumer(kafka: &KafkaConfig) -> Result<BaseConsumer<EofExpected>> {
-    kafka
-        .client(|c| {
-            crate::sources::kafka::fetch_defaults(c);
-            // Required by librdkafka, never used: partitions are assigned by
-            // hand and nothing is committed.
-            c.set("group.id", "udo-replay")
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("enable.partition.eof", "true")
-                .set("client.id", "udo-replay");
-        })
-        .create_with_context(EofExpected)
-        .map_err(Error::kafka("create the replay consumer"))
+    crate::sources::kafka::assigned_consumer(kafka, "udo-replay")
 }
 
 fn transient(e: &KafkaError) -> bool {

@@ -35,18 +35,7 @@ impl Changelog {
     }
 
     fn reader(&self) -> Result<BaseConsumer<EofExpected>> {
-        self.kafka
-            .client(|c| {
-                crate::sources::kafka::fetch_defaults(c);
-                // Assigned, never committed: the group.id is required, unused.
-                c.set("group.id", "udo-analyze-restore")
-                    .set("enable.auto.commit", "false")
-                    .set("enable.auto.offset.store", "false")
-                    .set("enable.partition.eof", "true")
-                    .set("client.id", "udo-analyze-restore");
-            })
-            .create_with_context(EofExpected)
-            .map_err(Error::kafka("create the changelog reader"))
+        crate::sources::kafka::assigned_consumer(&self.kafka, "udo-analyze-restore")
     }
 }
 

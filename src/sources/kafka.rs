@@ -39,6 +39,23 @@ impl ClientContext for EofExpected {
 
 impl ConsumerContext for EofExpected {}
 
+/// A consumer that assigns partitions itself and never joins a group or
+/// commits (`replay`, the changelog restore), told about partition ends.
+pub fn assigned_consumer(kafka: &KafkaConfig, client_id: &str) -> Result<BaseConsumer<EofExpected>> {
+    kafka
+        .client(|c| {
+            fetch_defaults(c);
+            // Required by librdkafka, never used: nothing joins or commits.
+            c.set("group.id", client_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("enable.partition.eof", "true")
+                .set("client.id", client_id);
+        })
+        .create_with_context(EofExpected)
+        .map_err(Error::kafka(format!("create the {client_id} consumer")))
+}
+
 /// `topic[0,1,2]` style summary of a partition list.
 pub fn describe(tpl: &TopicPartitionList) -> String {
     let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();

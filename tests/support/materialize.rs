@@ -416,7 +416,8 @@ pub fn reset_group(group: &str, topics: &[String], offset: i64) {
 }
 
 /// Exact rows per kind, and Redis holding exactly Postgres's live chunks.
-pub fn assert_exact_and_consistent(pool: &sqlx::PgPool, redis: &str, produced: &std::collections::BTreeMap<String, i64>) {
+/// Exactly one row per produced input event in its table.
+pub fn assert_exact_rows(pool: &sqlx::PgPool, produced: &BTreeMap<String, i64>) {
     let counts = pg_counts(pool);
     for (table, kind) in [
         ("latency_samples", "LatencySample"),
@@ -427,6 +428,10 @@ pub fn assert_exact_and_consistent(pool: &sqlx::PgPool, redis: &str, produced: &
         let n = produced[kind];
         assert_eq!(counts[table], (n, n), "{table}: (count(*), count(distinct event_id)) = produced {kind}");
     }
+}
+
+pub fn assert_exact_and_consistent(pool: &sqlx::PgPool, redis: &str, produced: &BTreeMap<String, i64>) {
+    assert_exact_rows(pool, produced);
     let pg: std::collections::BTreeSet<(String, String, i64, String)> = block_on(
         sqlx::query_as::<_, (String, String, i32, String)>(
             "SELECT project_id, file_path, chunk_index, event_id::text FROM project_contexts",

@@ -353,29 +353,14 @@ mod tests {
 
     #[test]
     fn enum_names_are_the_serde_names() {
-        for v in Severity::ALL {
-            assert_eq!(serde_name(v), v.as_str());
-            assert_eq!(v.label(), v.as_str().to_lowercase());
+        macro_rules! check {
+            ($($ty:ident),+) => {$(
+                for v in $ty::ALL {
+                    assert_eq!(serde_name(v), v.as_str());
+                    assert_eq!(v.label(), v.as_str().to_lowercase());
+                }
+            )+};
         }
-        for v in AlertStatus::ALL {
-            assert_eq!(serde_name(v), v.as_str());
-            assert_eq!(v.label(), v.as_str().to_lowercase());
-        }
-        for v in DegradationKind::ALL {
-            assert_eq!(serde_name(v), v.as_str());
-            assert_eq!(v.label(), v.as_str().to_lowercase());
-        }
-        for v in StoreRole::ALL {
-            assert_eq!(serde_name(v), v.as_str());
-            assert_eq!(v.label(), v.as_str().to_lowercase());
-        }
-        for v in Outcome::ALL {
-            assert_eq!(serde_name(v), v.as_str());
-            assert_eq!(v.label(), v.as_str().to_lowercase());
-        }
-        for v in ChunkOp::ALL {
-            assert_eq!(serde_name(v), v.as_str());
-            assert_eq!(v.label(), v.as_str().to_lowercase());
-        }
+        check!(Severity, AlertStatus, DegradationKind, StoreRole, Outcome, ChunkOp);
     }
 }

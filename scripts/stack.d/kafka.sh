@@ -257,8 +257,8 @@ kafka_answers() {
   [[ -n $(node_client_config "$node") ]] && args+=(--command-config "$(node_client_config "$node")")
   local java
   mapfile -t java < <(kafka_tool_java)
-  timeout 30 "${java[@]}" org.apache.kafka.tools.BrokerApiVersionsCommand "${args[@]}" 2>/dev/null |
-    grep -q "^$HOST:$port (id: $(node_id "$node") "
+  grep -q "^$HOST:$port (id: $(node_id "$node") " \
+    < <(timeout 30 "${java[@]}" org.apache.kafka.tools.BrokerApiVersionsCommand "${args[@]}" 2>/dev/null)
 }
 
 # Wait until a node serves: first its log's startup line (cheap to poll),
@@ -271,7 +271,9 @@ node_wait() {
   pid=$(read_pidfile "$(node_pidfile "$node")")
   # Loading (or, after a crash, recovering) thousands of partitions takes
   # minutes; a node still loading says so in its log.
-  until tail -c +$((offset + 1)) "$log_file" 2>/dev/null | grep -q 'Kafka Server started'; do
+  # Not `tail | grep -q`: under pipefail, grep quitting at the match makes a
+  # long tail die of SIGPIPE and the pipeline fail (a large log never matched).
+  until grep -q 'Kafka Server started' < <(tail -c +$((offset + 1)) "$log_file" 2>/dev/null); do
     pid_alive "$pid" || fail_with_log "$node" "the broker exited during startup"
     ((SECONDS - start < KAFKA_START_TIMEOUT)) || fail_with_log "$node" "not started after ${KAFKA_START_TIMEOUT}s (UDO_KAFKA_START_TIMEOUT)"
     sleep 0.3

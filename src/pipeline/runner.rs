@@ -271,6 +271,14 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                         tracing::warn!(pipeline, "commit on revoke failed (the next owner replays): {e}");
                     }
                 }
+                // librdkafka keeps a partition's pause through unassign and
+                // a later assign (the Java client drops it): a partition
+                // paused by a retry and given back after it ended would
+                // never fetch again. A retry still waiting re-pauses what it
+                // gets (the generation changes).
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::debug!(pipeline, "resume before unassign: {e}");
+                }
                 let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = r {
                     tracing::error!(pipeline, "unassign failed: {e}");
@@ -422,10 +430,16 @@ impl<'c, S: Stage> Runner<'c, S> {
 
     /// The step succeeded: resume fetching if it had been paused.
     fn recovered(&mut self) {
-        if let Some((_, retrying)) = &self.paused {
+        if let Some((paused, retrying)) = &self.paused {
             let pipeline = self.cfg.pipeline;
-            // Resume the assignment as it is now (a rebalance may have changed it).
-            let tpl = self.consumer.assignment().unwrap_or_default();
+            // Resume the assignment as it is now (a rebalance may have
+            // changed it) and whatever was paused and since revoked.
+            let mut tpl = self.consumer.assignment().unwrap_or_default();
+            for e in paused.elements() {
+                if tpl.find_partition(e.topic(), e.partition()).is_none() {
+                    tpl.add_partition(e.topic(), e.partition());
+                }
+            }
             if let Err(e) = self.consumer.resume(&tpl) {
                 tracing::warn!(pipeline, "resume: {e}");
             }
@@ -515,7 +529,12 @@ impl<'c, S: Stage> Runner<'c, S> {
     }
 
     /// A decoded batch through write, DLQ and commit, retried until durable.
-    fn complete(&mut self, mut batch: Batch<'_>, polled: &[Record<'c>], held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
+    fn complete(
+        &mut self,
+        mut batch: Batch<'_>,
+        polled: &[Record<'c>],
+        held: &mut Vec<Record<'c>>,
+    ) -> Result<Flow<()>> {
         let mut sent = HashSet::new();
         let mut generation = self.generation();
         loop {

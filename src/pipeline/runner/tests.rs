@@ -320,6 +320,44 @@ fn a_revoke_while_retrying_drops_the_revoked_partitions_from_the_batch() {
 }
 
 #[test]
+fn partitions_paused_by_a_retry_fetch_again_when_they_come_back_after_it() {
+    // librdkafka keeps a pause through revoke and re-assign: the first
+    // member pauses its partitions, loses half to a second member during
+    // the retry, recovers, then gets them back when the second leaves.
+    let cluster = Cluster::new();
+    cluster.produce(400, &[]);
+    let outage = Arc::new(AtomicBool::new(true));
+    let first = Running::start(cluster.kafka(&[]), "back", Fail::While(outage.clone()));
+    first.until(30, "a failing batch", |l| l.aborts >= 2);
+    let second = Running::start(cluster.kafka(&[]), "back", Fail::Never);
+    first.until(60, "partitions revoked from the first member", |l| !l.revoked.is_empty());
+    second.until(60, "the second member's records", |l| !l.committed.is_empty());
+    outage.store(false, Ordering::SeqCst);
+    first.until(60, "the first member recovered", |l| !l.committed.is_empty());
+    let (r2, log2) = second.stop();
+    r2.unwrap();
+    cluster.produce(400, &[]);
+    let done = log2.lock().unwrap().committed.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = first.log.lock().unwrap().committed.clone();
+        all.extend(&done);
+        let seen: BTreeSet<(i32, i64)> = all.iter().copied().collect();
+        if seen.len() >= 800 {
+            break;
+        }
+        let missing: BTreeSet<i32> = all_offsets(800).difference(&seen).map(|(p, _)| *p).collect();
+        assert!(Instant::now() < deadline, "partitions {missing:?} never fetched again: {} of 800", seen.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (r1, log1) = first.stop();
+    r1.unwrap();
+    let mut all = log1.lock().unwrap().committed.clone();
+    all.extend(&done);
+    exactly_once(&all, 800, &[]);
+}
+
+#[test]
 fn shutdown_during_a_retry_stores_nothing_and_returns_promptly() {
     let cluster = Cluster::new();
     cluster.produce(40, &[]);

@@ -568,6 +568,9 @@ impl<'c, S: Stage> Runner<'c, S> {
                     if let Flow::Shutdown = self.wait(step, e, held)? {
                         return Ok(Flow::Shutdown);
                     }
+                    if self.txn.is_some() {
+                        return self.abort_and_rewind(held);
+                    }
                     let now = self.generation();
                     if now != generation {
                         generation = now;
@@ -582,6 +585,10 @@ impl<'c, S: Stage> Runner<'c, S> {
     /// checkpointed (returned offsets) commits the transaction.
     fn tick(&mut self, held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
         loop {
+            if self.rewind_requested() {
+                // The state the tick would emit from was aborted.
+                self.rewind(held)?;
+            }
             let ticked = self.stage.lock().expect("stage lock").tick();
             match ticked {
                 Ok(offsets) => {
@@ -595,6 +602,9 @@ impl<'c, S: Stage> Runner<'c, S> {
                 Err(e) => {
                     if let Flow::Shutdown = self.wait("tick", e, held)? {
                         return Ok(Flow::Shutdown);
+                    }
+                    if self.txn.is_some() {
+                        return self.abort_and_rewind(held);
                     }
                 }
             }
@@ -623,6 +633,31 @@ impl<'c, S: Stage> Runner<'c, S> {
                 Err(e)
             }
         }
+    }
+
+    /// Exactly-once: the rebalance callback aborted the transaction.
+    fn rewind_requested(&self) -> bool {
+        self.assigned.lock().expect("assigned lock").rewind
+    }
+
+    /// Exactly-once, after a failed step (once its backoff is over): the
+    /// open transaction may miss what was refused (librdkafka makes it
+    /// abortable) and must never commit, and resending into the next one
+    /// would duplicate what the rewind recomputes. So abort it (retried
+    /// like any step) and go back to the last commit; the records are read
+    /// again from there.
+    fn abort_and_rewind(&mut self, held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
+        let Some(txn) = self.txn.clone() else { return Ok(Flow::Done(())) };
+        if !self.rewind_requested() {
+            while let Err(e) = txn.abort() {
+                if let Flow::Shutdown = self.wait("abort", e, held)? {
+                    return Ok(Flow::Shutdown);
+                }
+            }
+        }
+        self.rewind(held)?;
+        self.recovered();
+        Ok(Flow::Done(()))
     }
 
     /// Exactly-once, after an abort: the stage restores its committed state
@@ -754,6 +789,12 @@ fn consume<S: Stage>(runner: &mut Runner<'_, S>) -> Result<()> {
         }
         batch.clear();
         runner.poll_batch(&mut batch, &mut held);
+        if runner.rewind_requested() {
+            // A revoke during the poll aborted the transaction: the batch
+            // would build on state that is gone; it is read again.
+            batch.clear();
+            continue;
+        }
         if !batch.is_empty() {
             let mut per_topic: BTreeMap<&str, u64> = BTreeMap::new();
             for m in &batch {

@@ -186,11 +186,14 @@ impl Txn {
         Ok(outcome)
     }
 
-    /// Aborts the open transaction (an assignment lost) and begins the next.
+    /// Aborts the open transaction (an assignment lost, a failed step) and
+    /// begins the next. An abort that fails leaves it open: the next call
+    /// aborts again.
     pub fn abort(&self) -> Result<()> {
-        if self.open.swap(false, Ordering::SeqCst) {
+        if self.open.load(Ordering::SeqCst) {
             let p = &self.producer.producer;
             p.abort_transaction(TIMEOUT).map_err(|e| failed("abort the transaction", self.id(), e))?;
+            self.open.store(false, Ordering::SeqCst);
         }
         self.begin()
     }

@@ -26,9 +26,13 @@ pub struct Entry {
     pub name: String,
     pub text: String,
     pub schema: Schema,
-    /// CRC-64-AVRO (Rabin) of the parsing canonical form, little-endian, as
-    /// the single-object encoding header carries it.
+    /// CRC-64-AVRO (Rabin) of the parsing canonical form as Java and
+    /// fastavro compute it, little-endian, as the single-object encoding
+    /// header carries it (what we write).
     pub fingerprint: [u8; 8],
+    /// The fingerprint earlier builds wrote (apache-avro's canonical form):
+    /// still decoded, for records already on the topics.
+    pub legacy_fingerprint: [u8; 8],
     /// Top-level fields without a default: what a JSON record must carry.
     pub required_fields: Vec<String>,
     /// All top-level field names.
@@ -106,12 +110,15 @@ impl Catalog {
             let required_fields =
                 record.fields.iter().filter(|f| f.default.is_none()).map(|f| f.name.clone()).collect();
             let fields = record.fields.iter().map(|f| f.name.clone()).collect();
+            let fingerprint = crate::canonical::reference_fingerprint(&text).map_err(fail)?;
             let fp = schema.fingerprint::<Rabin>().bytes;
-            let fingerprint: [u8; 8] =
+            let legacy_fingerprint: [u8; 8] =
                 fp.as_slice().try_into().map_err(|_| fail("fingerprint is not 8 bytes".into()))?;
             let reader = DatumReader::new(&schema).map_err(|e| fail(format!("does not resolve: {e}")))?;
             by_fingerprint.insert(fingerprint, name.clone());
-            by_name.insert(name.clone(), Entry { name, text, schema, fingerprint, required_fields, fields, reader });
+            by_fingerprint.insert(legacy_fingerprint, name.clone());
+            let entry = Entry { name, text, schema, fingerprint, legacy_fingerprint, required_fields, fields, reader };
+            by_name.insert(entry.name.clone(), entry);
         }
         Ok(Catalog { by_name, by_fingerprint })
     }

@@ -3,6 +3,7 @@
 //! and validates (DESIGN §6); encoding writes Avro single-object by default,
 //! Confluent framing when a registry is configured, or JSON on request.
 
+pub mod canonical;
 pub mod catalog;
 pub mod error;
 pub mod registry;

@@ -47,7 +47,8 @@ impl Form<'_> {
     fn write(&mut self, schema: &Value, namespace: &str) -> Result<(), String> {
         match schema {
             Value::String(name) => {
-                let full = if PRIMITIVES.contains(&name.as_str()) { name.clone() } else { full_name(name, None, namespace) };
+                let full =
+                    if PRIMITIVES.contains(&name.as_str()) { name.clone() } else { full_name(name, None, namespace) };
                 self.quoted(&full);
                 Ok(())
             }
@@ -110,7 +111,8 @@ impl Form<'_> {
                 match kind {
                     "enum" => {
                         self.out.push_str(",\"symbols\":[");
-                        let symbols = map.get("symbols").and_then(Value::as_array).ok_or("an enum needs \"symbols\"")?;
+                        let symbols =
+                            map.get("symbols").and_then(Value::as_array).ok_or("an enum needs \"symbols\"")?;
                         for (i, s) in symbols.iter().enumerate() {
                             if i > 0 {
                                 self.out.push(',');
@@ -135,8 +137,7 @@ impl Form<'_> {
                             if i > 0 {
                                 self.out.push(',');
                             }
-                            let fname =
-                                f.get("name").and_then(Value::as_str).ok_or("a record field needs \"name\"")?;
+                            let fname = f.get("name").and_then(Value::as_str).ok_or("a record field needs \"name\"")?;
                             self.out.push_str("{\"name\":");
                             self.quoted(fname);
                             self.out.push_str(",\"type\":");

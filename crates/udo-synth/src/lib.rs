@@ -6,8 +6,10 @@
 //! hours of event time pass in seconds.
 
 mod incident;
+mod samples;
 
 pub use incident::{Incident, IncidentKind};
+pub use samples::one_of_each;
 
 use udo_domain::*;
 use rand::rngs::StdRng;

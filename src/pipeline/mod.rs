@@ -40,6 +40,24 @@ impl Pipeline {
         }
     }
 
+    /// The error classes of the sinks it writes (`udo_sink_retries_total`'s
+    /// `sink` label).
+    pub fn sinks(self) -> &'static [&'static str] {
+        match self {
+            Pipeline::Analyze => &["kafka", "postgres"],
+            Pipeline::MaterializePostgres => &["postgres", "kafka"],
+            Pipeline::MaterializeRedis => &["redis", "kafka"],
+        }
+    }
+
+    /// Input topics whose records can arrive late (`udo_late_events_total`).
+    fn late_topics(self, common: &CommonArgs) -> Vec<String> {
+        match self {
+            Pipeline::Analyze => [names::LATENCY, names::FEEDBACK].iter().map(|t| common.topic(t)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Consumer group (`udo-<pipeline>`, after the topic prefix so test runs
     /// and environments sharing a cluster never share a group).
     pub fn group(self, common: &CommonArgs) -> String {
@@ -93,6 +111,12 @@ pub(crate) fn runner_config(
 pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, readiness: Readiness) -> Result<()> {
     let mut handles = Vec::new();
     for &p in &opts.pipelines {
+        crate::telemetry::events::PipelineStarted {
+            pipeline: p.name(),
+            sinks: p.sinks(),
+            late_topics: &p.late_topics(&common),
+        }
+        .emit();
         let group = p.group(&common);
         match p {
             Pipeline::Analyze => {

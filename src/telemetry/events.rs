@@ -208,6 +208,28 @@ impl WindowsClosed {
     }
 }
 
+/// A pipeline starts: its counters of rare events exist from the start at
+/// 0, so a dashboard's rate or an alert's expression sees a series (0/s)
+/// rather than none before the first retry or late event.
+pub struct PipelineStarted<'a> {
+    pub pipeline: &'static str,
+    pub sinks: &'static [&'static str],
+    pub late_topics: &'a [String],
+}
+
+impl PipelineStarted<'_> {
+    pub fn emit(&self) {
+        tracing::debug!(pipeline = self.pipeline, "starting");
+        for sink in self.sinks {
+            counter!("udo_sink_retries_total", "pipeline" => self.pipeline, "sink" => *sink).increment(0);
+        }
+        gauge!("udo_sink_paused", "pipeline" => self.pipeline).set(0.0);
+        for topic in self.late_topics {
+            counter!("udo_late_events_total", "topic" => topic.clone()).increment(0);
+        }
+    }
+}
+
 /// An event behind the watermark: counted here, reported on the DLQ.
 pub struct LateEvent<'a> {
     pub topic: &'a str,

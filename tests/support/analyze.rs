@@ -173,4 +173,3 @@ pub fn label(topic: &str, v: &Value) -> Option<String> {
         _ => None,
     }
 }
-

@@ -1,0 +1,197 @@
+//! Prometheus, proven against a real one (Debian's, `scripts/stack
+//! prometheus up`):
+//! - `promtool` checks `prometheus/rules.yml` and runs its unit tests
+//!   (`prometheus/rules.test.yml`: every alert fires on the series that
+//!   should trip it and not on the healthy ones);
+//! - during a real run (the three pipelines over the incident input, with a
+//!   record for the DLQ) Prometheus scrapes the processor, loads the rules,
+//!   and every panel query of `dashboards/*.json` returns series. A query on
+//!   a metric or label the processor does not export fails the test.
+
+mod common;
+#[path = "support/analyze.rs"]
+mod incident;
+#[path = "support/materialize.rs"]
+mod support;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::*;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// (PROMETHEUS_URL, PROMETHEUS_TARGETS_DIR) of the stack's Prometheus.
+fn prometheus() -> (String, PathBuf) {
+    let out = Command::new(format!("{ROOT}/scripts/stack")).args(["prometheus", "up"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "scripts/stack prometheus up: {}", String::from_utf8_lossy(&out.stderr));
+    let var = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("{name} in: {text}"))
+            .trim_matches('\'')
+            .to_string()
+    };
+    (var("PROMETHEUS_URL"), PathBuf::from(var("PROMETHEUS_TARGETS_DIR")))
+}
+
+fn promtool(args: &[&str]) {
+    let out = Command::new("promtool").args(args).current_dir(format!("{ROOT}/prometheus")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "promtool {args:?}:\n{text}");
+}
+
+/// An instant query's result vector.
+fn query(url: &str, q: &str) -> Vec<Value> {
+    let body: Value = ureq::get(&format!("{url}/api/v1/query"))
+        .query("query", q)
+        .call()
+        .unwrap_or_else(|e| panic!("query {q}: {e}"))
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(body["status"], "success", "{q}: {body}");
+    body["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// The labels a query groups by (`by (a, b)`), less `le`, which
+/// `histogram_quantile` consumes, and those its legend shows (`{{a}}`):
+/// each must be on the result's series. (A label the metric does not have
+/// still groups, into one series without it: no series check sees that.)
+fn shown_labels(expr: &str, legend: &str) -> Vec<String> {
+    let mut labels = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("by (") {
+        let inner = &rest[i + 4..];
+        let end = inner.find(')').expect("closing parenthesis");
+        labels.extend(inner[..end].split(',').map(|l| l.trim().to_string()).filter(|l| l != "le"));
+        rest = &inner[end..];
+    }
+    let mut rest = legend;
+    while let Some(i) = rest.find("{{") {
+        let inner = &rest[i + 2..];
+        let end = inner.find("}}").expect("closing braces");
+        labels.push(inner[..end].trim().to_string());
+        rest = &inner[end..];
+    }
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+/// Every panel query of every dashboard (title, query, legend), with
+/// Grafana's variables given the values a 10-minute view would.
+fn panel_queries() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("{ROOT}/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = t["expr"].as_str() {
+                    let expr = expr.replace("$__rate_interval", "1m").replace("$__range", "10m");
+                    let legend = t["legendFormat"].as_str().unwrap_or("").to_string();
+                    out.push((p["title"].as_str().unwrap_or("?").to_string(), expr, legend));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Removes this run's target file, so Prometheus stops scraping it.
+struct Target(PathBuf);
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_rules_check_and_pass_their_unit_tests() {
+    prometheus(); // installs promtool with it
+    promtool(&["check", "rules", "rules.yml"]);
+    promtool(&["test", "rules", "rules.test.yml"]);
+}
+
+#[test]
+fn every_dashboard_panel_returns_series_during_a_real_run() {
+    let (url, targets) = prometheus();
+    let prefix = common::prefix("prom");
+    incident::produce(&prefix);
+    let p: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
+    let topic = format!("{prefix}udo.latency.v1");
+    block_on(p.send(FutureRecord::to(&topic).key("checkout").payload(&b"not avro"[..]), Duration::from_secs(30)))
+        .unwrap();
+    let db = block_on(common::fresh_database("prom"));
+    let redis = block_on(common::fresh_redis_db(12));
+    let mut m = materializer(
+        "analyze,materialize-postgres,materialize-redis",
+        &prefix,
+        &db,
+        &redis,
+        &[("UDO__ANALYZE__IDLE_TIMEOUT", "3s")],
+    );
+    let file = targets.join(format!("{}json", prefix));
+    let _target = Target(file.clone());
+    let instance = format!("127.0.0.1:{}", m.port);
+    std::fs::write(&file, format!(r#"[{{"targets":["{instance}"],"labels":{{"run":"{prefix}"}}}}]"#)).unwrap();
+
+    // The run has what every panel shows: outputs, alerts, a dead letter.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !(m.metric("udo_alerts_total", &[]) > 0.0 && m.metric("udo_dlq_records_total", &[]) > 0.0) {
+        m.assert_alive();
+        assert!(Instant::now() < deadline, "no alert or dead letter within 240 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let up = format!(r#"up{{job="udo-stream",instance="{instance}"}} == 1"#);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while query(&url, &up).is_empty() {
+        assert!(Instant::now() < deadline, "Prometheus does not scrape {instance} (target file {})", file.display());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Rates need two scrapes after the first increment: wait for each query.
+    let mut wrong = Vec::new();
+    for (title, expr, legend) in panel_queries() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let series = loop {
+            let series = query(&url, &expr);
+            if !series.is_empty() || Instant::now() > deadline {
+                break series;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        eprintln!("panel {title:?}: {} series for {expr}", series.len());
+        if series.is_empty() {
+            wrong.push(format!("{title}: no series for {expr}"));
+        }
+        for label in shown_labels(&expr, &legend) {
+            let on_a_series = series.iter().any(|s| s["metric"][&label].as_str().is_some_and(|v| !v.is_empty()));
+            if !series.is_empty() && !on_a_series {
+                wrong.push(format!("{title}: no series has the label {label:?} ({expr}, legend {legend:?})"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "dashboard panels that show nothing:\n  {}", wrong.join("\n  "));
+
+    // The rules are loaded and evaluate on the live series.
+    for rule in ["udo:records_consumed:rate5m", "udo:consumer_lag_records:sum", "udo:sink_retries:rate5m"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while query(&url, rule).is_empty() {
+            assert!(Instant::now() < deadline, "recording rule {rule} has no series");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let alerts = query(&url, r#"ALERTS{alertname="UdoProcessorDown"}"#);
+    assert!(alerts.is_empty(), "the processor is up: {alerts:?}");
+    m.stop();
+    block_on(common::drop_database(&db));
+}

@@ -19,7 +19,7 @@
 use super::batch::{Batch, Decoder, Offsets, Reason, Rec, Reject, Tp};
 use super::runner::Stage;
 use crate::config::{AnalyzeSettings, Processing};
-use crate::domain::Event;
+use crate::domain::{DegradationKind, Event};
 use crate::domain::engine::{Engine, EngineConfig, Input, Source, Stream, TaskState};
 use crate::error::{Error, Result};
 use crate::sinks::changelog::Changelog;
@@ -263,7 +263,10 @@ impl<C: Checkpoints> AnalyzeStage<C> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
             let topic = match e {
-                Event::WindowStats(_) => &self.topics.windows,
+                Event::WindowStats(w) => {
+                    crate::telemetry::components::window(w);
+                    &self.topics.windows
+                }
                 Event::Alert(a) => {
                     AlertEmitted {
                         rule: &a.rule,
@@ -276,6 +279,7 @@ impl<C: Checkpoints> AnalyzeStage<C> {
                 }
                 Event::Degradation(d) => {
                     DegradationEmitted { kind: d.kind.label(), component: &d.component }.emit();
+                    crate::telemetry::components::health(&d.component, d.kind == DegradationKind::Degraded);
                     &self.topics.degradations
                 }
                 other => return Err(Error::Internal(format!("analyzer cannot emit a {}", other.record_name()))),

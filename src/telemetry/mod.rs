@@ -4,6 +4,7 @@
 //! `/readyz`. Internal events, each logging and counting together, are in
 //! `events`.
 
+pub mod components;
 pub mod events;
 mod server;
 

@@ -48,7 +48,9 @@ pub struct ProduceArgs {
     #[arg(long, value_enum, default_value = "wall")]
     pub clock: Clock,
     /// Event time of the first record, RFC 3339 (2026-01-01T00:00:00Z) or
-    /// epoch milliseconds; default now.
+    /// epoch milliseconds. Default: now; with --clock simulated, now minus
+    /// the run's event time, so the run ends at now (a later run is never
+    /// behind an earlier one's watermark).
     #[arg(long)]
     pub start: Option<String>,
     /// Incident to inject, repeatable: slow:COMPONENT@START[+DURATION]
@@ -78,6 +80,12 @@ fn parse_start(s: &str) -> Result<i64> {
     let t = humantime::parse_rfc3339_weak(s)
         .map_err(|e| Error::Config(format!("--start {s:?}: {e}; use RFC 3339 (2026-01-01T00:00:00Z) or epoch ms")))?;
     Ok(t.duration_since(std::time::UNIX_EPOCH).map_err(|e| Error::Config(format!("--start: {e}")))?.as_millis() as i64)
+}
+
+/// A simulated run of `n` records at `rate` per second of event time
+/// without --start: it ends at `now`.
+fn default_simulated_start(now: i64, n: u64, rate: f64) -> i64 {
+    now - (n as f64 / rate * 1000.0).ceil() as i64
 }
 
 fn now_ms() -> i64 {
@@ -111,7 +119,11 @@ pub async fn run(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> R
 fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<()> {
     let total = args.check()?;
     let seed = args.seed.unwrap_or_else(rand::random);
-    let start_ms = args.start.as_deref().map(parse_start).transpose()?.unwrap_or_else(now_ms);
+    let start_ms = match (args.start.as_deref(), total) {
+        (Some(s), _) => parse_start(s)?,
+        (None, Some(n)) if args.clock == Clock::Simulated => default_simulated_start(now_ms(), n, args.rate),
+        (None, _) => now_ms(),
+    };
     let mut cfg = SynthConfig::new(common.embedding_dim);
     cfg.approval_rate = args.approval_rate;
     cfg.error_rate = args.error_rate;
@@ -266,4 +278,20 @@ fn progress(
         ctx.failed.load(Ordering::Relaxed),
         producer.in_flight_count(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_simulated_start;
+    use crate::synth::simulated_time;
+
+    #[test]
+    fn a_simulated_run_without_start_ends_at_now() {
+        let now = 1_767_225_600_000;
+        for (n, rate) in [(3000, 50.0), (180_000, 50.0), (7, 3.0), (1, 1000.0)] {
+            let start = default_simulated_start(now, n, rate);
+            let last = simulated_time(start, n - 1, rate);
+            assert!(last <= now && now - last <= (1000.0 / rate).ceil() as i64 + 1, "n={n} rate={rate}: last {last}");
+        }
+    }
 }

@@ -816,7 +816,9 @@ fn consume<S: Stage>(runner: &mut Runner<'_, S>) -> Result<()> {
         if let Flow::Shutdown = runner.tick(&mut held)? {
             break;
         }
+        crate::telemetry::dlq_log::flush_due();
     }
+    crate::telemetry::dlq_log::flush_all();
     Ok(())
 }
 

@@ -22,6 +22,33 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a transactional call may block before the producer counts as
+/// wedged (its own timeout, plus slack).
+const WEDGED: Duration = Duration::from_secs(45);
+
+/// Runs a blocking transactional call of librdkafka with a deadline of our
+/// own: `send_offsets_to_transaction` (and with it the other calls that
+/// wait for a coordinator) can block forever when the coordinator it cached
+/// is gone, its timeout never checked (librdkafka #5456, #5511; seen after
+/// a rolling restart of the cluster). Past [`WEDGED`] the producer counts as
+/// fatally failed: the pipeline restarts with a new producer, whose
+/// `init_transactions` fences this one; the helper thread is left to return
+/// whenever librdkafka lets it.
+fn bounded<T: Send + 'static>(what: &str, id: &str, call: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("udo-txn-call".into())
+        .spawn(move || {
+            let _ = tx.send(call());
+        })
+        .map_err(|e| Error::Internal(format!("spawn a thread for {what}: {e}")))?;
+    rx.recv_timeout(WEDGED).map_err(|_| {
+        Error::ProducerFatal(format!(
+            "exactly-once: {what} did not return within {WEDGED:?} (transactional id {id:?}; librdkafka lost its \
+             coordinator); the pipeline restarts with a new producer, which aborts the open transaction"
+        ))
+    })
+}
 
 static COMMITS: AtomicU64 = AtomicU64::new(0);
 static COMMIT_NANOS: AtomicU64 = AtomicU64::new(0);
@@ -109,7 +136,9 @@ impl Txn {
     /// predecessor with the same id left open) and begins a transaction.
     pub fn init(&self) -> Result<()> {
         let p = &self.producer.producer;
-        p.init_transactions(TIMEOUT).map_err(|e| failed("init transactions", self.id(), e))?;
+        let producer = p.clone();
+        bounded("init_transactions", self.id(), move || producer.init_transactions(TIMEOUT))?
+            .map_err(|e| failed("init transactions", self.id(), e))?;
         self.begin()
     }
 
@@ -145,13 +174,17 @@ impl Txn {
         let mut offsets_sent = tpl.count() == 0;
         let mut retries = 0;
         let outcome = loop {
+            let producer = p.clone();
             let step = if offsets_sent {
-                p.commit_transaction(TIMEOUT)
+                bounded("commit_transaction", id, move || producer.commit_transaction(TIMEOUT))?
             } else {
                 let meta = consumer
                     .group_metadata()
                     .ok_or_else(|| Error::Internal("exactly-once needs a group member's metadata".into()))?;
-                p.send_offsets_to_transaction(&tpl, &meta, TIMEOUT)
+                let offsets = tpl.clone();
+                bounded("send_offsets_to_transaction", id, move || {
+                    producer.send_offsets_to_transaction(&offsets, &meta, TIMEOUT)
+                })?
             };
             let e = match step {
                 Ok(()) if offsets_sent => break Outcome::Committed,
@@ -164,7 +197,9 @@ impl Txn {
             match e {
                 KafkaError::Transaction(e) if e.txn_requires_abort() => {
                     tracing::warn!(pipeline = self.pipeline, "transaction aborted ({e}); rewinding to the last commit");
-                    p.abort_transaction(TIMEOUT).map_err(|e| failed("abort the transaction", id, e))?;
+                    let producer = p.clone();
+                    bounded("abort_transaction", id, move || producer.abort_transaction(TIMEOUT))?
+                        .map_err(|e| failed("abort the transaction", id, e))?;
                     break Outcome::Aborted;
                 }
                 KafkaError::Transaction(e) if e.is_retriable() && retries < RETRIES => {
@@ -192,7 +227,9 @@ impl Txn {
     pub fn abort(&self) -> Result<()> {
         if self.open.load(Ordering::SeqCst) {
             let p = &self.producer.producer;
-            p.abort_transaction(TIMEOUT).map_err(|e| failed("abort the transaction", self.id(), e))?;
+            let producer = p.clone();
+            bounded("abort_transaction", self.id(), move || producer.abort_transaction(TIMEOUT))?
+                .map_err(|e| failed("abort the transaction", self.id(), e))?;
             self.open.store(false, Ordering::SeqCst);
         }
         self.begin()

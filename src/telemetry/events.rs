@@ -45,15 +45,24 @@ pub struct DlqRecord<'a> {
 
 impl DlqRecord<'_> {
     pub fn emit(&self) {
-        tracing::warn!(
-            pipeline = self.pipeline,
-            topic = self.topic,
-            partition = self.partition,
-            offset = self.offset,
-            class = self.class,
-            "record sent to the DLQ: {}",
-            self.message
-        );
+        let key = super::dlq_log::Key {
+            pipeline: self.pipeline,
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            class: self.class.to_string(),
+        };
+        if super::dlq_log::record(key, self.offset) {
+            tracing::warn!(
+                pipeline = self.pipeline,
+                topic = self.topic,
+                partition = self.partition,
+                offset = self.offset,
+                class = self.class,
+                "record sent to the DLQ: {} (more of this partition and class within {:?} are summed up in one line)",
+                self.message,
+                super::dlq_log::INTERVAL
+            );
+        }
         counter!("udo_dlq_records_total", "pipeline" => self.pipeline, "topic" => self.topic.to_string(),
             "class" => self.class.to_string())
         .increment(1);

@@ -5,6 +5,7 @@
 //! `events`.
 
 pub mod components;
+pub mod dlq_log;
 pub mod events;
 mod server;
 

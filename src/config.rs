@@ -108,6 +108,27 @@ pub struct Settings {
     pub materialize: MaterializeSettings,
     /// `[promotion]`: store promotion thresholds (DESIGN §4).
     pub promotion: crate::domain::promotion::PromotionConfig,
+    pub notify: NotifySettings,
+}
+
+/// `[notify]`: the Alertmanager notifier (`notify-alertmanager`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySettings {
+    /// How often still-firing alerts are sent again ("1m"): well inside
+    /// Alertmanager's `resolve_timeout` (5m by default), after which an
+    /// alert not re-sent counts as resolved.
+    #[serde(deserialize_with = "duration")]
+    pub resend_interval: Duration,
+    /// Timeout of one request to Alertmanager ("10s").
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings { resend_interval: Duration::from_secs(60), request_timeout: Duration::from_secs(10) }
+    }
 }
 
 /// `[analyze]`: windows, evaluation minimums and rule thresholds (DESIGN §4).

@@ -63,6 +63,10 @@ pub enum Error {
     /// An external system did not answer in time or dropped a request.
     #[error("{0}")]
     Unavailable(String),
+    /// Alertmanager's API: down or overloaded (`transient`, retried), or it
+    /// refused the request (a bad URL, credentials, payload: not retried).
+    #[error("alertmanager: {message}")]
+    Alertmanager { message: String, transient: bool },
     /// Exactly-once: this instance's transactional producer was fenced by a
     /// newer one with the same transactional id (or its transaction timed
     /// out). Not retried: the other instance carries on.
@@ -103,6 +107,8 @@ impl Error {
                 ErrorDomain::External
             }
             Error::Unavailable(_) | Error::Fenced(_) | Error::ProducerFatal(_) => ErrorDomain::External,
+            Error::Alertmanager { transient: true, .. } => ErrorDomain::External,
+            Error::Alertmanager { .. } => ErrorDomain::User,
             Error::Registry(e) if e.is_retryable() => ErrorDomain::External,
             Error::Registry(_) => ErrorDomain::User,
             Error::Encode(_) | Error::Internal(_) => ErrorDomain::Internal,
@@ -115,6 +121,7 @@ impl Error {
             Error::Config(_) | Error::Encode(_) | Error::Internal(_) | Error::Fenced(_) | Error::ProducerFatal(_) => false,
             Error::Registry(e) => e.is_retryable(),
             Error::Io { .. } | Error::Unavailable(_) => true,
+            Error::Alertmanager { transient, .. } => *transient,
             Error::Kafka { source, .. } => kafka_transient(source),
             Error::Postgres { source, .. } => postgres_transient(source),
             Error::Redis { source, .. } => redis_transient(source),
@@ -133,6 +140,7 @@ impl Error {
             Error::Postgres { .. } => "postgres",
             Error::Redis { .. } => "redis",
             Error::Unavailable(_) => "unavailable",
+            Error::Alertmanager { .. } => "alertmanager",
             Error::Fenced(_) => "fenced",
             Error::ProducerFatal(_) => "producer_fatal",
             Error::Internal(_) => "internal",

@@ -27,6 +27,9 @@ pub struct RunArgs {
     /// Redis URL (materialize-redis).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<SecretUrl>,
+    /// Alertmanager base URL, e.g. http://127.0.0.1:9093 (notify-alertmanager).
+    #[arg(long, env = "ALERTMANAGER_URL", hide_env_values = true)]
+    pub alertmanager_url: Option<SecretUrl>,
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "UDO_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: String,
@@ -57,6 +60,7 @@ pub async fn run(common: CommonArgs, args: RunArgs, shutdown: Shutdown) -> Resul
         settings,
         database_url: args.database_url,
         redis_url: args.redis_url,
+        alertmanager_url: args.alertmanager_url,
         output_format: match args.output_format {
             Format::Avro => OutputFormat::Avro,
             Format::Json => OutputFormat::Json,

@@ -7,6 +7,7 @@
 pub mod analyze;
 pub mod batch;
 pub mod materialize;
+pub mod notify;
 pub mod replay;
 pub mod retry;
 pub mod runner;
@@ -29,6 +30,8 @@ pub enum Pipeline {
     Analyze,
     MaterializePostgres,
     MaterializeRedis,
+    /// The alerts into Alertmanager (`--alertmanager-url`).
+    NotifyAlertmanager,
 }
 
 impl Pipeline {
@@ -37,6 +40,7 @@ impl Pipeline {
             Pipeline::Analyze => "analyze",
             Pipeline::MaterializePostgres => "materialize-postgres",
             Pipeline::MaterializeRedis => "materialize-redis",
+            Pipeline::NotifyAlertmanager => "notify-alertmanager",
         }
     }
 
@@ -47,6 +51,7 @@ impl Pipeline {
             Pipeline::Analyze => &["kafka", "postgres"],
             Pipeline::MaterializePostgres => &["postgres", "kafka"],
             Pipeline::MaterializeRedis => &["redis", "kafka"],
+            Pipeline::NotifyAlertmanager => &["alertmanager", "kafka"],
         }
     }
 
@@ -72,6 +77,7 @@ pub struct RunOptions {
     pub settings: Settings,
     pub database_url: Option<SecretUrl>,
     pub redis_url: Option<SecretUrl>,
+    pub alertmanager_url: Option<SecretUrl>,
     pub output_format: OutputFormat,
 }
 
@@ -122,6 +128,31 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
             Pipeline::Analyze => {
                 let handle = analyze::start(&common, &opts, group, shutdown.clone(), readiness.clone()).await?;
                 handles.push((p, handle));
+            }
+            Pipeline::NotifyAlertmanager => {
+                let url = need(&opts.alertmanager_url, "--alertmanager-url / ALERTMANAGER_URL", p)?;
+                let n = &opts.settings.notify;
+                let am = crate::sinks::alertmanager::Alertmanager::new(&SecretUrl::from(url), n.request_timeout);
+                let topic = common.topic(names::ALERTS);
+                let decoder = common.decoder(opts.output_format);
+                let stage = notify::NotifyStage::new(
+                    am,
+                    common.kafka.clone(),
+                    common.codec(opts.output_format),
+                    topic.clone(),
+                    n.resend_interval,
+                );
+                let cfg = runner_config(
+                    p.name(),
+                    &common,
+                    &opts.settings,
+                    &decoder,
+                    group,
+                    vec![topic],
+                    Assignor::CooperativeSticky,
+                );
+                let (sd, rd) = (shutdown.clone(), readiness.clone());
+                handles.push((p, tokio::task::spawn_blocking(move || runner::run(cfg, stage, sd, rd))));
             }
             Pipeline::MaterializePostgres | Pipeline::MaterializeRedis => {
                 let job = materialize::prepare(p, &common, &opts, group, readiness.clone()).await?;

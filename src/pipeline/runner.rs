@@ -249,7 +249,15 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                     // when they are already someone else's).
                     let pending: Offsets = pending.into_iter().collect();
                     let outcome = if lost {
-                        txn.abort().map(|()| Outcome::Aborted)
+                        match txn.abort() {
+                            // A transient failure leaves it open: the loop's
+                            // next abort, after a backoff, resumes it.
+                            Err(e) if e.retry() == crate::error::Retry::Backoff => {
+                                ErrorCounted { pipeline, step: "abort", error: &e }.emit();
+                                Ok(Outcome::Aborted)
+                            }
+                            r => r.map(|()| Outcome::Aborted),
+                        }
                     } else {
                         txn.commit(consumer, &pending, false)
                     };
@@ -648,11 +656,11 @@ impl<'c, S: Stage> Runner<'c, S> {
     /// again from there.
     fn abort_and_rewind(&mut self, held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
         let Some(txn) = self.txn.clone() else { return Ok(Flow::Done(())) };
-        if !self.rewind_requested() {
-            while let Err(e) = txn.abort() {
-                if let Flow::Shutdown = self.wait("abort", e, held)? {
-                    return Ok(Flow::Shutdown);
-                }
+        // Also after a revoke's abort: one that failed left the transaction
+        // open, and aborting a fresh, empty one costs a round trip only.
+        while let Err(e) = txn.abort() {
+            if let Flow::Shutdown = self.wait("abort", e, held)? {
+                return Ok(Flow::Shutdown);
             }
         }
         self.rewind(held)?;

@@ -198,9 +198,19 @@ impl Txn {
                 KafkaError::Transaction(e) if e.txn_requires_abort() => {
                     tracing::warn!(pipeline = self.pipeline, "transaction aborted ({e}); rewinding to the last commit");
                     let producer = p.clone();
-                    bounded("abort_transaction", id, move || producer.abort_transaction(TIMEOUT))?
-                        .map_err(|e| failed("abort the transaction", id, e))?;
-                    break Outcome::Aborted;
+                    let aborted = bounded("abort_transaction", id, move || producer.abort_transaction(TIMEOUT))?
+                        .map_err(|e| failed("abort the transaction", id, e));
+                    match aborted {
+                        Ok(()) => break Outcome::Aborted,
+                        // The coordinator is away: the transaction stays open
+                        // (never committed); the runner's next abort, after its
+                        // backoff, resumes this one.
+                        Err(e) if e.retry() == crate::error::Retry::Backoff => {
+                            tracing::warn!(pipeline = self.pipeline, "the abort is retried later: {e}");
+                            return Ok(Outcome::Aborted);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 KafkaError::Transaction(e) if e.is_retriable() && retries < RETRIES => {
                     retries += 1;

@@ -1,6 +1,7 @@
 //! Where records go: Kafka producers (outputs, the DLQ, the analyzer's
 //! changelog), PostgreSQL, Redis and the analyzer's checkpoints.
 
+pub mod alertmanager;
 pub mod changelog;
 pub mod checkpoints;
 pub mod dlq;

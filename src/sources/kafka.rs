@@ -3,6 +3,8 @@
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::time::Duration;
 
@@ -54,6 +56,54 @@ pub fn assigned_consumer(kafka: &KafkaConfig, client_id: &str) -> Result<BaseCon
         })
         .create_with_context(EofExpected)
         .map_err(Error::kafka(format!("create the {client_id} consumer")))
+}
+
+/// Reads `partitions` of `topic` from the beginning to their end (as far
+/// as read_committed may read), handing `each` every record's partition,
+/// offset and value: for state rebuilt from a topic at assignment.
+pub fn read_to_end(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+    mut each: impl FnMut(i32, i64, &[u8]),
+) -> Result<()> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let c = assigned_consumer(kafka, client_id)?;
+    let mut open = std::collections::BTreeSet::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (lo, hi) = c
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .map_err(Error::kafka(format!("watermarks of {topic}[{p}]")))?;
+        if hi > lo {
+            open.insert(*p);
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+                .map_err(Error::kafka(format!("assign {topic}[{p}]")))?;
+        }
+    }
+    if open.is_empty() {
+        return Ok(());
+    }
+    c.assign(&tpl).map_err(Error::kafka(format!("assign {topic}")))?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !open.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Unavailable(format!("reading {topic} partitions {open:?} took longer than {timeout:?}")));
+        }
+        match c.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => return Err(Error::kafka(format!("read {topic}"))(e)),
+            Some(Ok(m)) => each(m.partition(), m.offset(), m.payload().unwrap_or_default()),
+        }
+    }
+    Ok(())
 }
 
 /// `topic[0,1,2]` style summary of a partition list.

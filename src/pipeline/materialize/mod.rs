@@ -351,7 +351,9 @@ pub(crate) async fn prepare(
             c.set_ready(Ok(()));
             Ok(Job::Redis(cfg(redis::PIPELINE, topics.redis_inputs()), MaterializeStage::new(c, sink)))
         }
-        Pipeline::Analyze => Err(Error::Internal("the analyzer is not a materializer".into())),
+        Pipeline::Analyze | Pipeline::NotifyAlertmanager => {
+            Err(Error::Internal(format!("{} is not a materializer", pipeline.name())))
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use crate::config::KafkaConfig;
 use crate::domain::{Alert, AlertStatus, Event};
 use crate::error::Result;
 use crate::sinks::alertmanager::{Alertmanager, AmAlert};
+use crate::telemetry::events::AlertsPosted;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -192,6 +193,8 @@ impl Stage for NotifyStage {
     fn commit(&mut self, batch: &Batch<'_>) -> Result<Offsets> {
         let alerts: Vec<AmAlert> = self.pending.iter().map(|(_, _, am, _)| am.clone()).collect();
         self.am.post(&alerts)?;
+        let firing = self.pending.iter().filter(|p| p.3).count();
+        AlertsPosted { firing, resolved: alerts.len() - firing, resend: false }.emit();
         for (k, tp, am, firing) in self.pending.drain(..) {
             if firing {
                 self.firing.insert(k, (tp, am));
@@ -211,7 +214,7 @@ impl Stage for NotifyStage {
         if due && !self.firing.is_empty() {
             let alerts: Vec<AmAlert> = self.firing.values().map(|(_, am)| am.clone()).collect();
             self.am.post(&alerts)?;
-            tracing::debug!(pipeline = "notify-alertmanager", firing = alerts.len(), "firing alerts sent again");
+            AlertsPosted { firing: alerts.len(), resolved: 0, resend: true }.emit();
         }
         if due {
             self.last_resend = Some(Instant::now());

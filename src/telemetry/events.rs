@@ -239,6 +239,24 @@ impl PipelineStarted<'_> {
     }
 }
 
+/// Alerts posted to Alertmanager (a batch's, or the firing ones sent again).
+pub struct AlertsPosted {
+    pub firing: usize,
+    pub resolved: usize,
+    pub resend: bool,
+}
+
+impl AlertsPosted {
+    pub fn emit(&self) {
+        tracing::debug!(firing = self.firing, resolved = self.resolved, resend = self.resend, "alerts posted to Alertmanager");
+        let kind = if self.resend { "resend" } else { "new" };
+        counter!("udo_alertmanager_alerts_posted_total", "status" => "firing", "kind" => kind)
+            .increment(self.firing as u64);
+        counter!("udo_alertmanager_alerts_posted_total", "status" => "resolved", "kind" => kind)
+            .increment(self.resolved as u64);
+    }
+}
+
 /// An event behind the watermark: counted here, reported on the DLQ.
 pub struct LateEvent<'a> {
     pub topic: &'a str,

@@ -100,6 +100,20 @@ impl HttpRegistry {
     }
 }
 
+impl HttpRegistry {
+    /// The schema text of `subject`'s latest version (`None`: not registered).
+    pub fn latest_schema(&self, subject: &str) -> Result<Option<String>, RegistryError> {
+        let what = format!("latest version of {subject}");
+        let resp =
+            self.agent.get(format!("{}/subjects/{subject}/versions/latest", self.base)).header("Accept", CONTENT_TYPE).call();
+        match self.read::<SchemaResponse>(&what, resp)? {
+            Ok(r) => Ok(Some(r.schema)),
+            Err((404, _)) => Ok(None),
+            Err((status, body)) => Err(RegistryError::Rejected { status, what, body }),
+        }
+    }
+}
+
 impl SchemaRegistry for HttpRegistry {
     /// The writer schema behind a Confluent-framed record.
     fn schema_by_id(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {

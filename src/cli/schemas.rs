@@ -80,8 +80,19 @@ fn check(common: &CommonArgs, dir: &Path, topics_dir: &Path) -> Result<()> {
             match registry.check_compatibility(&subject, &text)? {
                 Compatibility::Compatible => println!("ok      {subject}: compatible with the registry"),
                 Compatibility::NewSubject => println!("ok      {subject}: not registered yet"),
-                Compatibility::Incompatible(msgs) => {
-                    problems.push(format!("{subject}: incompatible with the registry: {}", msgs.join("; ")))
+                Compatibility::Incompatible(mut msgs) => {
+                    if msgs.is_empty() {
+                        // Some registries (Apicurio's ccompat API) say no
+                        // more than "incompatible": name the field ourselves.
+                        let registered = registry.latest_schema(&subject)?;
+                        let why = registered.and_then(|old| crate::codec::catalog::backward_incompatibility(&old, &text));
+                        msgs.push(why.unwrap_or_else(|| "the registry gave no reason".into()));
+                    }
+                    problems.push(format!(
+                        "{subject}: incompatible with the registry ({}): give a new field a default, keep the \
+                         removed or renamed ones, or register a new subject",
+                        msgs.join("; ")
+                    ))
                 }
             }
         }

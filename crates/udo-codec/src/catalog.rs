@@ -143,3 +143,12 @@ impl Catalog {
         Some(if texts.len() == 1 { texts[0].to_string() } else { format!("[{}]", texts.join(",")) })
     }
 }
+
+/// Why data written with `registered` cannot be read with `new` (BACKWARD
+/// compatibility), as apache-avro's resolution rules see it: the field or
+/// type at fault. `None` when it can (or either does not parse). For
+/// registries whose compatibility answer carries no reason.
+pub fn backward_incompatibility(registered: &str, new: &str) -> Option<String> {
+    let (old, new) = (Schema::parse_str(registered).ok()?, Schema::parse_str(new).ok()?);
+    apache_avro::schema_compatibility::SchemaCompatibility::can_read(&old, &new).err().map(|e| e.to_string())
+}

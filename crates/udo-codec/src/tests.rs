@@ -421,3 +421,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_backward_incompatible_change_names_the_field() {
+    let old = catalog::BUILTIN.iter().find(|(n, _)| *n == "LatencySample").unwrap().1;
+    let mut v: serde_json::Value = serde_json::from_str(old).unwrap();
+    v["fields"].as_array_mut().unwrap().push(serde_json::json!({"name": "region", "type": "string"}));
+    let why = catalog::backward_incompatibility(old, &v.to_string()).expect("incompatible");
+    assert!(why.contains("region"), "{why}");
+    assert_eq!(catalog::backward_incompatibility(old, old), None);
+    v["fields"].as_array_mut().unwrap().last_mut().unwrap()["default"] = "eu".into();
+    assert_eq!(catalog::backward_incompatibility(old, &v.to_string()), None, "a default makes it compatible");
+}

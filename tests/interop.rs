@@ -6,11 +6,22 @@
 //! - one record of every type, encoded by us, decodes in Java and in Python
 //!   with our values;
 //! - what Java and Python encode from what they decoded decodes here to the
-//!   same events (their framing and fingerprints are ours).
+//!   same events (their framing and fingerprints are ours);
+//! - over Kafka, a Python service (confluent-kafka, fastavro single-object)
+//!   publishes latency samples the pipelines materialize, and reads every
+//!   output topic of the analyzer.
+
+mod common;
+#[path = "support/analyze.rs"]
+mod incident;
+#[path = "support/materialize.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::*;
 use std::sync::Arc;
+use std::time::Duration;
 use udo_stream::codec::{Catalog, Codec, OutputFormat};
 use udo_stream::domain::Limits;
 
@@ -106,4 +117,98 @@ fn java_and_python_read_our_records_and_we_read_theirs() {
     for d in [ours, from_java, from_python] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// Runs `interop/kafka_clients.py` with the SDKs' PYTHONPATH.
+pub fn python_client(pythonpath: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(format!("{ROOT}/interop/kafka_clients.py"))
+        .args(args)
+        .env("PYTHONPATH", pythonpath)
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "kafka_clients.py {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+#[test]
+fn a_python_service_feeds_the_pipelines_and_reads_every_output_topic() {
+    let env = sdk_env();
+    let pythonpath = env.iter().find(|(k, _)| k == "PYTHONPATH").map(|(_, v)| v.clone()).unwrap();
+    let prefix = common::prefix("py");
+    incident::produce(&prefix);
+    // At the end of the incident run's event time: on time for the analyzer.
+    let start = (incident::START_MS + 35 * incident::MIN).to_string();
+    let brokers = common::brokers();
+    let schemas = format!("{ROOT}/schemas");
+    let latency = format!("{prefix}udo.latency.v1");
+    let sent = python_client(
+        &pythonpath,
+        &[
+            "produce",
+            "--framing",
+            "single-object",
+            "--brokers",
+            &brokers,
+            "--topic",
+            &latency,
+            "--schemas",
+            &schemas,
+            "--count",
+            "300",
+            "--start-ms",
+            &start,
+        ],
+    );
+    assert!(sent.starts_with("sent 300"), "{sent}");
+    let db = block_on(common::fresh_database("py"));
+    let mut m = materializer(
+        "analyze,materialize-postgres",
+        &prefix,
+        &db,
+        "redis://unused",
+        &[("UDO__ANALYZE__IDLE_TIMEOUT", "3s")],
+    );
+    let pool = pg_pool(&db);
+    let group = format!("{prefix}udo-materialize-postgres");
+    let inputs = topics(&prefix, &["udo.writes.v1", "udo.feedback.v1", "udo.latency.v1"]);
+    wait_caught_up("postgres", &inputs, Duration::from_secs(240), || pg_offsets(&pool, &group), || m.assert_alive());
+    let rows: i64 = block_on(
+        sqlx::query_scalar("SELECT count(*) FROM latency_samples WHERE source = 'python-service'").fetch_one(&pool),
+    )
+    .unwrap();
+    assert_eq!(rows, 300, "every sample the Python service sent is in PostgreSQL");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while m.metric("udo_alerts_total", &[]) < 1.0 {
+        m.assert_alive();
+        assert!(std::time::Instant::now() < deadline, "no alert within 120 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    m.stop();
+    let outputs: Vec<String> = ["udo.windows.v1", "udo.alerts.v1", "udo.degradations.v1", "udo.analyze.decisions.v1"]
+        .iter()
+        .map(|t| format!("{prefix}{t}"))
+        .collect();
+    let read = python_client(
+        &pythonpath,
+        &[
+            "consume",
+            "--framing",
+            "single-object",
+            "--brokers",
+            &brokers,
+            "--topics",
+            &outputs.join(","),
+            "--schemas",
+            &schemas,
+        ],
+    );
+    for topic in &outputs[..3] {
+        let line = read.lines().find(|l| l.contains(&format!("\"{topic}\""))).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        assert!(v["decoded"].as_i64().unwrap_or(0) > 0, "Python decoded {topic}: {read}");
+    }
+    block_on(common::drop_database(&db));
 }

@@ -7,6 +7,8 @@
 //! - a registry outage (the registry hung): with a warm cache nothing is
 //!   lost; a member with a cold cache waits and retries, and nothing is
 //!   skipped or dead-lettered;
+//! - a Python service's confluent-kafka AvroSerializer records land, and its
+//!   AvroDeserializer (what Kafka UI uses) decodes our outputs;
 //! - `schemas check` fails on a breaking edit, naming the subject and the
 //!   field.
 
@@ -35,6 +37,26 @@ fn registry_signal(signal: &str) {
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     let pid = text.split("(pid ").nth(1).and_then(|r| r.split(')').next()).expect("registry pid");
     assert!(Command::new("kill").args([signal, pid]).status().unwrap().success());
+}
+
+/// The PYTHONPATH with confluent-kafka and fastavro (`scripts/interop env`).
+fn python_path() -> String {
+    let out = Command::new(format!("{ROOT}/scripts/interop")).arg("env").output().unwrap();
+    assert!(out.status.success(), "scripts/interop env: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().find_map(|l| l.strip_prefix("export PYTHONPATH=")).expect("PYTHONPATH").trim_matches('\'').to_string()
+}
+
+fn python_client(pythonpath: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(format!("{ROOT}/interop/kafka_clients.py"))
+        .args(args)
+        .env("PYTHONPATH", pythonpath)
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "kafka_clients.py {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
+    text
 }
 
 fn registry() -> String {
@@ -132,6 +154,39 @@ fn records_framed_by_a_live_registry_land_through_an_outage_and_a_breaking_edit_
     let rows: i64 = pg_counts(&pool).values().map(|(n, _)| n).sum();
     assert!(rows >= produced, "postgres holds every record: {rows} rows for {produced} records");
 
+    // A Python service with confluent-kafka's AvroSerializer publishes
+    // samples that land like ours.
+    let py = python_path();
+    let (brokers, schemas) = (common::brokers(), format!("{ROOT}/schemas"));
+    let latency = format!("{prefix}udo.latency.v1");
+    let sent = python_client(
+        &py,
+        &[
+            "produce",
+            "--framing",
+            "confluent",
+            "--registry",
+            &url,
+            "--brokers",
+            &brokers,
+            "--topic",
+            &latency,
+            "--schemas",
+            &schemas,
+            "--count",
+            "200",
+        ],
+    );
+    assert!(sent.starts_with("sent 200"), "{sent}");
+    let mut m = materializer("materialize-postgres", &prefix, &db, &redis, &env);
+    wait_caught_up("postgres", &inputs, timeout, || pg_offsets(&pool, &pg_group), || m.assert_alive());
+    m.stop();
+    let rows: i64 = block_on(
+        sqlx::query_scalar("SELECT count(*) FROM latency_samples WHERE source = 'python-service'").fetch_one(&pool),
+    )
+    .unwrap();
+    assert_eq!(rows, 200, "every record of confluent-kafka's AvroSerializer landed");
+
     // Outputs carry the registry's framing: the analyzer's windows.
     let mut a = materializer("analyze", &prefix, &db, &redis, &env);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -148,6 +203,26 @@ fn records_framed_by_a_live_registry_land_through_an_outage_and_a_breaking_edit_
         &["tail", &format!("{prefix}udo.windows.v1"), "--from-beginning", "--max", "3", "--idle-exit", "5s"],
     );
     assert!(ok && out.contains("\"window_end\""), "tail decodes the registry-framed outputs: {out}");
+    // ...and a Confluent deserializer (what Kafka UI uses) decodes them.
+    let windows = format!("{prefix}udo.windows.v1");
+    let read = python_client(
+        &py,
+        &[
+            "consume",
+            "--framing",
+            "confluent",
+            "--registry",
+            &url,
+            "--brokers",
+            &brokers,
+            "--topics",
+            &windows,
+            "--schemas",
+            &schemas,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(read.lines().next().unwrap_or_default()).unwrap_or_default();
+    assert!(v["decoded"].as_i64().unwrap_or(0) > 0, "confluent-kafka's AvroDeserializer decoded the windows: {read}");
 
     // A breaking edit: a new field without a default, under BACKWARD.
     let dir = std::env::temp_dir().join(format!("udo-reg-schemas-{}", std::process::id()));

@@ -8,7 +8,8 @@
 //! - what Java and Python encode from what they decoded decodes here to the
 //!   same events (their framing and fingerprints are ours);
 //! - over Kafka, a Python service (confluent-kafka, fastavro single-object)
-//!   publishes latency samples the pipelines materialize, and reads every
+//!   and a Java one (Kafka's client, Avro's BinaryMessageEncoder) publish
+//!   latency samples the pipelines materialize, and both decode every
 //!   output topic of the analyzer.
 
 mod common;
@@ -19,9 +20,9 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::*;
 use std::sync::Arc;
 use std::time::Duration;
+use support::*;
 use udo_stream::codec::{Catalog, Codec, OutputFormat};
 use udo_stream::domain::Limits;
 
@@ -133,7 +134,7 @@ pub fn python_client(pythonpath: &str, args: &[&str]) -> String {
 }
 
 #[test]
-fn a_python_service_feeds_the_pipelines_and_reads_every_output_topic() {
+fn python_and_java_services_feed_the_pipelines_and_read_every_output_topic() {
     let env = sdk_env();
     let pythonpath = env.iter().find(|(k, _)| k == "PYTHONPATH").map(|(_, v)| v.clone()).unwrap();
     let prefix = common::prefix("py");
@@ -162,6 +163,22 @@ fn a_python_service_feeds_the_pipelines_and_reads_every_output_topic() {
         ],
     );
     assert!(sent.starts_with("sent 300"), "{sent}");
+    // And a Java service with Kafka's client and Avro's BinaryMessageEncoder.
+    let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).expect(k);
+    let classpath = format!("{}:{}", var("KAFKA_CLASSPATH"), var("AVRO_CLASSPATH"));
+    let java = |args: &[&str]| {
+        let out = Command::new("java")
+            .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", &classpath])
+            .arg(format!("{ROOT}/interop/KafkaClients.java"))
+            .args(args)
+            .output()
+            .expect("run java");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "KafkaClients.java {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    let sent = java(&["produce", &brokers, &latency, &schemas, "200", &start]);
+    assert!(sent.starts_with("sent 200"), "{sent}");
     let db = block_on(common::fresh_database("py"));
     let mut m = materializer(
         "analyze,materialize-postgres",
@@ -179,6 +196,11 @@ fn a_python_service_feeds_the_pipelines_and_reads_every_output_topic() {
     )
     .unwrap();
     assert_eq!(rows, 300, "every sample the Python service sent is in PostgreSQL");
+    let rows: i64 = block_on(
+        sqlx::query_scalar("SELECT count(*) FROM latency_samples WHERE source = 'java-service'").fetch_one(&pool),
+    )
+    .unwrap();
+    assert_eq!(rows, 200, "every sample the Java service sent is in PostgreSQL");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while m.metric("udo_alerts_total", &[]) < 1.0 {
         m.assert_alive();
@@ -205,10 +227,13 @@ fn a_python_service_feeds_the_pipelines_and_reads_every_output_topic() {
             &schemas,
         ],
     );
-    for topic in &outputs[..3] {
-        let line = read.lines().find(|l| l.contains(&format!("\"{topic}\""))).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-        assert!(v["decoded"].as_i64().unwrap_or(0) > 0, "Python decoded {topic}: {read}");
+    let read_java = java(&["consume", &brokers, &outputs.join(","), &schemas]);
+    for (who, read) in [("Python", &read), ("Java", &read_java)] {
+        for topic in &outputs[..3] {
+            let line = read.lines().find(|l| l.contains(&format!("\"{topic}\""))).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            assert!(v["decoded"].as_i64().unwrap_or(0) > 0, "{who} decoded {topic}: {read}");
+        }
     }
     block_on(common::drop_database(&db));
 }

@@ -11,11 +11,15 @@
 // Run by tests/interop.rs with Kafka's jars and Avro's on the class path.
 import java.io.File;
 import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.HashMap;
+import java.util.Map;
 import java.time.Duration;
 import java.util.List;
 import java.util.Properties;
 import java.util.UUID;
 import org.apache.avro.Schema;
+import org.apache.avro.SchemaNormalization;
 import org.apache.avro.generic.GenericData;
 import org.apache.avro.generic.GenericRecord;
 import org.apache.avro.generic.GenericRecordBuilder;
@@ -73,13 +77,12 @@ public class KafkaClients {
   }
 
   static void consume(String brokers, List<String> topics, File dir) throws Exception {
-    BinaryMessageDecoder<GenericRecord> decoder = null;
+    // One decoder per schema, picked by the record's fingerprint: a
+    // decoder resolves whatever it reads to its own (reader) schema.
+    Map<Long, BinaryMessageDecoder<GenericRecord>> decoders = new HashMap<>();
     for (File f : dir.listFiles((d, n) -> n.endsWith(".avsc"))) {
       Schema s = new Schema.Parser().parse(f);
-      if (decoder == null) {
-        decoder = new BinaryMessageDecoder<>(GenericData.get(), s);
-      }
-      decoder.addSchema(s);
+      decoders.put(SchemaNormalization.parsingFingerprint64(s), new BinaryMessageDecoder<>(GenericData.get(), s));
     }
     for (String topic : topics) {
       Properties p = new Properties();
@@ -103,6 +106,11 @@ public class KafkaClients {
           for (ConsumerRecord<byte[], byte[]> r : records) {
             GenericRecord v;
             try {
+              long fp = ByteBuffer.wrap(r.value(), 2, 8).order(ByteOrder.LITTLE_ENDIAN).getLong();
+              BinaryMessageDecoder<GenericRecord> decoder = decoders.get(fp);
+              if (decoder == null) {
+                throw new IllegalStateException("fingerprint " + Long.toHexString(fp) + " matches no schema");
+              }
               v = decoder.decode(r.value());
             } catch (Exception e) {
               System.err.println(topic + "[" + r.partition() + "]@" + r.offset() + ": cannot decode: " + e);

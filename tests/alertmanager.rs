@@ -13,21 +13,11 @@ mod common;
 mod support;
 
 use serde_json::Value;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn stack(args: &[&str]) -> String {
-    let out = Command::new(format!("{ROOT}/scripts/stack")).args(args).output().unwrap();
-    assert!(out.status.success(), "scripts/stack {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn alertmanager() -> String {
-    let env = stack(&["alertmanager", "up"]);
-    env.lines().find_map(|l| l.strip_prefix("export ALERTMANAGER_URL=")).expect("ALERTMANAGER_URL").to_string()
+    common::exported(&common::stack(&["alertmanager", "up"]), "ALERTMANAGER_URL")
 }
 
 /// Alertmanager's alerts of `component` (active, silenced, inhibited and
@@ -96,7 +86,7 @@ fn an_incident_alert_is_active_in_alertmanager_then_resolved_and_never_fires_aga
     });
 
     // An Alertmanager outage: the notifier holds what comes and retries.
-    stack(&["alertmanager", "down"]);
+    common::stack(&["alertmanager", "down"]);
     // Phase 2: checkout is healthy again; its alerts resolve.
     produce(&prefix, "2026-01-01T00:22:00Z", 18, None, "22");
     std::thread::sleep(Duration::from_secs(5));

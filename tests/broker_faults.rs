@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use common::stack;
 use support::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -36,13 +37,6 @@ const INPUTS: [&str; 3] = ["udo.writes.v1", "udo.feedback.v1", "udo.latency.v1"]
 /// `UDO_FAULT_EVENTS=5000000 scripts/test broker_faults`.
 fn events(default: u64) -> u64 {
     std::env::var("UDO_FAULT_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn stack(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
-    let out = Command::new(script).args(args).output().expect("run scripts/stack");
-    assert!(out.status.success(), "scripts/stack {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Starts the cluster and points every helper of this binary at it.

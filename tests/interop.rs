@@ -30,23 +30,6 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const DIM: usize = 8;
 const T0: i64 = 1_767_225_600_000;
 
-fn interop(args: &[&str]) -> String {
-    let out = Command::new(format!("{ROOT}/scripts/interop")).args(args).output().expect("run scripts/interop");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "scripts/interop {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
-    text
-}
-
-/// `AVRO_CLASSPATH` and `PYTHONPATH` from `scripts/interop env`.
-fn sdk_env() -> Vec<(String, String)> {
-    interop(&["env"])
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').replace("\\*", "*")))
-        .collect()
-}
-
 fn codec() -> Codec {
     Codec::new(
         Arc::new(Catalog::builtin()),
@@ -74,13 +57,13 @@ fn run_sdk(program: &mut Command, input: &Path, output: &Path) -> String {
 
 #[test]
 fn the_golden_fingerprints_are_what_java_and_fastavro_compute() {
-    interop(&["fingerprints", "--check"]);
+    common::script("interop", &["fingerprints", "--check"]);
 }
 
 #[test]
 fn java_and_python_read_our_records_and_we_read_theirs() {
-    let env = sdk_env();
-    let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).expect(k);
+    let env = common::interop_env();
+    let var = |k: &str| common::exported(&env, k);
     let codec = codec();
     let events = udo_stream::synth::one_of_each(DIM, T0);
     let ours = dir("ours");
@@ -120,23 +103,10 @@ fn java_and_python_read_our_records_and_we_read_theirs() {
     }
 }
 
-/// Runs `interop/kafka_clients.py` with the SDKs' PYTHONPATH.
-pub fn python_client(pythonpath: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg(format!("{ROOT}/interop/kafka_clients.py"))
-        .args(args)
-        .env("PYTHONPATH", pythonpath)
-        .output()
-        .expect("run python3");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "kafka_clients.py {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
-    text
-}
-
 #[test]
 fn python_and_java_services_feed_the_pipelines_and_read_every_output_topic() {
-    let env = sdk_env();
-    let pythonpath = env.iter().find(|(k, _)| k == "PYTHONPATH").map(|(_, v)| v.clone()).unwrap();
+    let env = common::interop_env();
+    let pythonpath = common::exported(&env, "PYTHONPATH");
     let prefix = common::prefix("py");
     incident::produce(&prefix);
     // At the end of the incident run's event time: on time for the analyzer.
@@ -144,7 +114,7 @@ fn python_and_java_services_feed_the_pipelines_and_read_every_output_topic() {
     let brokers = common::brokers();
     let schemas = format!("{ROOT}/schemas");
     let latency = format!("{prefix}udo.latency.v1");
-    let sent = python_client(
+    let sent = common::python_client(
         &pythonpath,
         &[
             "produce",
@@ -164,7 +134,7 @@ fn python_and_java_services_feed_the_pipelines_and_read_every_output_topic() {
     );
     assert!(sent.starts_with("sent 300"), "{sent}");
     // And a Java service with Kafka's client and Avro's BinaryMessageEncoder.
-    let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).expect(k);
+    let var = |k: &str| common::exported(&env, k);
     let classpath = format!("{}:{}", var("KAFKA_CLASSPATH"), var("AVRO_CLASSPATH"));
     let java = |args: &[&str]| {
         let out = Command::new("java")
@@ -213,7 +183,7 @@ fn python_and_java_services_feed_the_pipelines_and_read_every_output_topic() {
         .iter()
         .map(|t| format!("{prefix}{t}"))
         .collect();
-    let read = python_client(
+    let read = common::python_client(
         &pythonpath,
         &[
             "consume",

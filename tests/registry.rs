@@ -24,12 +24,6 @@ use support::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn stack(args: &[&str]) -> String {
-    let out = Command::new(format!("{ROOT}/scripts/stack")).args(args).output().unwrap();
-    assert!(out.status.success(), "scripts/stack {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The registry process: a hung registry (SIGSTOP) is the outage here, as
 /// a restart would lose its in-memory subjects.
 fn registry_signal(signal: &str) {
@@ -39,29 +33,8 @@ fn registry_signal(signal: &str) {
     assert!(Command::new("kill").args([signal, pid]).status().unwrap().success());
 }
 
-/// The PYTHONPATH with confluent-kafka and fastavro (`scripts/interop env`).
-fn python_path() -> String {
-    let out = Command::new(format!("{ROOT}/scripts/interop")).arg("env").output().unwrap();
-    assert!(out.status.success(), "scripts/interop env: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines().find_map(|l| l.strip_prefix("export PYTHONPATH=")).expect("PYTHONPATH").trim_matches('\'').to_string()
-}
-
-fn python_client(pythonpath: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg(format!("{ROOT}/interop/kafka_clients.py"))
-        .args(args)
-        .env("PYTHONPATH", pythonpath)
-        .output()
-        .expect("run python3");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "kafka_clients.py {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
-    text
-}
-
 fn registry() -> String {
-    let env = stack(&["registry", "up"]);
-    env.lines().find_map(|l| l.strip_prefix("export SCHEMA_REGISTRY_URL=")).expect("SCHEMA_REGISTRY_URL").to_string()
+    common::exported(&common::stack(&["registry", "up"]), "SCHEMA_REGISTRY_URL")
 }
 
 /// `udo-stream` with the registry configured; (success, output).
@@ -156,10 +129,10 @@ fn records_framed_by_a_live_registry_land_through_an_outage_and_a_breaking_edit_
 
     // A Python service with confluent-kafka's AvroSerializer publishes
     // samples that land like ours.
-    let py = python_path();
+    let py = common::exported(&common::interop_env(), "PYTHONPATH");
     let (brokers, schemas) = (common::brokers(), format!("{ROOT}/schemas"));
     let latency = format!("{prefix}udo.latency.v1");
-    let sent = python_client(
+    let sent = common::python_client(
         &py,
         &[
             "produce",
@@ -205,7 +178,7 @@ fn records_framed_by_a_live_registry_land_through_an_outage_and_a_breaking_edit_
     assert!(ok && out.contains("\"window_end\""), "tail decodes the registry-framed outputs: {out}");
     // ...and a Confluent deserializer (what Kafka UI uses) decodes them.
     let windows = format!("{prefix}udo.windows.v1");
-    let read = python_client(
+    let read = common::python_client(
         &py,
         &[
             "consume",

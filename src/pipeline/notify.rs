@@ -65,12 +65,6 @@ pub fn am_alert(a: &Alert, starts_at: Option<&str>) -> AmAlert {
     }
 }
 
-/// What a partition held at assignment, folded: each alert's latest record.
-#[derive(Default)]
-struct Settled {
-    latest: HashMap<Key, (Tp, i64)>,
-}
-
 pub struct NotifyStage {
     am: Alertmanager,
     kafka: KafkaConfig,
@@ -80,7 +74,8 @@ pub struct NotifyStage {
     last_resend: Option<Instant>,
     /// Firing alerts as last posted, with their partition.
     firing: BTreeMap<Key, (Tp, AmAlert)>,
-    settled: Settled,
+    /// What the partitions held at assignment: each alert's latest record.
+    latest: HashMap<Key, (Tp, i64)>,
     /// Prepared by `write`, posted by `commit`: (key, partition, alert, firing).
     pending: Vec<(Key, Tp, AmAlert, bool)>,
 }
@@ -95,7 +90,7 @@ impl NotifyStage {
             resend_every,
             last_resend: None,
             firing: BTreeMap::new(),
-            settled: Settled::default(),
+            latest: HashMap::new(),
             pending: Vec::new(),
         }
     }
@@ -105,7 +100,7 @@ impl NotifyStage {
     fn settle(&mut self, alerts: Vec<(Tp, i64, Alert)>) {
         for (tp, offset, a) in alerts {
             let k = key(&a);
-            self.settled.latest.insert(k.clone(), (tp.clone(), offset));
+            self.latest.insert(k.clone(), (tp.clone(), offset));
             match a.status {
                 AlertStatus::Firing => {
                     let am = am_alert(&a, None);
@@ -159,7 +154,7 @@ impl Stage for NotifyStage {
 
     fn revoked(&mut self, parts: &[Tp]) -> Offsets {
         self.firing.retain(|_, (tp, _)| !parts.contains(tp));
-        self.settled.latest.retain(|_, (tp, _)| !parts.contains(tp));
+        self.latest.retain(|_, (tp, _)| !parts.contains(tp));
         Vec::new()
     }
 
@@ -174,7 +169,7 @@ impl Stage for NotifyStage {
                 // Behind the alert's latest record at assignment (a replay,
                 // a restart): that newer record decides; a resolved alert
                 // must not fire again.
-                if let Some((tp, off)) = self.settled.latest.get(&k) {
+                if let Some((tp, off)) = self.latest.get(&k) {
                     if *tp == part.tp && rec.offset < *off {
                         continue;
                     }

@@ -117,3 +117,47 @@ pub async fn fresh_redis_db(db: u32) -> String {
     let _: () = redis::cmd("FLUSHDB").query_async(&mut con).await.expect("FLUSHDB");
     url
 }
+
+/// Runs one of the project's scripts (`scripts/<name>`); its stdout, after
+/// asserting success.
+pub fn script(name: &str, args: &[&str]) -> String {
+    let path = format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(&path).args(args).output().unwrap_or_else(|e| panic!("run {path}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "scripts/{name} {args:?}: {}{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// `scripts/stack ARGS`: its stdout (the `env` lines of `up`).
+pub fn stack(args: &[&str]) -> String {
+    script("stack", args)
+}
+
+/// The value of `export NAME=value` in a script's output (shell quoting
+/// undone).
+pub fn exported(output: &str, name: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+        .unwrap_or_else(|| panic!("{name} in: {output}"))
+        .trim_matches('\'')
+        .replace("\\*", "*")
+}
+
+/// `scripts/interop env`: AVRO_CLASSPATH, PYTHONPATH, KAFKA_CLASSPATH.
+pub fn interop_env() -> String {
+    script("interop", &["env"])
+}
+
+/// `interop/kafka_clients.py ARGS`, the Python service of the interop tests.
+pub fn python_client(pythonpath: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/interop/kafka_clients.py"))
+        .args(args)
+        .env("PYTHONPATH", pythonpath)
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "kafka_clients.py {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
+    text
+}

@@ -19,8 +19,8 @@
 use super::batch::{Batch, Decoder, Offsets, Reason, Rec, Reject, Tp};
 use super::runner::Stage;
 use crate::config::{AnalyzeSettings, Processing};
-use crate::domain::{DegradationKind, Event};
 use crate::domain::engine::{Engine, EngineConfig, Input, Source, Stream, TaskState};
+use crate::domain::{DegradationKind, Event};
 use crate::error::{Error, Result};
 use crate::sinks::changelog::Changelog;
 use crate::sinks::checkpoints::{Checkpoint, CheckpointStore, Checkpoints};
@@ -108,7 +108,25 @@ pub(crate) async fn start(
                             let e = Error::Unavailable(why);
                             let delay = restarts.next_delay(&e).unwrap_or(Duration::from_secs(30));
                             tracing::warn!(pipeline = PIPELINE, "restarting in {delay:?}: {e}");
-                            std::thread::sleep(delay);
+                            let until = std::time::Instant::now() + delay;
+                            while std::time::Instant::now() < until && !shutdown.requested() {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            if shutdown.requested() {
+                                return Ok(());
+                            }
+                        }
+                        // Shutting down with librdkafka wedged: the open
+                        // transaction was never committed, so nothing it
+                        // holds is visible or lost; the next start aborts it
+                        // and reads its inputs again.
+                        Err(Error::ProducerFatal(why)) => {
+                            tracing::warn!(
+                                pipeline = PIPELINE,
+                                "exiting with the last transaction uncommitted (the next start aborts it and \
+                                 reprocesses its inputs): {why}"
+                            );
+                            return Ok(());
                         }
                         other => return other,
                     }

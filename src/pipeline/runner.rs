@@ -720,7 +720,7 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
     readiness.set(&format!("{pipeline}.sinks"), Ok(()));
     let stage = Arc::new(Mutex::new(stage));
     let assigned = Arc::new(Mutex::new(Assigned::default()));
-    let txn = cfg.txn.clone().map(|p| Arc::new(Txn::new(pipeline, p)));
+    let txn = cfg.txn.clone().map(|p| Arc::new(Txn::new(pipeline, p, shutdown.clone())));
     if let Some(t) = &txn {
         t.init()?;
         tracing::info!(pipeline, transactional_id = t.id(), "exactly-once: transactions initialized");

@@ -13,6 +13,7 @@
 
 use super::batch::Offsets;
 use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
 use crate::sinks::kafka::TxnProducer;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -25,16 +26,36 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a transactional call may block before the producer counts as
 /// wedged (its own timeout, plus slack).
 const WEDGED: Duration = Duration::from_secs(45);
+/// Once shutdown is asked for, how much longer a call may block: the process
+/// exits within DESIGN §6's 30 s even when librdkafka is wedged.
+const WEDGED_AT_SHUTDOWN: Duration = Duration::from_secs(15);
 
 /// Runs a blocking transactional call of librdkafka with a deadline of our
 /// own: `send_offsets_to_transaction` (and with it the other calls that
 /// wait for a coordinator) can block forever when the coordinator it cached
 /// is gone, its timeout never checked (librdkafka #5456, #5511; seen after
-/// a rolling restart of the cluster). Past [`WEDGED`] the producer counts as
-/// fatally failed: the pipeline restarts with a new producer, whose
-/// `init_transactions` fences this one; the helper thread is left to return
+/// a rolling restart of the cluster). Past [`WEDGED`] (or
+/// [`WEDGED_AT_SHUTDOWN`] after shutdown was asked for) the producer counts
+/// as fatally failed: the pipeline restarts with a new producer, whose
+/// `init_transactions` fences this one, or at shutdown exits with the
+/// transaction open, never committed; the helper thread is left to return
 /// whenever librdkafka lets it.
-fn bounded<T: Send + 'static>(what: &str, id: &str, call: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+fn bounded<T: Send + 'static>(
+    what: &str,
+    id: &str,
+    shutdown: &Shutdown,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    bounded_by(what, id, shutdown, (WEDGED, WEDGED_AT_SHUTDOWN), call)
+}
+
+fn bounded_by<T: Send + 'static>(
+    what: &str,
+    id: &str,
+    shutdown: &Shutdown,
+    (wedged, wedged_at_shutdown): (Duration, Duration),
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("udo-txn-call".into())
@@ -42,12 +63,29 @@ fn bounded<T: Send + 'static>(what: &str, id: &str, call: impl FnOnce() -> T + S
             let _ = tx.send(call());
         })
         .map_err(|e| Error::Internal(format!("spawn a thread for {what}: {e}")))?;
-    rx.recv_timeout(WEDGED).map_err(|_| {
-        Error::ProducerFatal(format!(
-            "exactly-once: {what} did not return within {WEDGED:?} (transactional id {id:?}; librdkafka lost its \
-             coordinator); the pipeline restarts with a new producer, which aborts the open transaction"
-        ))
-    })
+    let started = Instant::now();
+    let mut shutdown_seen: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(v) => return Ok(v),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Internal(format!("the thread running {what} ended without an answer")));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if shutdown.requested() && shutdown_seen.is_none() {
+            shutdown_seen = Some(Instant::now());
+        }
+        let waited = started.elapsed();
+        let at_shutdown = shutdown_seen.is_some_and(|t| t.elapsed() >= wedged_at_shutdown);
+        if waited >= wedged || at_shutdown {
+            return Err(Error::ProducerFatal(format!(
+                "exactly-once: {what} did not return within {}s (transactional id {id:?}; librdkafka lost its \
+                 coordinator); the open transaction is never committed: a new producer with this id aborts it",
+                waited.as_secs()
+            )));
+        }
+    }
 }
 
 static COMMITS: AtomicU64 = AtomicU64::new(0);
@@ -80,6 +118,7 @@ pub struct Txn {
     producer: TxnProducer,
     /// A transaction is open (none after the final commit at shutdown).
     open: AtomicBool,
+    shutdown: Shutdown,
 }
 
 fn failed(op: &str, id: &str, e: KafkaError) -> Error {
@@ -116,8 +155,8 @@ fn fenced(id: &str, why: &str) -> Error {
 }
 
 impl Txn {
-    pub fn new(pipeline: &'static str, producer: TxnProducer) -> Txn {
-        Txn { pipeline, producer, open: AtomicBool::new(false) }
+    pub fn new(pipeline: &'static str, producer: TxnProducer, shutdown: Shutdown) -> Txn {
+        Txn { pipeline, producer, open: AtomicBool::new(false), shutdown }
     }
 
     pub fn id(&self) -> &str {
@@ -134,12 +173,28 @@ impl Txn {
 
     /// Registers the transactional id (aborting whatever a crashed
     /// predecessor with the same id left open) and begins a transaction.
+    /// The coordinator may be away (a restart during an outage): a retriable
+    /// error is retried with backoff until it answers or shutdown.
     pub fn init(&self) -> Result<()> {
-        let p = &self.producer.producer;
-        let producer = p.clone();
-        bounded("init_transactions", self.id(), move || producer.init_transactions(TIMEOUT))?
-            .map_err(|e| failed("init transactions", self.id(), e))?;
-        self.begin()
+        let policy = super::retry::RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(10));
+        let mut backoff = policy.start();
+        loop {
+            let producer = self.producer.producer.clone();
+            let e = match bounded("init_transactions", self.id(), &self.shutdown, move || {
+                producer.init_transactions(TIMEOUT)
+            })? {
+                Ok(()) => return self.begin(),
+                Err(e) => e,
+            };
+            let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable() && !t.is_fatal());
+            let e = failed("init transactions", self.id(), e);
+            if !retriable || self.shutdown.requested() {
+                return Err(e);
+            }
+            let delay = backoff.next_delay(&e).unwrap_or(Duration::from_secs(10));
+            tracing::warn!(pipeline = self.pipeline, "exactly-once: retrying in {delay:?}: {e}");
+            std::thread::sleep(delay);
+        }
     }
 
     fn begin(&self) -> Result<()> {
@@ -176,13 +231,13 @@ impl Txn {
         let outcome = loop {
             let producer = p.clone();
             let step = if offsets_sent {
-                bounded("commit_transaction", id, move || producer.commit_transaction(TIMEOUT))?
+                bounded("commit_transaction", id, &self.shutdown, move || producer.commit_transaction(TIMEOUT))?
             } else {
                 let meta = consumer
                     .group_metadata()
                     .ok_or_else(|| Error::Internal("exactly-once needs a group member's metadata".into()))?;
                 let offsets = tpl.clone();
-                bounded("send_offsets_to_transaction", id, move || {
+                bounded("send_offsets_to_transaction", id, &self.shutdown, move || {
                     producer.send_offsets_to_transaction(&offsets, &meta, TIMEOUT)
                 })?
             };
@@ -198,8 +253,9 @@ impl Txn {
                 KafkaError::Transaction(e) if e.txn_requires_abort() => {
                     tracing::warn!(pipeline = self.pipeline, "transaction aborted ({e}); rewinding to the last commit");
                     let producer = p.clone();
-                    let aborted = bounded("abort_transaction", id, move || producer.abort_transaction(TIMEOUT))?
-                        .map_err(|e| failed("abort the transaction", id, e));
+                    let aborted =
+                        bounded("abort_transaction", id, &self.shutdown, move || producer.abort_transaction(TIMEOUT))?
+                            .map_err(|e| failed("abort the transaction", id, e));
                     match aborted {
                         Ok(()) => break Outcome::Aborted,
                         // The coordinator is away: the transaction stays open
@@ -238,10 +294,54 @@ impl Txn {
         if self.open.load(Ordering::SeqCst) {
             let p = &self.producer.producer;
             let producer = p.clone();
-            bounded("abort_transaction", self.id(), move || producer.abort_transaction(TIMEOUT))?
+            bounded("abort_transaction", self.id(), &self.shutdown, move || producer.abort_transaction(TIMEOUT))?
                 .map_err(|e| failed("abort the transaction", self.id(), e))?;
             self.open.store(false, Ordering::SeqCst);
         }
         self.begin()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: (Duration, Duration) = (Duration::from_secs(3), Duration::from_millis(400));
+
+    #[test]
+    fn a_call_that_returns_is_answered() {
+        let v = bounded_by("call", "id", &Shutdown::never(), LIMITS, || 7).unwrap();
+        assert_eq!(v, 7);
+    }
+
+    #[test]
+    fn a_wedged_call_is_a_fatal_producer_error_past_the_deadline() {
+        let started = Instant::now();
+        let e = bounded_by("send_offsets_to_transaction", "t-1", &Shutdown::never(), LIMITS, || {
+            std::thread::sleep(Duration::from_secs(10))
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::ProducerFatal(m) if m.contains("send_offsets_to_transaction") && m.contains("\"t-1\"")),
+            "{e}"
+        );
+        assert!(started.elapsed() >= LIMITS.0 && started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn shutdown_cuts_a_wedged_call_short() {
+        let (shutdown, trigger) = Shutdown::manual();
+        let started = Instant::now();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            trigger.trigger();
+        });
+        let e =
+            bounded_by("commit_transaction", "t-2", &shutdown, LIMITS, || std::thread::sleep(Duration::from_secs(10)))
+                .unwrap_err();
+        t.join().unwrap();
+        assert!(matches!(e, Error::ProducerFatal(_)), "{e}");
+        // 300 ms to the signal, then at most 400 ms (+ one 200 ms slice).
+        assert!(started.elapsed() < LIMITS.0, "waited {:?} after shutdown", started.elapsed());
     }
 }

@@ -113,3 +113,41 @@ fn published_ports_match_the_readme_table() {
         }
     }
 }
+
+/// The `connect` service runs the same `connectors/*.json` as
+/// `scripts/stack connect`: it resolves every `${env:NAME}` they use (config
+/// provider and variable) and mounts them where connectors/README.md says.
+#[test]
+fn the_connect_service_resolves_every_committed_connector_config() {
+    let c = compose();
+    let connect = &services(&c)["connect"];
+    let env = connect["environment"].as_object().expect("connect environment");
+    assert_eq!(env["CONNECT_CONFIG_PROVIDERS"], "env");
+    assert_eq!(
+        env["CONNECT_CONFIG_PROVIDERS_ENV_CLASS"],
+        "org.apache.kafka.common.config.provider.EnvVarConfigProvider"
+    );
+    let stack = read("scripts/stack.d/connect.sh");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(format!("{ROOT}/connectors")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(config["name"].is_string() && config["config"]["connector.class"].is_string(), "{}", path.display());
+        for var in text.split("${env:").skip(1).map(|rest| rest.split('}').next().unwrap()) {
+            assert!(env.contains_key(var), "{}: compose's connect sets no {var}", path.display());
+            assert!(
+                stack.contains(&format!("export {var}=")) || stack.contains(&format!(" {var}=")),
+                "{}: scripts/stack's worker sets no {var}",
+                path.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "connectors/ holds {checked} configs");
+    let volumes = connect["volumes"].as_array().unwrap();
+    assert!(volumes.iter().any(|v| v == "./connectors:/etc/udo/connectors:ro"));
+}

@@ -22,3 +22,9 @@ pub mod sinks;
 pub mod sources;
 pub mod telemetry;
 pub mod topics;
+
+/// The wall clock, ms since the Unix epoch (the pure crates take time as
+/// input; this is the one place the binary reads it as epoch millis).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

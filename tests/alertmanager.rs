@@ -79,6 +79,14 @@ fn an_incident_alert_is_active_in_alertmanager_then_resolved_and_never_fires_aga
     assert!(a["labels"]["severity"].is_string() && a["annotations"]["message"].is_string(), "{a}");
     assert!(a["annotations"]["value"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{a}");
     assert!(a["startsAt"].as_str().unwrap().starts_with("2026-01-01T00:"), "startsAt from the window: {a}");
+    // Delivery: from the alert record (the analyzer emitting it as its
+    // window closed) to Alertmanager accepting it.
+    let (sum, n) = (
+        m.metric("udo_alertmanager_delivery_seconds_sum", &[]),
+        m.metric("udo_alertmanager_delivery_seconds_count", &[]),
+    );
+    assert!(n >= 1.0, "the delivery lag is measured");
+    eprintln!("delivery from window close to Alertmanager: {n} alerts, mean {:.0} ms", sum / n * 1000.0);
     // Sent again while it fires (every 2 s here): Alertmanager's updatedAt moves.
     let updated = a["updatedAt"].as_str().unwrap().to_string();
     wait_for("the firing alert sent again", 30, &mut m, || {

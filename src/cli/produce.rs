@@ -88,9 +88,6 @@ fn default_simulated_start(now: i64, n: u64, rate: f64) -> i64 {
     now - (n as f64 / rate * 1000.0).ceil() as i64
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 impl ProduceArgs {
     fn check(&self) -> Result<Option<u64>> {
@@ -121,8 +118,8 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
     let seed = args.seed.unwrap_or_else(rand::random);
     let start_ms = match (args.start.as_deref(), total) {
         (Some(s), _) => parse_start(s)?,
-        (None, Some(n)) if args.clock == Clock::Simulated => default_simulated_start(now_ms(), n, args.rate),
-        (None, _) => now_ms(),
+        (None, Some(n)) if args.clock == Clock::Simulated => default_simulated_start(crate::now_ms(), n, args.rate),
+        (None, _) => crate::now_ms(),
     };
     let mut cfg = SynthConfig::new(common.embedding_dim);
     cfg.approval_rate = args.approval_rate;
@@ -183,7 +180,7 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
                     std::thread::sleep(Duration::from_secs_f64(ahead.min(0.05)));
                     continue;
                 }
-                now_ms()
+                crate::now_ms()
             }
         };
         let event = generator.next(args.kind, t_ms);

@@ -11,7 +11,7 @@ use crate::sinks::postgres::PgSink;
 use crate::sinks::redis::RedisSink;
 use clap::{Args, ValueEnum};
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Store {
@@ -68,7 +68,7 @@ pub fn parse_time(flag: &str, text: &str, now_ms: i64) -> Result<i64, String> {
 }
 
 pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Result<()> {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as i64;
+    let now_ms = crate::now_ms();
     let from_ms = parse_time("--from", &args.from, now_ms).map_err(Error::Config)?;
     let to_ms = args.to.as_deref().map(|t| parse_time("--to", t, now_ms)).transpose().map_err(Error::Config)?;
     if let Some(to) = to_ms.filter(|to| *to <= from_ms) {

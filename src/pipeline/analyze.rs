@@ -32,7 +32,7 @@ use crate::telemetry::events::{
 };
 use crate::topics::{TopicCatalog, names};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub const PIPELINE: &str = "analyze";
 
@@ -380,9 +380,6 @@ fn channel_of(rec: &Rec<'_>) -> (i32, i64) {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 impl<C: Checkpoints> Stage for AnalyzeStage<C> {
     fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {
@@ -628,7 +625,7 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
         StateMachines { degraded_components: degraded, firing_alerts: firing, active_keys: keys }.emit();
         AnalyzeProgress {
             checkpoint_age: self.last_checkpoint.elapsed(),
-            processing_lag: watermark.map(|w| Duration::from_millis((now_ms() - w).max(0) as u64)),
+            processing_lag: watermark.map(|w| Duration::from_millis((crate::now_ms() - w).max(0) as u64)),
         }
         .emit();
         if self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval {

@@ -72,6 +72,11 @@ impl<'a> Rec<'a> {
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.raw.header(name)
     }
+
+    /// The record's Kafka timestamp, ms (when its producer made it).
+    pub fn timestamp(&self) -> Option<i64> {
+        self.raw.timestamp()
+    }
 }
 
 /// One partition's share of a batch.

@@ -25,7 +25,7 @@ use crate::config::KafkaConfig;
 use crate::domain::{Alert, AlertStatus, Event};
 use crate::error::Result;
 use crate::sinks::alertmanager::{Alertmanager, AmAlert};
-use crate::telemetry::events::AlertsPosted;
+use crate::telemetry::events::{AlertDelivered, AlertsPosted};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -77,7 +77,8 @@ pub struct NotifyStage {
     /// What the partitions held at assignment: each alert's latest record.
     latest: HashMap<Key, (Tp, i64)>,
     /// Prepared by `write`, posted by `commit`: (key, partition, alert, firing).
-    pending: Vec<(Key, Tp, AmAlert, bool)>,
+    /// (alert, partition, what to post, firing, the record's Kafka timestamp).
+    pending: Vec<(Key, Tp, AmAlert, bool, Option<i64>)>,
 }
 
 impl NotifyStage {
@@ -161,7 +162,7 @@ impl Stage for NotifyStage {
     fn write(&mut self, batch: &Batch<'_>) -> Result<Vec<Reject>> {
         self.pending.clear();
         // The last record per alert in this batch is what Alertmanager needs.
-        let mut last: BTreeMap<Key, (Tp, &Alert)> = BTreeMap::new();
+        let mut last: BTreeMap<Key, (Tp, &Alert, Option<i64>)> = BTreeMap::new();
         for part in &batch.parts {
             for rec in &part.records {
                 let Event::Alert(a) = &rec.event else { continue };
@@ -174,23 +175,27 @@ impl Stage for NotifyStage {
                         continue;
                     }
                 }
-                last.insert(k, (part.tp.clone(), a));
+                last.insert(k, (part.tp.clone(), a, rec.timestamp()));
             }
         }
-        for (k, (tp, a)) in last {
+        for (k, (tp, a, ts)) in last {
             let starts = self.firing.get(&k).map(|(_, am)| am.starts_at.clone());
             let am = am_alert(a, starts.as_deref());
-            self.pending.push((k, tp, am, a.status == AlertStatus::Firing));
+            self.pending.push((k, tp, am, a.status == AlertStatus::Firing, ts));
         }
         Ok(Vec::new())
     }
 
     fn commit(&mut self, batch: &Batch<'_>) -> Result<Offsets> {
-        let alerts: Vec<AmAlert> = self.pending.iter().map(|(_, _, am, _)| am.clone()).collect();
+        let alerts: Vec<AmAlert> = self.pending.iter().map(|(_, _, am, _, _)| am.clone()).collect();
         self.am.post(&alerts)?;
         let firing = self.pending.iter().filter(|p| p.3).count();
         AlertsPosted { firing, resolved: alerts.len() - firing, resend: false }.emit();
-        for (k, tp, am, firing) in self.pending.drain(..) {
+        let now = crate::now_ms();
+        for ts in self.pending.iter().filter_map(|p| p.4) {
+            AlertDelivered { lag_ms: now - ts }.emit();
+        }
+        for (k, tp, am, firing, _) in self.pending.drain(..) {
             if firing {
                 self.firing.insert(k, (tp, am));
             } else {

@@ -257,6 +257,19 @@ impl AlertsPosted {
     }
 }
 
+/// An alert accepted by Alertmanager, this long after the analyzer emitted
+/// it (the alert record's Kafka timestamp: its window's close); a replay's
+/// old records count too.
+pub struct AlertDelivered {
+    pub lag_ms: i64,
+}
+
+impl AlertDelivered {
+    pub fn emit(&self) {
+        histogram!("udo_alertmanager_delivery_seconds").record(self.lag_ms.max(0) as f64 / 1000.0);
+    }
+}
+
 /// An event behind the watermark: counted here, reported on the DLQ.
 pub struct LateEvent<'a> {
     pub topic: &'a str,

@@ -58,6 +58,16 @@ impl Shutdown {
         self.flag.load(Ordering::SeqCst)
     }
 
+    /// Sleeps `d` in a synchronous loop, waking early for shutdown; true if
+    /// shutdown was requested.
+    pub fn sleep(&self, d: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + d;
+        while !self.requested() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(100).min(until - std::time::Instant::now()));
+        }
+        self.requested()
+    }
+
     /// Resolves once shutdown is requested.
     pub async fn wait(&mut self) {
         let _ = self.rx.wait_for(|v| *v).await;
@@ -74,5 +84,25 @@ impl ShutdownTrigger {
     pub fn trigger(&self) {
         self.flag.store(true, Ordering::SeqCst);
         let _ = self.tx.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_sleep_ends_early_on_shutdown_and_says_so() {
+        let (s, trigger) = Shutdown::manual();
+        assert!(!s.sleep(Duration::from_millis(50)), "no shutdown yet");
+        let started = Instant::now();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            trigger.trigger();
+        });
+        assert!(s.sleep(Duration::from_secs(20)));
+        t.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
 }

@@ -138,11 +138,7 @@ fn every_committed_connector_runs_on_a_real_worker_and_delivers_the_analyzer_out
     std::thread::sleep(Duration::from_secs(3));
     analyzer.stop();
     let tail_reg = |topic: &str| -> Vec<Value> {
-        let text = udo(&["tail", &format!("{prefix}{topic}"), "--from-beginning", "--idle-exit", "3s"], &reg);
-        text.lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["value"].clone())
-            .collect()
+        tail_with(&format!("{prefix}{topic}"), &reg).into_iter().map(|r| r["value"].clone()).collect()
     };
     let alerts = tail_reg("udo.alerts.v1");
     let windows = tail_reg("udo.windows.v1");

@@ -68,20 +68,8 @@ alertmanager_start() {
 }
 
 alertmanager_up() {
-  local pid
   install_alertmanager
-  pid=$(alertmanager_pid)
-  if [[ -n $pid ]] && alertmanager_serving "$pid"; then
-    log "alertmanager: running (pid $pid) on $HOST:$AM_PORT"
-    return 0
-  fi
-  if [[ -n $pid ]]; then
-    log "alertmanager: pid $pid does not answer on $HOST:$AM_PORT; restarting it"
-    stop_pid "$pid" alertmanager
-  fi
-  rm -f "$AM_PIDFILE"
-  ensure_port_free alertmanager "$AM_PORT" UDO_ALERTMANAGER_PORT
-  alertmanager_start
+  keep_or_start alertmanager "$AM_PORT" UDO_ALERTMANAGER_PORT "$AM_PIDFILE"
 }
 
 alertmanager_down() {

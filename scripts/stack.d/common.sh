@@ -60,6 +60,27 @@ cmdline_has() {
   [[ "$cmd " == *"$2 "* ]]
 }
 
+# Keeps a pid-file service that serves, or (re)starts it: SVC names its
+# SVC_pid, SVC_serving PID and SVC_start functions.
+#   keep_or_start SVC PORT PORT_VARIABLE PIDFILE
+keep_or_start() {
+  local svc=$1 port=$2 port_var=$3 pidfile=$4 pid
+  pid=$("${svc}_pid")
+  if [[ -n $pid ]] && "${svc}_serving" "$pid"; then
+    log "$svc: running (pid $pid) on $HOST:$port"
+    return 0
+  fi
+  if [[ -n $pid ]]; then
+    log "$svc: pid $pid does not answer on $HOST:$port; restarting it"
+    stop_pid "$pid" "$svc"
+  elif [[ -s $pidfile ]]; then
+    log "$svc: not running (stale pid file); starting it"
+  fi
+  rm -f "$pidfile"
+  ensure_port_free "$svc" "$port" "$port_var"
+  "${svc}_start"
+}
+
 # SIGTERM, wait (15 s, or $3 seconds), then SIGKILL.
 stop_pid() {
   local pid=$1 svc=$2 grace=${3:-15} i

@@ -116,21 +116,9 @@ connect_start() {
 }
 
 connect_up() {
-  local pid
   install_connect
   registry_up
-  pid=$(connect_pid)
-  if [[ -n $pid ]] && connect_serving "$pid"; then
-    log "connect: running (pid $pid) on $HOST:$CONNECT_PORT"
-    return 0
-  fi
-  if [[ -n $pid ]]; then
-    log "connect: pid $pid does not answer on $HOST:$CONNECT_PORT; restarting it"
-    stop_pid "$pid" connect
-  fi
-  rm -f "$CONNECT_PIDFILE"
-  ensure_port_free connect "$CONNECT_PORT" UDO_CONNECT_PORT
-  connect_start
+  keep_or_start connect "$CONNECT_PORT" UDO_CONNECT_PORT "$CONNECT_PIDFILE"
 }
 
 connect_down() {

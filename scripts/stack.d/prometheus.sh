@@ -81,16 +81,8 @@ prometheus_up() {
     prometheus_config
     curl -fsS -X POST --max-time 10 "http://$HOST:$PROM_PORT/-/reload" >/dev/null ||
       die "prometheus: reloading the configuration failed (see $(logfile prometheus))"
-    log "prometheus: running (pid $pid) on $HOST:$PROM_PORT"
-    return 0
   fi
-  if [[ -n $pid ]]; then
-    log "prometheus: pid $pid does not answer on $HOST:$PROM_PORT; restarting it"
-    stop_pid "$pid" prometheus
-  fi
-  rm -f "$PROM_PIDFILE"
-  ensure_port_free prometheus "$PROM_PORT" UDO_PROMETHEUS_PORT
-  prometheus_start
+  keep_or_start prometheus "$PROM_PORT" UDO_PROMETHEUS_PORT "$PROM_PIDFILE"
 }
 
 prometheus_down() {

@@ -43,23 +43,7 @@ redis_start() {
   log "redis: running (pid ${pid:-?}) on $HOST:$REDIS_PORT (ready in $(since "$t0"))"
 }
 
-redis_up() {
-  local pid
-  pid=$(redis_pid)
-  if [[ -n $pid ]] && redis_serving "$pid"; then
-    log "redis: running (pid $pid) on $HOST:$REDIS_PORT"
-    return 0
-  fi
-  if [[ -n $pid ]]; then
-    log "redis: pid $pid does not answer on $HOST:$REDIS_PORT; restarting it"
-    stop_pid "$pid" redis
-  elif [[ -s $REDIS_PIDFILE ]]; then
-    log "redis: not running (stale pid file); starting it"
-  fi
-  rm -f "$REDIS_PIDFILE"
-  ensure_port_free redis "$REDIS_PORT" UDO_REDIS_PORT
-  redis_start
-}
+redis_up() { keep_or_start redis "$REDIS_PORT" UDO_REDIS_PORT "$REDIS_PIDFILE"; }
 
 # SIGTERM makes redis flush its append-only file and exit cleanly.
 redis_down() {

@@ -77,20 +77,8 @@ registry_start() {
 }
 
 registry_up() {
-  local pid
   install_registry
-  pid=$(registry_pid)
-  if [[ -n $pid ]] && registry_serving "$pid"; then
-    log "registry: running (pid $pid) on $HOST:$REG_PORT"
-    return 0
-  fi
-  if [[ -n $pid ]]; then
-    log "registry: pid $pid does not answer on $HOST:$REG_PORT; restarting it"
-    stop_pid "$pid" registry
-  fi
-  rm -f "$REG_PIDFILE"
-  ensure_port_free registry "$REG_PORT" UDO_REGISTRY_PORT
-  registry_start
+  keep_or_start registry "$REG_PORT" UDO_REGISTRY_PORT "$REG_PIDFILE"
 }
 
 registry_down() {

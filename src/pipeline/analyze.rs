@@ -108,11 +108,7 @@ pub(crate) async fn start(
                             let e = Error::Unavailable(why);
                             let delay = restarts.next_delay(&e).unwrap_or(Duration::from_secs(30));
                             tracing::warn!(pipeline = PIPELINE, "restarting in {delay:?}: {e}");
-                            let until = std::time::Instant::now() + delay;
-                            while std::time::Instant::now() < until && !shutdown.requested() {
-                                std::thread::sleep(Duration::from_millis(100));
-                            }
-                            if shutdown.requested() {
+                            if shutdown.sleep(delay) {
                                 return Ok(());
                             }
                         }
@@ -379,7 +375,6 @@ fn channel_of(rec: &Rec<'_>) -> (i32, i64) {
         _ => (-1, rec.offset),
     }
 }
-
 
 impl<C: Checkpoints> Stage for AnalyzeStage<C> {
     fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {

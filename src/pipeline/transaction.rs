@@ -188,12 +188,14 @@ impl Txn {
             };
             let retriable = matches!(&e, KafkaError::Transaction(t) if t.is_retriable() && !t.is_fatal());
             let e = failed("init transactions", self.id(), e);
+            let delay = backoff.next_delay(&e).unwrap_or(Duration::from_secs(10));
             if !retriable || self.shutdown.requested() {
                 return Err(e);
             }
-            let delay = backoff.next_delay(&e).unwrap_or(Duration::from_secs(10));
             tracing::warn!(pipeline = self.pipeline, "exactly-once: retrying in {delay:?}: {e}");
-            std::thread::sleep(delay);
+            if self.shutdown.sleep(delay) {
+                return Err(e);
+            }
         }
     }
 

@@ -213,7 +213,12 @@ pub fn produce_mixed(prefix: &str, count: u64, seed: u64) -> BTreeMap<String, i6
 
 /// Every decoded record of a topic (`udo tail`), as JSON lines.
 pub fn tail(topic: &str) -> Vec<Value> {
-    let text = udo(&["tail", topic, "--from-beginning", "--idle-exit", "3s"], &[]);
+    tail_with(topic, &[])
+}
+
+/// [`tail`] with more environment (e.g. `SCHEMA_REGISTRY_URL`).
+pub fn tail_with(topic: &str, env: &[(&str, &str)]) -> Vec<Value> {
+    let text = udo(&["tail", topic, "--from-beginning", "--idle-exit", "3s"], env);
     text.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 

@@ -39,6 +39,10 @@ pub struct Entry {
     pub fields: Vec<String>,
     /// Reads datums of this schema.
     pub reader: DatumReader,
+    /// The same schema for `serde_avro_fast`, which deserializes a datum
+    /// straight into our types (the hot path of a record written with this
+    /// very schema, where there is nothing to resolve).
+    pub direct: Arc<serde_avro_fast::Schema>,
 }
 
 /// Decodes datums of one schema with its names resolved once:
@@ -115,9 +119,14 @@ impl Catalog {
             let legacy_fingerprint: [u8; 8] =
                 fp.as_slice().try_into().map_err(|_| fail("fingerprint is not 8 bytes".into()))?;
             let reader = DatumReader::new(&schema).map_err(|e| fail(format!("does not resolve: {e}")))?;
+            let direct = Arc::new(
+                text.parse::<serde_avro_fast::Schema>()
+                    .map_err(|e| fail(format!("does not parse for serde_avro_fast: {e}")))?,
+            );
             by_fingerprint.insert(fingerprint, name.clone());
             by_fingerprint.insert(legacy_fingerprint, name.clone());
-            let entry = Entry { name, text, schema, fingerprint, legacy_fingerprint, required_fields, fields, reader };
+            let entry =
+                Entry { name, text, schema, fingerprint, legacy_fingerprint, required_fields, fields, reader, direct };
             by_name.insert(entry.name.clone(), entry);
         }
         Ok(Catalog { by_name, by_fingerprint })

@@ -8,13 +8,13 @@ pub mod catalog;
 pub mod error;
 pub mod registry;
 
-use udo_domain::{Event, Limits};
 use apache_avro::{Schema, error::Details, types::Value};
 pub use catalog::Catalog;
 pub use error::{DecodeClass, DecodeError};
 pub use registry::{MemoryRegistry, RegistryError, SchemaRegistry};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use udo_domain::{Event, Limits};
 
 /// Single-object encoding marker (Avro spec).
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
@@ -139,10 +139,14 @@ impl Codec {
                     )
                 })?;
                 check_allowed(allowed, &entry.name)?;
-                let mut reader = payload;
-                let value = entry.reader.read(&mut reader).map_err(avro_error)?;
-                no_trailing(reader)?;
-                to_event(&entry.name, &value)?
+                // Written with our own schema: nothing to resolve, so
+                // serde_avro_fast reads it straight into the event. A datum
+                // it refuses goes through apache-avro, whose error names
+                // the fault (and is the reference the two are tested against).
+                match direct_event(entry, payload) {
+                    Some(event) => event,
+                    None => reference_event(entry, payload)?,
+                }
             }
             Framing::Confluent { schema_id } => {
                 let registry = self.registry.as_ref().ok_or_else(|| {
@@ -361,6 +365,29 @@ fn to_event(name: &str, value: &Value) -> Result<Event, DecodeError> {
         apache_avro::from_value(value).map_err(|e| DecodeError::new(DecodeClass::Malformed, format!("avro: {e}")))
     }
     event_of!(name, de(value))
+}
+
+/// `payload` as the event `entry` names, read by apache-avro.
+fn reference_event(entry: &catalog::Entry, payload: &[u8]) -> Result<Event, DecodeError> {
+    let mut reader = payload;
+    let value = entry.reader.read(&mut reader).map_err(avro_error)?;
+    no_trailing(reader)?;
+    to_event(&entry.name, &value)
+}
+
+/// `payload` as the event `entry` names, read by serde_avro_fast with
+/// `entry`'s schema; `None` when it does not read (any fault, trailing bytes
+/// included).
+fn direct_event(entry: &catalog::Entry, payload: &[u8]) -> Option<Event> {
+    use serde_avro_fast::de::{DeserializerState, read::SliceRead};
+    use std::io::BufRead;
+    fn de<'a, T: serde::Deserialize<'a>>(state: &mut DeserializerState<'_, SliceRead<'a>>) -> Result<T, DecodeError> {
+        T::deserialize(state.deserializer()).map_err(|e| DecodeError::new(DecodeClass::Malformed, e.to_string()))
+    }
+    let mut state = DeserializerState::from_slice(payload, &entry.direct);
+    let event: Result<Event, DecodeError> = (|| event_of!(entry.name.as_str(), de(&mut state)))();
+    let event = event.ok()?;
+    state.into_reader().fill_buf().ok()?.is_empty().then_some(event)
 }
 
 fn json_to_event(name: &str, value: serde_json::Value) -> Result<Event, DecodeError> {

@@ -214,56 +214,78 @@ impl Decoder {
         mut position: impl FnMut(&Tp) -> Option<i64>,
         full: bool,
     ) -> Result<Batch<'a>> {
-        let mut parts: Vec<Part<'a>> = Vec::new();
-        let mut mins: Vec<i64> = Vec::new();
-        let mut rejects = Vec::new();
-        let mut at = i64::MIN;
+        // Group by partition first (cheap), so each partition's records are
+        // decoded into a vector of the right size (growing one moved every
+        // decoded record again).
+        let mut groups: Vec<Group<'a>> = Vec::new();
         let mut last = usize::MAX;
         for raw in raws {
-            let (topic, partition, offset) = (raw.topic(), raw.partition(), raw.offset());
-            // Records come in runs of one partition: check the last part first.
-            let i = if last < parts.len() && parts[last].tp.partition == partition && parts[last].tp.topic == topic {
+            let (topic, partition) = (raw.topic(), raw.partition());
+            // Records come in runs of one partition: check the last group first.
+            let i = if last < groups.len() && groups[last].tp.partition == partition && groups[last].tp.topic == topic {
                 last
-            } else if let Some(i) = parts.iter().position(|p| p.tp.partition == partition && p.tp.topic == topic) {
+            } else if let Some(i) = groups.iter().position(|g| g.tp.partition == partition && g.tp.topic == topic) {
                 i
             } else {
                 let tp = Tp::new(topic, partition);
                 let Some(min) = position(&tp) else { continue };
-                parts.push(Part { tp, next_offset: i64::MIN, records: Vec::new() });
-                mins.push(min);
-                parts.len() - 1
+                groups.push(Group { tp, min, raws: Vec::new() });
+                groups.len() - 1
             };
             last = i;
-            if offset < mins[i] {
+            if raw.offset() >= groups[i].min {
+                groups[i].raws.push(raw);
+            }
+        }
+        let decoded = self.decode_groups(groups)?;
+        Ok(Batch { full, ..decoded })
+    }
+
+    fn decode_groups<'a>(&self, groups: Vec<Group<'a>>) -> Result<Batch<'a>> {
+        let mut parts = Vec::with_capacity(groups.len());
+        let mut rejects = Vec::new();
+        let mut at = i64::MIN;
+        for g in groups {
+            if g.raws.is_empty() {
                 continue;
             }
-            let part = &mut parts[i];
-            part.next_offset = part.next_offset.max(offset + 1);
-            match self.decode(topic, raw.payload()) {
-                Ok(event) => {
-                    at = at.max(event.occurred_at());
-                    part.records.push(Rec { offset, event, raw });
-                }
-                Err(e) if e.class.is_retryable() => {
-                    return Err(Error::Unavailable(format!("decode {topic}[{partition}]@{offset}: {e}")));
-                }
-                Err(e) => {
-                    if let Some(ts) = raw.timestamp() {
-                        at = at.max(ts);
+            let allowed = self.allowed(&g.tp.topic);
+            let mut part = Part { tp: g.tp, next_offset: i64::MIN, records: Vec::with_capacity(g.raws.len()) };
+            for raw in g.raws {
+                let offset = raw.offset();
+                part.next_offset = part.next_offset.max(offset + 1);
+                match self.codec.decode(allowed, raw.payload()) {
+                    Ok(event) => {
+                        at = at.max(event.occurred_at());
+                        part.records.push(Rec { offset, event, raw });
                     }
-                    rejects.push(Reject { tp: part.tp.clone(), offset, reason: e.into() });
+                    Err(e) if e.class.is_retryable() => {
+                        let tp = &part.tp;
+                        return Err(Error::Unavailable(format!("decode {tp}@{offset}: {e}")));
+                    }
+                    Err(e) => {
+                        if let Some(ts) = raw.timestamp() {
+                            at = at.max(ts);
+                        }
+                        rejects.push(Reject { tp: part.tp.clone(), offset, reason: e.into() });
+                    }
                 }
             }
-        }
-        parts.retain(|p| p.next_offset != i64::MIN);
-        for p in &mut parts {
             // Fetch order is offset order within a partition; keep it so.
-            if !p.records.is_sorted_by_key(|r| r.offset) {
-                p.records.sort_by_key(|r| r.offset);
+            if !part.records.is_sorted_by_key(|r| r.offset) {
+                part.records.sort_by_key(|r| r.offset);
             }
+            parts.push(part);
         }
-        Ok(Batch { parts, rejects, full, at })
+        Ok(Batch { parts, rejects, full: false, at })
     }
+}
+
+/// Records of one partition, before decoding.
+struct Group<'a> {
+    tp: Tp,
+    min: i64,
+    raws: Vec<Raw<'a>>,
 }
 
 #[cfg(test)]

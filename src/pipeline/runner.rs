@@ -364,6 +364,16 @@ impl<'c, S: Stage> Runner<'c, S> {
         let mut wait = Duration::from_millis(100);
         while batch.len() < self.cfg.batch_size {
             match self.consumer.poll(wait) {
+                // While records are queued, take them without a timeout
+                // (no clock read in librdkafka or here); once the queue is
+                // empty, wait out what is left of the linger.
+                None if wait.is_zero() => {
+                    wait = self.cfg.linger.saturating_sub(started.elapsed());
+                    if wait.is_zero() {
+                        break;
+                    }
+                    continue;
+                }
                 None => break,
                 Some(Ok(m)) => batch.push(m),
                 Some(Err(e)) => {
@@ -371,7 +381,7 @@ impl<'c, S: Stage> Runner<'c, S> {
                     ErrorCounted { pipeline: self.cfg.pipeline, step: "consume", error: &e }.emit();
                 }
             }
-            wait = self.cfg.linger.saturating_sub(started.elapsed());
+            wait = Duration::ZERO;
             if self.shutdown.requested() {
                 break;
             }

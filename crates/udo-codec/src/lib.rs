@@ -84,6 +84,10 @@ pub struct Codec {
     /// Topic -> its registered writer schema, so encoding under a registry
     /// registers and parses once per topic, not once per record.
     registered: Arc<Mutex<HashMap<String, Arc<Registered>>>>,
+    /// Registry schema id -> the record of our catalog it is identical to
+    /// (same parsing canonical form: nothing to resolve, so read directly),
+    /// or `None`. Ids never change meaning, so this is asked once per id.
+    identical: Arc<Mutex<HashMap<u32, Option<String>>>>,
 }
 
 /// A topic's value schema as registered: a record or a union of records.
@@ -100,7 +104,7 @@ impl Codec {
         registry: Option<Arc<dyn SchemaRegistry>>,
         format: OutputFormat,
     ) -> Codec {
-        Codec { catalog, limits, registry, format, registered: Arc::default() }
+        Codec { catalog, limits, registry, format, registered: Arc::default(), identical: Arc::default() }
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -159,6 +163,16 @@ impl Codec {
                     let class = if e.is_retryable() { DecodeClass::Registry } else { DecodeClass::UnknownSchema };
                     DecodeError::new(class, e.to_string())
                 })?;
+                let direct = self
+                    .identical_entry(schema_id, &writer)
+                    .filter(|entry| allowed.contains(&entry.name))
+                    .and_then(|entry| direct_event(entry, payload));
+                if let Some(event) = direct {
+                    event
+                        .validate(&self.limits)
+                        .map_err(|e| DecodeError::field(DecodeClass::Invalid, e.field, e.reason))?;
+                    return Ok(event);
+                }
                 let value = read_datum(&writer, payload)?;
                 // A union writer schema (multi-record topic) yields the branch.
                 let (name, value) = match (&*writer, value) {
@@ -185,6 +199,16 @@ impl Codec {
         };
         event.validate(&self.limits).map_err(|e| DecodeError::field(DecodeClass::Invalid, e.field, e.reason))?;
         Ok(event)
+    }
+
+    /// The catalog record registry schema `id` is identical to, if any.
+    fn identical_entry(&self, id: u32, writer: &Schema) -> Option<&catalog::Entry> {
+        let mut known = self.identical.lock().expect("identical lock");
+        let name = known.entry(id).or_insert_with(|| {
+            let entry = self.catalog.get(&record_name(writer)?)?;
+            (entry.schema.canonical_form() == writer.canonical_form()).then(|| entry.name.clone())
+        });
+        self.catalog.get(name.as_deref()?)
     }
 
     fn decode_json(&self, allowed: &[String], bytes: &[u8]) -> Result<Event, DecodeError> {

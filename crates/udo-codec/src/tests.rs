@@ -373,6 +373,33 @@ fn fingerprints_equal_the_java_and_fastavro_golden_vectors() {
 }
 
 #[test]
+fn a_registry_schema_is_read_directly_only_when_identical_to_ours() {
+    let registry = Arc::new(MemoryRegistry::default());
+    let c = Codec::new(Arc::new(Catalog::builtin()), limits(), Some(registry.clone()), OutputFormat::Avro);
+    let ours = c.catalog().get("LatencySample").unwrap();
+    let same = registry.register("t-value", &ours.text).unwrap();
+    assert_eq!(
+        c.identical_entry(same, &registry.schema_by_id(same).unwrap()).map(|e| e.name.as_str()),
+        Some("LatencySample")
+    );
+    // A newer writer (one more field) is resolved, not read directly, and
+    // still decodes to our event.
+    let mut v: serde_json::Value = serde_json::from_str(&ours.text).unwrap();
+    v["fields"].as_array_mut().unwrap().push(serde_json::json!({"name": "region", "type": "string", "default": "eu"}));
+    let newer = registry.register("t-value", &v.to_string()).unwrap();
+    let writer = registry.schema_by_id(newer).unwrap();
+    assert!(c.identical_entry(newer, &writer).is_none());
+    let sample = latency();
+    let mut record = apache_avro::to_value(&sample).unwrap();
+    if let Value::Record(fields) = &mut record {
+        fields.push(("region".into(), Value::String("us".into())));
+    }
+    let datum = apache_avro::to_avro_datum(&writer, record).unwrap();
+    let framed = [&[CONFLUENT_MAGIC][..], &newer.to_be_bytes(), &datum].concat();
+    assert_eq!(c.decode(&topic(&["LatencySample"]), &framed).unwrap(), Event::LatencySample(sample));
+}
+
+#[test]
 fn every_record_type_reads_directly() {
     let c = codec(OutputFormat::Avro);
     for event in samples() {

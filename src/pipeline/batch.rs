@@ -13,7 +13,7 @@
 //! librdkafka type: a record's payload and headers are reachable through it
 //! for the one stage that forwards raw bytes (the analyzer's re-keying).
 
-use crate::codec::{Codec, DecodeError};
+use crate::codec::Codec;
 use crate::domain::Event;
 use crate::error::{Error, Result};
 pub use crate::sinks::dlq::Reason;
@@ -195,10 +195,6 @@ impl Decoder {
         self.allowed.get(topic).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    pub fn decode(&self, topic: &str, payload: &[u8]) -> std::result::Result<Event, DecodeError> {
-        self.codec.decode(self.allowed(topic), payload)
-    }
-
     /// Encodes an output for `topic` (its declared records guard it).
     pub fn encode(&self, topic: &str, event: &Event) -> Result<Vec<u8>> {
         Ok(self.codec.encode(topic, self.allowed(topic), event)?)
@@ -237,11 +233,6 @@ impl Decoder {
                 groups[i].raws.push(raw);
             }
         }
-        let decoded = self.decode_groups(groups)?;
-        Ok(Batch { full, ..decoded })
-    }
-
-    fn decode_groups<'a>(&self, groups: Vec<Group<'a>>) -> Result<Batch<'a>> {
         let mut parts = Vec::with_capacity(groups.len());
         let mut rejects = Vec::new();
         let mut at = i64::MIN;
@@ -277,7 +268,7 @@ impl Decoder {
             }
             parts.push(part);
         }
-        Ok(Batch { parts, rejects, full: false, at })
+        Ok(Batch { parts, rejects, full, at })
     }
 }
 

@@ -163,42 +163,46 @@ impl Codec {
                     let class = if e.is_retryable() { DecodeClass::Registry } else { DecodeClass::UnknownSchema };
                     DecodeError::new(class, e.to_string())
                 })?;
+                // Identical to our schema: read directly, as single-object.
                 let direct = self
                     .identical_entry(schema_id, &writer)
                     .filter(|entry| allowed.contains(&entry.name))
                     .and_then(|entry| direct_event(entry, payload));
-                if let Some(event) = direct {
-                    event
-                        .validate(&self.limits)
-                        .map_err(|e| DecodeError::field(DecodeClass::Invalid, e.field, e.reason))?;
-                    return Ok(event);
+                match direct {
+                    Some(event) => event,
+                    None => self.resolved_event(schema_id, &writer, allowed, payload)?,
                 }
-                let value = read_datum(&writer, payload)?;
-                // A union writer schema (multi-record topic) yields the branch.
-                let (name, value) = match (&*writer, value) {
-                    (Schema::Union(u), Value::Union(i, inner)) => (record_name(&u.variants()[i as usize]), *inner),
-                    (s, v) => (record_name(s), v),
-                };
-                let name = name.ok_or_else(|| {
-                    DecodeError::new(
-                        DecodeClass::UnknownSchema,
-                        format!("registry schema id {schema_id} is not a record"),
-                    )
-                })?;
-                check_allowed(allowed, &name)?;
-                let entry = self.catalog.get(&name).ok_or_else(|| {
-                    DecodeError::new(
-                        DecodeClass::UnknownSchema,
-                        format!("record {name} is not in this build's schemas"),
-                    )
-                })?;
-                // Schema resolution maps an older/newer writer onto our reader.
-                let value = value.resolve(&entry.schema).map_err(avro_error)?;
-                to_event(&name, &value)?
             }
         };
         event.validate(&self.limits).map_err(|e| DecodeError::field(DecodeClass::Invalid, e.field, e.reason))?;
         Ok(event)
+    }
+
+    /// A Confluent-framed datum of registry schema `schema_id`, resolved
+    /// against our reader schema of the record it names.
+    fn resolved_event(
+        &self,
+        schema_id: u32,
+        writer: &Schema,
+        allowed: &[String],
+        payload: &[u8],
+    ) -> Result<Event, DecodeError> {
+        let value = read_datum(writer, payload)?;
+        // A union writer schema (multi-record topic) yields the branch.
+        let (name, value) = match (writer, value) {
+            (Schema::Union(u), Value::Union(i, inner)) => (record_name(&u.variants()[i as usize]), *inner),
+            (s, v) => (record_name(s), v),
+        };
+        let name = name.ok_or_else(|| {
+            DecodeError::new(DecodeClass::UnknownSchema, format!("registry schema id {schema_id} is not a record"))
+        })?;
+        check_allowed(allowed, &name)?;
+        let entry = self.catalog.get(&name).ok_or_else(|| {
+            DecodeError::new(DecodeClass::UnknownSchema, format!("record {name} is not in this build's schemas"))
+        })?;
+        // Schema resolution maps an older/newer writer onto our reader.
+        let value = value.resolve(&entry.schema).map_err(avro_error)?;
+        to_event(&name, &value)
     }
 
     /// The catalog record registry schema `id` is identical to, if any.

@@ -10,7 +10,7 @@
 //!    the shared runner, checkpoints included) as a ratio to a raw rdkafka
 //!    drain of the same topic by a plain consumer, measured before and after.
 
-use crate::bench::alloc;
+use crate::bench::{CpuTicks, alloc};
 use crate::codec::{Codec, OutputFormat};
 use crate::config::{AnalyzeSettings, CommonArgs};
 use crate::domain::Event;
@@ -192,7 +192,8 @@ fn memory_per_key(spec: WindowSpec, keys: usize) -> (f64, usize) {
 }
 
 /// Runs the analyzer over the bench topic until every record is through;
-/// (seconds from subscribe, seconds from the first record).
+/// (seconds from subscribe, seconds from the first record, cores busy from
+/// the first record).
 async fn run_analyzer(
     common: &CommonArgs,
     settings: &AnalyzeSettings,
@@ -201,7 +202,7 @@ async fn run_analyzer(
     topics: &AnalyzeTopics,
     n: usize,
     exactly_once: bool,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, Option<f64>)> {
     let group = format!("{prefix}udo-analyze{}", if exactly_once { "-eos" } else { "" });
     let (shutdown, trigger) = Shutdown::manual();
     let decoder = crate::pipeline::batch::Decoder::new(common.codec(OutputFormat::Avro), &common.topics(), prefix);
@@ -266,18 +267,24 @@ async fn run_analyzer(
     }
     let done = Instant::now();
     let total = (done - started).as_secs_f64();
-    let steady = first.lock().expect("first lock").map_or(total, |f| (done - f).as_secs_f64());
+    let (steady, busy) = match *first.lock().expect("first lock") {
+        Some((f, cpu)) => ((done - f).as_secs_f64(), cpu.and_then(CpuTicks::cores_busy_since)),
+        None => (total, None),
+    };
     trigger.trigger();
     handle.await.map_err(|e| Error::Internal(format!("analyzer thread: {e}")))??;
-    Ok((total, steady))
+    Ok((total, steady, busy))
 }
 
 /// Counts records the wrapped stage processed, and when the first came.
 struct Counting<S> {
     inner: S,
     seen: Arc<AtomicU64>,
-    first: Arc<std::sync::Mutex<Option<Instant>>>,
+    first: Arc<std::sync::Mutex<Option<FirstRecord>>>,
 }
+
+/// When the first record came, and the machine's CPU time then.
+type FirstRecord = (Instant, Option<CpuTicks>);
 
 impl<S: Stage> Stage for Counting<S> {
     fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {
@@ -287,7 +294,7 @@ impl<S: Stage> Stage for Counting<S> {
         self.inner.revoked(parts)
     }
     fn write(&mut self, batch: &Batch<'_>) -> Result<Vec<Reject>> {
-        self.first.lock().expect("first lock").get_or_insert_with(Instant::now);
+        self.first.lock().expect("first lock").get_or_insert_with(|| (Instant::now(), CpuTicks::now()));
         self.inner.write(batch)
     }
     fn commit(&mut self, batch: &Batch<'_>) -> Result<Offsets> {
@@ -344,25 +351,28 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
 
     let drain_1 = raw_drain(&common.kafka, &[&topics.latency], n)?;
     println!(
-        "raw rdkafka drain: {n} records in {:.2} s = {:.0}/s ({:.2} s from the first record)",
+        "raw rdkafka drain: {n} records in {:.2} s = {:.0}/s ({:.2} s from the first record{})",
         drain_1.0,
         n as f64 / drain_1.0,
-        drain_1.1
+        drain_1.1,
+        CpuTicks::describe(drain_1.2)
     );
 
-    let (pipeline, pipeline_steady) = run_analyzer(common, settings, db, &prefix, &topics, n, false).await?;
+    let (pipeline, pipeline_steady, busy) = run_analyzer(common, settings, db, &prefix, &topics, n, false).await?;
     println!(
-        "analyze pipeline: {n} records in {pipeline:.2} s = {:.0}/s ({pipeline_steady:.2} s from the first record = {:.0}/s)",
+        "analyze pipeline: {n} records in {pipeline:.2} s = {:.0}/s ({pipeline_steady:.2} s from the first record = {:.0}/s{})",
         n as f64 / pipeline,
-        n as f64 / pipeline_steady
+        n as f64 / pipeline_steady,
+        CpuTicks::describe(busy)
     );
 
     let drain_2 = raw_drain(&common.kafka, &[&topics.latency], n)?;
     println!(
-        "raw rdkafka drain (again): {n} records in {:.2} s = {:.0}/s ({:.2} s from the first record)",
+        "raw rdkafka drain (again): {n} records in {:.2} s = {:.0}/s ({:.2} s from the first record{})",
         drain_2.0,
         n as f64 / drain_2.0,
-        drain_2.1
+        drain_2.1,
+        CpuTicks::describe(drain_2.2)
     );
     // The analyzer subscribes to 4 topics (24 partitions, 18 of them empty
     // here); a drain with the same subscription shows the broker's share.
@@ -386,7 +396,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
         drain_all.1 / pipeline_steady
     );
     let before = crate::pipeline::transaction::commit_stats();
-    let (eos, eos_steady) = run_analyzer(common, settings, db, &prefix, &topics, n, true).await?;
+    let (eos, eos_steady, _) = run_analyzer(common, settings, db, &prefix, &topics, n, true).await?;
     let after = crate::pipeline::transaction::commit_stats();
     println!(
         "analyze pipeline, exactly-once: {n} records in {eos:.2} s = {:.0}/s ({eos_steady:.2} s from the first record = {:.0}/s)",
@@ -409,8 +419,9 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
 }
 
 /// A plain group consumer reading `n` records of `topic`: the baseline.
-/// Seconds from subscribe, and from the first record.
-fn raw_drain(kafka: &crate::config::KafkaConfig, topics: &[&str], n: usize) -> Result<(f64, f64)> {
+/// Seconds from subscribe, and from the first record; cores busy from the
+/// first record.
+fn raw_drain(kafka: &crate::config::KafkaConfig, topics: &[&str], n: usize) -> Result<(f64, f64, Option<f64>)> {
     let consumer: BaseConsumer = kafka
         .client(|c| {
             // The same fetch settings as the pipeline's consumer.
@@ -428,7 +439,7 @@ fn raw_drain(kafka: &crate::config::KafkaConfig, topics: &[&str], n: usize) -> R
     while count < n {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(_)) => {
-                first.get_or_insert_with(Instant::now);
+                first.get_or_insert_with(|| (Instant::now(), CpuTicks::now()));
                 count += 1
             }
             Some(Err(e)) => tracing::warn!("drain: {e}"),
@@ -438,6 +449,6 @@ fn raw_drain(kafka: &crate::config::KafkaConfig, topics: &[&str], n: usize) -> R
             None => {}
         }
     }
-    let first = first.unwrap_or(started);
-    Ok((started.elapsed().as_secs_f64(), first.elapsed().as_secs_f64()))
+    let (first, cpu) = first.unwrap_or((started, None));
+    Ok((started.elapsed().as_secs_f64(), first.elapsed().as_secs_f64(), cpu.and_then(CpuTicks::cores_busy_since)))
 }

@@ -5,3 +5,39 @@
 pub mod alloc;
 pub mod analyze;
 pub mod materialize;
+
+/// The machine's CPU time so far, all processes (the broker's JVM too),
+/// from `/proc/stat`: how many cores a phase kept busy. `None` off Linux.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuTicks {
+    busy: u64,
+    all: u64,
+    cores: usize,
+}
+
+impl CpuTicks {
+    pub fn now() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let mut lines = stat.lines();
+        // user nice system idle iowait irq softirq steal
+        let ticks: Vec<u64> =
+            lines.next()?.strip_prefix("cpu ")?.split_whitespace().take(8).filter_map(|t| t.parse().ok()).collect();
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        let all: u64 = ticks.iter().sum();
+        let cores = lines.filter(|l| l.starts_with("cpu")).count();
+        Some(CpuTicks { busy: all - idle, all, cores })
+    }
+
+    /// Cores busy on average since this reading.
+    pub fn cores_busy_since(self) -> Option<f64> {
+        let now = CpuTicks::now()?;
+        let all = now.all.checked_sub(self.all).filter(|a| *a > 0)?;
+        Some((now.busy - self.busy) as f64 / all as f64 * self.cores as f64)
+    }
+
+    /// ", 1.84 of 2 cores busy" for a figure's line, or nothing.
+    pub fn describe(busy: Option<f64>) -> String {
+        let cores = CpuTicks::now().map_or(0, |c| c.cores);
+        busy.map(|b| format!(", {b:.2} of {cores} cores busy")).unwrap_or_default()
+    }
+}

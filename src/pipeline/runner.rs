@@ -235,10 +235,13 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                 } else {
                     self.stage.lock().expect("stage lock").revoked(&parts)
                 };
+                let mut done: BTreeMap<Tp, i64> = BTreeMap::new();
                 let pending = {
                     let mut a = self.assigned.lock().expect("assigned lock");
                     for tp in &parts {
-                        a.positions.remove(tp);
+                        if let Some(pos) = a.positions.remove(tp).filter(|p| *p != i64::MIN) {
+                            done.insert(tp.clone(), pos);
+                        }
                     }
                     a.generation += 1;
                     a.txn_offsets.extend(offsets.iter().cloned());
@@ -269,9 +272,16 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                             self.assigned.lock().expect("assigned lock").fatal = Some(e);
                         }
                     }
-                } else if !offsets.is_empty() {
-                    // Commit now: the next owner starts from these.
-                    let commit = tpl_of(&offsets);
+                } else if !lost && (!offsets.is_empty() || !done.is_empty()) {
+                    // Commit now: the next owner starts from these. What
+                    // the runner has stored counts too (a stage may keep no
+                    // offsets), rather than librdkafka's commit on unassign,
+                    // which the group can refuse once it has moved on.
+                    for (tp, off) in offsets {
+                        let at = done.entry(tp).or_insert(off);
+                        *at = (*at).max(off);
+                    }
+                    let commit = tpl_of(&done.into_iter().collect::<Offsets>());
                     if let Err(e) = consumer.store_offsets(&commit) {
                         tracing::debug!(pipeline, "store on revoke: {e}");
                     }
@@ -489,7 +499,14 @@ impl<'c, S: Stage> Runner<'c, S> {
     }
 
     /// One batch through the lifecycle, retried until it is durable.
-    fn process(&mut self, polled: &[Record<'c>], held: &mut Vec<Record<'c>>) -> Result<Flow<()>> {
+    /// `positions`: the consumer's, taken when `polled` was (a retry's wait
+    /// polls on, into `held`).
+    fn process(
+        &mut self,
+        polled: &[Record<'c>],
+        positions: &HashMap<Tp, i64>,
+        held: &mut Vec<Record<'c>>,
+    ) -> Result<Flow<()>> {
         let full = polled.len() >= self.cfg.batch_size;
         let mut batch = loop {
             let decoded = self.cfg.decoder.batch(polled.iter().map(Raw::from), self.position(), full);
@@ -501,12 +518,11 @@ impl<'c, S: Stage> Runner<'c, S> {
                 },
             }
         };
-        // Every record polled so far is in this batch, so the consumer's
-        // position is where each partition resumes: past the transaction
-        // markers (and aborted records) after its last record, which the
-        // consumer skips and never returns. Storing last offset + 1 instead
-        // would leave a lag of 1 behind every transaction.
-        let positions = self.consumer_positions();
+        // Every record polled up to `positions` is in this batch, so they
+        // are where each partition resumes: past the transaction markers
+        // (and aborted records) after its last record, which the consumer
+        // skips and never returns. Storing last offset + 1 instead would
+        // leave a lag of 1 behind every transaction.
         batch.advance(|tp| positions.get(tp).copied());
         self.complete(batch, polled, held)
     }
@@ -780,6 +796,14 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
         tracing::debug!(pipeline, "final commit: {e}");
     }
     consumer.unsubscribe();
+    // Serve the revoke before closing: librdkafka can hang for good in an
+    // unassign called from a rebalance that close itself serves (seen when
+    // a member stops during a rebalance; librdkafka issue 4884).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumer.assignment().is_ok_and(|a| a.count() > 0) && Instant::now() < deadline {
+        // Records polled now are not processed: their offsets are not stored.
+        let _ = consumer.poll(Duration::from_millis(100));
+    }
     drop(runner);
     drop(consumer);
     match &result {
@@ -821,7 +845,9 @@ fn consume<S: Stage>(runner: &mut Runner<'_, S>) -> Result<()> {
             for (topic, count) in per_topic {
                 RecordsConsumed { pipeline, topic, count }.emit();
             }
-            if let Flow::Shutdown = runner.process(&batch, &mut held)? {
+            // Before a retry's wait polls past this batch.
+            let positions = runner.consumer_positions();
+            if let Flow::Shutdown = runner.process(&batch, &positions, &mut held)? {
                 break; // nothing stored: the batch replays
             }
         }

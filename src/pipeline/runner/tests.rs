@@ -118,6 +118,10 @@ struct Log {
     /// (partition, offset) of every record committed, in order.
     committed: Vec<(i32, i64)>,
     rejected: Vec<(i32, i64)>,
+    /// Partitions assigned and not revoked since.
+    owned: BTreeSet<i32>,
+    /// Records written while their partition was not the stage's.
+    foreign: Vec<(i32, i64)>,
 }
 
 /// When the stage's commit fails.
@@ -135,21 +139,37 @@ enum Fail {
 struct Recording {
     log: Arc<Mutex<Log>>,
     fail: Fail,
+    /// How long each write takes.
+    slow: Duration,
 }
 
 impl Stage for Recording {
-    fn assigned(&mut self, _parts: &[Tp]) -> Result<Offsets> {
-        self.log.lock().unwrap().assigned += 1;
+    fn assigned(&mut self, parts: &[Tp]) -> Result<Offsets> {
+        let mut log = self.log.lock().unwrap();
+        log.assigned += 1;
+        log.owned.extend(parts.iter().map(|tp| tp.partition));
         Ok(Vec::new())
     }
 
     fn revoked(&mut self, parts: &[Tp]) -> Offsets {
-        self.log.lock().unwrap().revoked.extend(parts.iter().cloned());
+        let mut log = self.log.lock().unwrap();
+        log.revoked.extend(parts.iter().cloned());
+        for tp in parts {
+            log.owned.remove(&tp.partition);
+        }
         Vec::new()
     }
 
-    fn write(&mut self, _batch: &Batch<'_>) -> Result<Vec<Reject>> {
-        self.log.lock().unwrap().writes += 1;
+    fn write(&mut self, batch: &Batch<'_>) -> Result<Vec<Reject>> {
+        std::thread::sleep(self.slow);
+        let mut log = self.log.lock().unwrap();
+        log.writes += 1;
+        for p in &batch.parts {
+            if !log.owned.contains(&p.tp.partition) {
+                let foreign: Vec<(i32, i64)> = p.records.iter().map(|r| (p.tp.partition, r.offset)).collect();
+                log.foreign.extend(foreign);
+            }
+        }
         Ok(Vec::new())
     }
 
@@ -192,8 +212,12 @@ struct Running {
 
 impl Running {
     fn start(kafka: KafkaConfig, group: &str, fail: Fail) -> Running {
+        Running::start_slow(kafka, group, fail, Duration::ZERO)
+    }
+
+    fn start_slow(kafka: KafkaConfig, group: &str, fail: Fail, slow: Duration) -> Running {
         let log = Arc::new(Mutex::new(Log::default()));
-        let stage = Recording { log: log.clone(), fail };
+        let stage = Recording { log: log.clone(), fail, slow };
         let cfg = RunnerConfig {
             pipeline: "test",
             kafka,
@@ -316,6 +340,40 @@ fn a_revoke_while_retrying_drops_the_revoked_partitions_from_the_batch() {
     let mut all = log1.committed.clone();
     all.extend(&log2.committed);
     exactly_once(&all, 400, &[]);
+    assert!(!log2.committed.is_empty(), "the second member took over partitions");
+}
+
+#[test]
+fn a_rebalance_under_load_hands_each_record_over_once() {
+    // Full batches and a slow stage (the mock cluster takes ~5 s to
+    // rebalance; 4000 records at 100 ms per 50 take 8 s), so the revoke
+    // comes while the first member is busy. No record may reach a stage
+    // that does not own its partition, and this stage keeps no offsets:
+    // the handover rests on the runner committing what it stored when
+    // the partitions are revoked.
+    let cluster = Cluster::new();
+    cluster.produce(4000, &[]);
+    let slow = Duration::from_millis(100);
+    let first = Running::start_slow(cluster.kafka(&[]), "ahead", Fail::Never, slow);
+    first.until(30, "the first batches", |l| l.committed.len() >= 200);
+    let second = Running::start_slow(cluster.kafka(&[]), "ahead", Fail::Never, slow);
+    first.until(60, "partitions revoked from the first member", |l| !l.revoked.is_empty());
+    let total = || first.log.lock().unwrap().committed.len() + second.log.lock().unwrap().committed.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while total() < 4000 {
+        assert!(Instant::now() < deadline, "records missing: {} of 4000", total());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (r1, log1) = first.stop();
+    let (r2, log2) = second.stop();
+    r1.unwrap();
+    r2.unwrap();
+    let (log1, log2) = (log1.lock().unwrap(), log2.lock().unwrap());
+    assert!(log1.foreign.is_empty(), "written after their partition was revoked: {:?}", log1.foreign);
+    assert!(log2.foreign.is_empty(), "written while not assigned: {:?}", log2.foreign);
+    let mut all = log1.committed.clone();
+    all.extend(&log2.committed);
+    exactly_once(&all, 4000, &[]);
     assert!(!log2.committed.is_empty(), "the second member took over partitions");
 }
 

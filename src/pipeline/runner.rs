@@ -120,6 +120,9 @@ struct Assigned {
     fatal: Option<Error>,
     /// Exactly-once: offsets the next transaction commits.
     txn_offsets: BTreeMap<Tp, i64>,
+    /// At-least-once: the offsets stored per assigned partition (what the
+    /// stage said is durable), committed when the partition is revoked.
+    stored: HashMap<Tp, i64>,
     /// Exactly-once: a transaction aborted in the rebalance callback; the
     /// loop rewinds the partitions still assigned.
     rewind: bool,
@@ -239,8 +242,9 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                 let pending = {
                     let mut a = self.assigned.lock().expect("assigned lock");
                     for tp in &parts {
-                        if let Some(pos) = a.positions.remove(tp).filter(|p| *p != i64::MIN) {
-                            done.insert(tp.clone(), pos);
+                        a.positions.remove(tp);
+                        if let Some(off) = a.stored.remove(tp) {
+                            done.insert(tp.clone(), off);
                         }
                     }
                     a.generation += 1;
@@ -274,9 +278,10 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                     }
                 } else if !lost && (!offsets.is_empty() || !done.is_empty()) {
                     // Commit now: the next owner starts from these. What
-                    // the runner has stored counts too (a stage may keep no
-                    // offsets), rather than librdkafka's commit on unassign,
-                    // which the group can refuse once it has moved on.
+                    // the runner stored counts too (a stage may return no
+                    // offsets here), not left to librdkafka's commit on
+                    // unassign. The group may refuse either once it has
+                    // moved on: the next owner then replays.
                     for (tp, off) in offsets {
                         let at = done.entry(tp).or_insert(off);
                         *at = (*at).max(off);
@@ -363,6 +368,14 @@ impl<'c, S: Stage> Runner<'c, S> {
         if let Err(e) = self.consumer.store_offsets(&tpl_of(offsets)) {
             // A partition revoked meanwhile: its new owner resumes from the stage's own offsets.
             tracing::debug!(pipeline = self.cfg.pipeline, "offset store skipped: {e}");
+            return;
+        }
+        let mut a = self.assigned.lock().expect("assigned lock");
+        for (tp, off) in offsets {
+            if a.positions.contains_key(tp) {
+                let at = a.stored.entry(tp.clone()).or_insert(*off);
+                *at = (*at).max(*off);
+            }
         }
     }
 

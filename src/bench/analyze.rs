@@ -10,7 +10,7 @@
 //!    the shared runner, checkpoints included) as a ratio to a raw rdkafka
 //!    drain of the same topic by a plain consumer, measured before and after.
 
-use crate::bench::{CpuTicks, alloc};
+use crate::bench::{Busy, CpuTicks, alloc};
 use crate::codec::{Codec, OutputFormat};
 use crate::config::{AnalyzeSettings, CommonArgs};
 use crate::domain::Event;
@@ -202,7 +202,7 @@ async fn run_analyzer(
     topics: &AnalyzeTopics,
     n: usize,
     exactly_once: bool,
-) -> Result<(f64, f64, Option<f64>)> {
+) -> Result<(f64, f64, Busy)> {
     let group = format!("{prefix}udo-analyze{}", if exactly_once { "-eos" } else { "" });
     let (shutdown, trigger) = Shutdown::manual();
     let decoder = crate::pipeline::batch::Decoder::new(common.codec(OutputFormat::Avro), &common.topics(), prefix);
@@ -421,7 +421,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
 /// A plain group consumer reading `n` records of `topic`: the baseline.
 /// Seconds from subscribe, and from the first record; cores busy from the
 /// first record.
-fn raw_drain(kafka: &crate::config::KafkaConfig, topics: &[&str], n: usize) -> Result<(f64, f64, Option<f64>)> {
+fn raw_drain(kafka: &crate::config::KafkaConfig, topics: &[&str], n: usize) -> Result<(f64, f64, Busy)> {
     let consumer: BaseConsumer = kafka
         .client(|c| {
             // The same fetch settings as the pipeline's consumer.

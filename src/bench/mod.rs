@@ -6,6 +6,9 @@ pub mod alloc;
 pub mod analyze;
 pub mod materialize;
 
+/// Cores busy on average over a phase, of the machine's cores.
+pub type Busy = Option<(f64, usize)>;
+
 /// The machine's CPU time so far, all processes (the broker's JVM too),
 /// from `/proc/stat`: how many cores a phase kept busy. `None` off Linux.
 #[derive(Clone, Copy, Debug)]
@@ -28,16 +31,15 @@ impl CpuTicks {
         Some(CpuTicks { busy: all - idle, all, cores })
     }
 
-    /// Cores busy on average since this reading.
-    pub fn cores_busy_since(self) -> Option<f64> {
+    /// Cores busy on average since this reading, and the machine's cores.
+    pub fn cores_busy_since(self) -> Busy {
         let now = CpuTicks::now()?;
         let all = now.all.checked_sub(self.all).filter(|a| *a > 0)?;
-        Some((now.busy - self.busy) as f64 / all as f64 * self.cores as f64)
+        Some(((now.busy - self.busy) as f64 / all as f64 * self.cores as f64, self.cores))
     }
 
     /// ", 1.84 of 2 cores busy" for a figure's line, or nothing.
-    pub fn describe(busy: Option<f64>) -> String {
-        let cores = CpuTicks::now().map_or(0, |c| c.cores);
-        busy.map(|b| format!(", {b:.2} of {cores} cores busy")).unwrap_or_default()
+    pub fn describe(busy: Busy) -> String {
+        busy.map(|(b, cores)| format!(", {b:.2} of {cores} cores busy")).unwrap_or_default()
     }
 }

@@ -256,6 +256,26 @@ impl Running {
     }
 }
 
+/// Waits until the two members together have committed `n` distinct
+/// records (a replay counts once), then stops both.
+fn finish_two(first: Running, second: Running, n: usize) -> (Log, Log) {
+    let distinct = || {
+        let (l1, l2) = (first.log.lock().unwrap(), second.log.lock().unwrap());
+        l1.committed.iter().chain(&l2.committed).collect::<BTreeSet<_>>().len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while distinct() < n {
+        assert!(Instant::now() < deadline, "records missing: {} of {n}", distinct());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (r1, log1) = first.stop();
+    let (r2, log2) = second.stop();
+    r1.unwrap();
+    r2.unwrap();
+    let take = |log: Arc<Mutex<Log>>| std::mem::take(&mut *log.lock().unwrap());
+    (take(log1), take(log2))
+}
+
 fn all_offsets(n: usize) -> BTreeSet<(i32, i64)> {
     (0..n).map(|i| ((i % PARTITIONS as usize) as i32, (i / PARTITIONS as usize) as i64)).collect()
 }
@@ -326,17 +346,7 @@ fn a_revoke_while_retrying_drops_the_revoked_partitions_from_the_batch() {
     let second = Running::start(cluster.kafka(&[]), "revoke", Fail::Never);
     first.until(60, "partitions revoked from the first member", |l| !l.revoked.is_empty());
     outage.store(false, Ordering::SeqCst);
-    let total = || first.log.lock().unwrap().committed.len() + second.log.lock().unwrap().committed.len();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while total() < 400 {
-        assert!(Instant::now() < deadline, "records missing: {} of 400", total());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (r1, log1) = first.stop();
-    let (r2, log2) = second.stop();
-    r1.unwrap();
-    r2.unwrap();
-    let (log1, log2) = (log1.lock().unwrap(), log2.lock().unwrap());
+    let (log1, log2) = finish_two(first, second, 400);
     let mut all = log1.committed.clone();
     all.extend(&log2.committed);
     exactly_once(&all, 400, &[]);
@@ -356,25 +366,11 @@ fn a_rebalance_under_load_hands_each_record_over_once() {
     let cluster = Cluster::new();
     cluster.produce(4000, &[]);
     let slow = Duration::from_millis(100);
-    let first = Running::start_slow(cluster.kafka(&[]), "ahead", Fail::Never, slow);
+    let first = Running::start_slow(cluster.kafka(&[]), "handover", Fail::Never, slow);
     first.until(30, "the first batches", |l| l.committed.len() >= 200);
-    let second = Running::start_slow(cluster.kafka(&[]), "ahead", Fail::Never, slow);
+    let second = Running::start_slow(cluster.kafka(&[]), "handover", Fail::Never, slow);
     first.until(60, "partitions revoked from the first member", |l| !l.revoked.is_empty());
-    // Distinct records: a replay counts once.
-    let total = || {
-        let (l1, l2) = (first.log.lock().unwrap(), second.log.lock().unwrap());
-        l1.committed.iter().chain(&l2.committed).collect::<BTreeSet<_>>().len()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while total() < 4000 {
-        assert!(Instant::now() < deadline, "records missing: {} of 4000", total());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (r1, log1) = first.stop();
-    let (r2, log2) = second.stop();
-    r1.unwrap();
-    r2.unwrap();
-    let (log1, log2) = (log1.lock().unwrap(), log2.lock().unwrap());
+    let (log1, log2) = finish_two(first, second, 4000);
     assert!(log1.foreign.is_empty(), "written after their partition was revoked: {:?}", log1.foreign);
     assert!(log2.foreign.is_empty(), "written while not assigned: {:?}", log2.foreign);
     let all: BTreeSet<(i32, i64)> = log1.committed.iter().chain(&log2.committed).copied().collect();

@@ -417,7 +417,22 @@ pub fn reset_group(group: &str, topics: &[String], offset: i64) {
     for ((t, p), _) in watermarks(topics) {
         tpl.add_partition_offset(&t, p, Offset::Offset(offset)).unwrap();
     }
-    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
+    // A member that just stopped may still be leaving: the broker refuses a
+    // commit from outside the group until it is empty, as it would refuse
+    // `kafka-consumer-groups --reset-offsets`. Wait for that, briefly.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => return,
+            Err(e)
+                if Instant::now() < deadline
+                    && ["member", "rebalance"].iter().any(|w| e.to_string().to_lowercase().contains(w)) =>
+            {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(e) => panic!("reset {group}: {e}"),
+        }
+    }
 }
 
 /// Exact rows per kind, and Redis holding exactly Postgres's live chunks.

@@ -473,7 +473,9 @@ proptest! {
             prop_assert_eq!(direct.as_ref(), Some(&event));
         }
         if let Some(d) = direct {
-            prop_assert_eq!(Some(d), reference.ok());
+            // Compared as printed: a flipped float can read as NaN, which
+            // both readers return but `==` never equals.
+            prop_assert_eq!(format!("{:?}", Some(d)), format!("{:?}", reference.ok()));
         }
     }
 

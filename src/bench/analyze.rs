@@ -383,10 +383,13 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
         "raw rdkafka drain subscribed to the analyzer's 4 input topics: {n} records in {:.2} s ({:.2} s from the first record)",
         drain_all.0, drain_all.1
     );
-    let raw = (drain_1.0 + drain_2.0) / 2.0;
-    let raw_steady = (drain_1.1 + drain_2.1) / 2.0;
+    // The faster drain is the baseline: the first one, on a just-started
+    // broker, can wait seconds for the group coordinator to load, and that
+    // wait must not flatter the pipeline.
+    let raw = drain_1.0.min(drain_2.0);
+    let raw_steady = drain_1.1.min(drain_2.1);
     println!(
-        "pipeline / raw drain throughput: {:.2} from subscribe (group join included), {:.2} from the first record (target >= 0.80)",
+        "pipeline / raw drain throughput (the faster drain): {:.2} from subscribe (group join included), {:.2} from the first record (target >= 0.80)",
         raw / pipeline,
         raw_steady / pipeline_steady
     );

@@ -147,6 +147,10 @@ pub struct AnalyzeSettings {
     /// A partition silent this long advances its watermark by wall clock.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// An input whose event time is further ahead of this host's clock goes
+    /// to the DLQ (class `future`) and never moves a watermark ("5m").
+    #[serde(deserialize_with = "duration")]
+    pub max_future_skew: Duration,
     /// Latency windows with fewer samples are reported but not evaluated.
     pub min_samples: u64,
     /// Uncertainty windows with fewer ratings are reported but not evaluated.
@@ -189,6 +193,7 @@ impl Default for AnalyzeSettings {
             window_slide: Duration::from_secs(60),
             allowed_lateness: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
+            max_future_skew: Duration::from_secs(300),
             min_samples: 20,
             min_ratings: 10,
             checkpoint_interval: Duration::from_secs(2),

@@ -200,7 +200,7 @@ apt_install() {
 # Debian packages the build and the interop tests need: OpenSSL headers and
 # pkg-config (librdkafka's TLS/SASL, sqlx and redis TLS), zlib headers, and
 # kcat (a third-party Kafka client the tests use).
-BUILD_DEPS=(libssl-dev pkg-config zlib1g-dev kcat)
+BUILD_DEPS=(libssl-dev pkg-config zlib1g-dev libzstd-dev kcat)
 
 build_deps_ok() {
   local installed

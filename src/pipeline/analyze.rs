@@ -365,6 +365,24 @@ impl<C: Checkpoints> AnalyzeStage<C> {
     }
 }
 
+/// Why an event from the future is refused, with readable times.
+fn future_message(t: i64, now_ms: i64, skew: Duration) -> String {
+    let at = |ms: i64| {
+        let d = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+        humantime::format_rfc3339_millis(d).to_string()
+    };
+    let ahead = Duration::from_millis((t - now_ms).max(0) as u64);
+    format!(
+        "field `occurred_at`: {} is {} ahead of this host's clock ({}), more than analyze.max_future_skew ({}): \
+         a producer clock or unit mistake would move the watermark and make every later record late; fix the \
+         producer's clock, or raise analyze.max_future_skew",
+        at(t),
+        humantime::format_duration(Duration::from_secs(ahead.as_secs())),
+        at(now_ms),
+        humantime::format_duration(skew)
+    )
+}
+
 /// The writes partition and offset a re-keyed decision came from. Written
 /// without the headers (by another producer), it is its own channel -1 with
 /// its own offset.
@@ -405,8 +423,20 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                         .and_then(|s| Engine::restore(self.engine_cfg.clone(), s))
                 };
                 match restored {
-                    Ok(engine) => {
+                    Ok(mut engine) => {
                         tracing::info!(pipeline = PIPELINE, task = p, offsets = ?cp.offsets, "restored checkpoint");
+                        // A state from before future event times were refused.
+                        let limit = crate::now_ms() + self.settings.max_future_skew.as_millis() as i64;
+                        let dropped = engine.forget_future(limit);
+                        if dropped > 0 {
+                            tracing::warn!(
+                                pipeline = PIPELINE,
+                                task = p,
+                                panes = dropped,
+                                "the restored state held event times beyond analyze.max_future_skew: dropped them, \
+                                 the watermark is back at this host's clock"
+                            );
+                        }
                         task.engine = engine;
                     }
                     // Windows of another shape cannot be continued; the
@@ -482,6 +512,8 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
         self.writes_done.clear();
         let mut touched = BTreeSet::new();
         let now = Instant::now();
+        let now_ms = crate::now_ms();
+        let future_limit = now_ms.saturating_add(self.settings.max_future_skew.as_millis() as i64);
         if batch.full {
             self.last_full_batch = Some(now);
         }
@@ -533,6 +565,11 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                         continue;
                     }
                 };
+                if input.occurred_at() > future_limit {
+                    let message = future_message(input.occurred_at(), now_ms, self.settings.max_future_skew);
+                    rejects.push(Reject { tp: tp.clone(), offset: rec.offset, reason: Reason { class: "future".into(), message } });
+                    continue;
+                }
                 task.last_input.insert(kind, now);
                 if let Err(late) = task.engine.ingest(input) {
                     LateEvent { topic: &tp.topic }.emit();

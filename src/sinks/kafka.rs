@@ -226,7 +226,9 @@ impl TxnProducer {
                 // the broker after this long (or at once by its successor's
                 // init with the same id).
                 .set("transaction.timeout.ms", "60000")
-                .set("linger.ms", "5");
+                .set("linger.ms", "5")
+                // Dead letters go through it too: the DLQ topic's limit.
+                .set("message.max.bytes", crate::sinks::dlq::topic_max_bytes().to_string());
         })
         .create()
         .map_err(Error::kafka(format!("create the transactional producer {id}")))?;

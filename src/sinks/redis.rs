@@ -18,7 +18,7 @@
 //! | key | content |
 //! |---|---|
 //! | `project:{project_id}:context` | field = file path, value = JSON array of that file's live chunks ordered by `chunk_index`: `[{"chunk_index","content","event_id","occurred_at","source"}]`; a DELETE removes the chunk, the field goes when no chunk is left. Embeddings stay in Postgres (pgvector does the similarity search). |
-//! | `udo:latency:{component}` / `udo:latency:{component}:{endpoint}` | latest closed latency window: `window_start`, `window_end`, `count`, `error_count`, `error_rate`, `p50_ms`, `p95_ms`, `p99_ms`, `event_id`, … |
+//! | `udo:latency:{component}` / `udo:latency:{component}:{endpoint}` (a `:` or `%` in the component written `%3A`, `%25`; likewise the project below) | latest closed latency window: `window_start`, `window_end`, `count`, `error_count`, `error_rate`, `p50_ms`, `p95_ms`, `p99_ms`, `event_id`, … |
 //! | `udo:uncertainty:{project_id}:{component}` | latest uncertainty window: `uncertainty`, `wilson_lower`, `approval_rate`, `ratings`, `positive`, `decisions`, `predicted_mean`, `calibration_gap`, … |
 //! | `udo:health:{component}` | `status` (`HEALTHY`/`DEGRADED`), `since` (window end of the transition), `reason`, `p95_ms`, `error_rate`, `event_id` |
 //! | `udo:alerts:active` | field = `{rule}\|{subject}\|{severity}`, value = the FIRING alert's JSON; RESOLVED removes it |
@@ -52,17 +52,21 @@ pub mod keys {
         format!("project:{project_id}:context")
     }
 
+    use crate::domain::subject::key_part;
+
+    /// Every part but the last escapes `:` (and `%`), so no two subjects
+    /// share a key ("adv:a" + "b" and "adv" + "a:b").
     pub fn latency(component: &str, endpoint: Option<&str>) -> String {
         match endpoint {
-            Some(e) => format!("udo:latency:{component}:{e}"),
-            None => format!("udo:latency:{component}"),
+            Some(e) => format!("udo:latency:{}:{e}", key_part(component)),
+            None => format!("udo:latency:{}", key_part(component)),
         }
     }
 
     pub fn uncertainty(project_id: Option<&str>, component: &str) -> String {
         match project_id {
-            Some(p) => format!("udo:uncertainty:{p}:{component}"),
-            None => format!("udo:uncertainty:{component}"),
+            Some(p) => format!("udo:uncertainty:{}:{component}", key_part(p)),
+            None => format!("udo:uncertainty:{}", key_part(component)),
         }
     }
 

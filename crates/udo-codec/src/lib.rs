@@ -7,6 +7,7 @@ pub mod canonical;
 pub mod catalog;
 pub mod error;
 pub mod registry;
+pub mod walk;
 
 use apache_avro::{Schema, error::Details, types::Value};
 pub use catalog::Catalog;
@@ -149,7 +150,11 @@ impl Codec {
                 // the fault (and is the reference the two are tested against).
                 match direct_event(entry, payload) {
                     Some(event) => event,
-                    None => reference_event(entry, payload)?,
+                    None => {
+                        // Before apache-avro, which reserves what lengths claim.
+                        walk::check_datum(&entry.schema, payload)?;
+                        reference_event(entry, payload)?
+                    }
                 }
             }
             Framing::Confluent { schema_id } => {
@@ -187,6 +192,8 @@ impl Codec {
         allowed: &[String],
         payload: &[u8],
     ) -> Result<Event, DecodeError> {
+        // Bounds and field names first: apache-avro reserves what lengths claim.
+        walk::check_datum(writer, payload)?;
         let value = read_datum(writer, payload)?;
         // A union writer schema (multi-record topic) yields the branch.
         let (name, value) = match (writer, value) {
@@ -222,8 +229,19 @@ impl Codec {
                 format!("JSON value is not valid UTF-8 at byte {}", e.valid_up_to()),
             ));
         }
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| DecodeError::new(DecodeClass::Malformed, format!("invalid JSON: {e}")))?;
+        // Through serde_path_to_error, so a bad value (`1e400`) names its field.
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let value: serde_json::Value =
+            serde_path_to_error::deserialize(&mut json).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." || path.is_empty() {
+                    DecodeError::new(DecodeClass::Malformed, format!("invalid JSON: {inner}"))
+                } else {
+                    DecodeError::field(DecodeClass::Malformed, path, format!("invalid JSON: {inner}"))
+                }
+            })?;
+        json.end().map_err(|e| DecodeError::new(DecodeClass::Malformed, format!("invalid JSON: {e}")))?;
         let serde_json::Value::Object(map) = &value else {
             return Err(DecodeError::new(DecodeClass::Malformed, "JSON value must be an object"));
         };

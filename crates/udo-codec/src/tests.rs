@@ -246,6 +246,7 @@ fn rejects_unknown_enum_values_in_avro_and_json() {
         forged_latency(r#""symbols": ["OK", "ERROR", "TIMEOUT", "SLOW"]"#, "string", "SLOW", Value::String("s".into()));
     let err = codec(OutputFormat::Avro).decode(&topic(&["LatencySample"]), &bytes).unwrap_err();
     assert_eq!(err.class, DecodeClass::UnknownEnum, "{err}");
+    assert_eq!(err.field.as_deref(), Some("outcome"), "{err}");
 
     let json = br#"{"event_id":"6f1c64e4-7d55-4b8a-9a57-0d2f7b1f3c11","occurred_at":1767225600000,
         "source":"kcat","component":"checkout","endpoint":"GET /x","latency_ms":12.5,"outcome":"SLOW"}"#;
@@ -264,6 +265,7 @@ fn rejects_invalid_utf8_in_avro_and_json() {
     );
     let err = codec(OutputFormat::Avro).decode(&topic(&["LatencySample"]), &bytes).unwrap_err();
     assert_eq!(err.class, DecodeClass::InvalidUtf8, "{err}");
+    assert_eq!(err.field.as_deref(), Some("source"), "{err}");
 
     let mut json = br#"{"source":""#.to_vec();
     json.extend([0xc3, 0x28]);
@@ -295,7 +297,7 @@ fn rejects_framing_schema_and_structure_errors_with_a_class() {
         (b"garbage".to_vec(), DecodeClass::UnknownFraming, "0x67"),
         ([&[0xC3, 0x01], &[9u8; 8][..], &[1, 2, 3]].concat(), DecodeClass::UnknownSchema, "fingerprint"),
         ([&[0u8, 0, 0, 0, 7][..], &good[10..]].concat(), DecodeClass::UnknownSchema, "SCHEMA_REGISTRY_URL"),
-        (good[..good.len() - 3].to_vec(), DecodeClass::Malformed, "avro"),
+        (good[..good.len() - 3].to_vec(), DecodeClass::Malformed, "truncated"),
         ([&good[..], &[0u8, 1]].concat(), DecodeClass::Malformed, "2 trailing bytes"),
         (b"{not json".to_vec(), DecodeClass::Malformed, "invalid JSON"),
         (br#"{"event_id":"nope"}"#.to_vec(), DecodeClass::Malformed, "not a UUID"),
@@ -308,6 +310,61 @@ fn rejects_framing_schema_and_structure_errors_with_a_class() {
     // A valid record on the wrong topic.
     let err = c.decode(&topic(&["FeedbackRating"]), &good).unwrap_err();
     assert_eq!(err.class, DecodeClass::WrongSchema, "{err}");
+}
+
+#[test]
+fn a_length_that_claims_more_than_the_record_holds_is_refused_before_allocating() {
+    // A ContextChunk whose embedding claims 536,870,912 floats in 60 bytes:
+    // apache-avro would reserve ~30 GB for it.
+    let c = codec(OutputFormat::Avro);
+    let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
+    bytes.extend(c.catalog().get("ContextChunk").unwrap().fingerprint);
+    let uuid = id(7).to_string();
+    bytes.push((uuid.len() * 2) as u8);
+    bytes.extend(uuid.as_bytes());
+    bytes.extend([0x80, 0xb0, 0x9b, 0xc3, 0xd7, 0x66]); // occurred_at
+    bytes.extend([2, b's', 2, b'p', 2, b'f', 0, 0, 0]); // source, project, file, index, op, content
+    bytes.push(2); // embedding: the array branch
+    bytes.extend([0x80, 0x80, 0x80, 0x80, 0x04]); // 536,870,912 items
+    bytes.extend([0u8; 4]);
+    let err = c.decode(&topic(&["ContextChunk"]), &bytes).unwrap_err();
+    assert_eq!(err.class, DecodeClass::Malformed, "{err}");
+    assert_eq!(err.field.as_deref(), Some("embedding"), "{err}");
+    assert!(err.message.contains("536870912 items"), "{err}");
+}
+
+#[test]
+fn avro_level_rejections_name_the_field() {
+    // A non-UUID where the schema's uuid string is.
+    let c = codec(OutputFormat::Avro);
+    let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
+    bytes.extend(c.catalog().get("LatencySample").unwrap().fingerprint);
+    let datum = apache_avro::to_avro_datum(
+        &Schema::parse_str(catalog::BUILTIN.iter().find(|(n, _)| *n == "LatencySample").unwrap().1.replace(
+            r#"{"type": "string", "logicalType": "uuid"}"#, r#""string""#).as_str()).unwrap(),
+        Value::Record(vec![
+            ("event_id".into(), Value::String("not-a-uuid".into())),
+            ("occurred_at".into(), Value::TimestampMillis(T0)),
+            ("source".into(), Value::String("s".into())),
+            ("component".into(), Value::String("c".into())),
+            ("endpoint".into(), Value::String("e".into())),
+            ("latency_ms".into(), Value::Double(1.0)),
+            ("outcome".into(), Value::Enum(0, "OK".into())),
+            ("status_code".into(), Value::Union(0, Box::new(Value::Null))),
+        ]),
+    )
+    .unwrap();
+    bytes.extend(datum);
+    let err = c.decode(&topic(&["LatencySample"]), &bytes).unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("event_id"), "{err}");
+    assert!(err.message.contains("not a UUID"), "{err}");
+
+    // A JSON number beyond f64.
+    let json = br#"{"event_id":"6f1c64e4-7d55-4b8a-9a57-0d2f7b1f3c11","occurred_at":1767225600000,
+        "source":"kcat","component":"checkout","endpoint":"GET /x","latency_ms":1e400,"outcome":"OK"}"#;
+    let err = c.decode(&topic(&["LatencySample"]), json).unwrap_err();
+    assert_eq!(err.class, DecodeClass::Malformed, "{err}");
+    assert_eq!(err.field.as_deref(), Some("latency_ms"), "{err}");
 }
 
 #[test]

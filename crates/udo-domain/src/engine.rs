@@ -105,6 +105,15 @@ pub enum Stream {
 }
 
 impl Input<'_> {
+    /// The input's event time.
+    pub fn occurred_at(&self) -> i64 {
+        match self {
+            Input::Latency(s) => s.occurred_at,
+            Input::Rating(r) => r.occurred_at,
+            Input::Decision(d, ..) => d.occurred_at,
+        }
+    }
+
     pub fn stream(&self) -> Stream {
         match self {
             Input::Latency(_) => Stream::Latency,
@@ -254,10 +263,7 @@ impl Engine {
         for Closed { key: (component, endpoint), start, end, agg } in self.state.latency.close() {
             let stats = agg.stats();
             let window = WindowRef { start, end };
-            let subject = match &endpoint {
-                None => component.clone(),
-                Some(e) => format!("{component} {e}"),
-            };
+            let subject = super::subject::latency(&component, endpoint.as_deref());
             out.push(self.window_stats(&subject, &component, endpoint.clone(), None, window, |w| {
                 w.latency = Some(stats.clone())
             }));
@@ -274,7 +280,7 @@ impl Engine {
         for Closed { key: (project, component), start, end, agg } in self.state.ratings.close() {
             let stats = agg.stats();
             let window = WindowRef { start, end };
-            let subject = format!("{project}|{component}");
+            let subject = super::subject::uncertainty(&project, &component);
             out.push(self.window_stats(&subject, &component, None, Some(project.clone()), window, |w| {
                 w.uncertainty = Some(stats.clone())
             }));
@@ -337,6 +343,24 @@ impl Engine {
                 .map(|r| r.warning.active as usize + r.critical.active as usize)
                 .sum::<usize>();
         (degraded, firing)
+    }
+
+    /// Forgets every event after `limit` (wall clock plus the allowed skew):
+    /// a state restored from before such events were refused must not keep
+    /// a watermark from the future. Returns the panes dropped.
+    pub fn forget_future(&mut self, limit: i64) -> usize {
+        let dropped = self.state.latency.forget_after(limit) + self.state.ratings.forget_after(limit);
+        let mut changed = false;
+        for t in self.state.rating_inputs.values_mut() {
+            if *t > limit {
+                *t = limit;
+                changed = true;
+            }
+        }
+        if changed {
+            self.limit_ratings();
+        }
+        dropped
     }
 
     /// Keys holding open panes (latency and uncertainty).

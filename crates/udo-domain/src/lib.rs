@@ -7,6 +7,7 @@ pub mod hysteresis;
 pub mod latency;
 pub mod promotion;
 pub mod rules;
+pub mod subject;
 pub mod uncertainty;
 pub mod validate;
 pub mod windows;

@@ -210,7 +210,7 @@ impl UncertaintyRules {
         window: WindowRef,
         uncertainty: f64,
     ) -> Vec<Event> {
-        let subject = format!("{project_id}|{component}");
+        let subject = crate::subject::uncertainty(project_id, component);
         let ctx = AlertCtx { th, source, subject: &subject, component, project_id: Some(project_id), window };
         let mut out = Vec::new();
         out.extend(ctx.step(&mut self.warning, "uncertainty", Severity::Warning, uncertainty, th.uncertainty_warning));

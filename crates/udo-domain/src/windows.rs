@@ -196,6 +196,21 @@ impl<K: Ord + Clone, A: Aggregate + Clone> Windows<K, A> {
         out
     }
 
+    /// Forgets events after `limit`: panes that start after it go and the
+    /// event watermark comes back to it. For a restored state written before
+    /// event times from the future were refused. Returns the panes dropped.
+    pub fn forget_after(&mut self, limit: i64) -> usize {
+        let before = self.pane_count();
+        for panes in self.panes.values_mut() {
+            panes.retain(|start, _| *start <= limit);
+        }
+        self.panes.retain(|_, p| !p.is_empty());
+        self.max_event_time = self.max_event_time.map(|m| m.min(limit));
+        let lateness = self.spec.allowed_lateness_ms;
+        self.idle_watermark = self.idle_watermark.map(|w| w.min(limit - lateness));
+        before - self.pane_count()
+    }
+
     /// Number of keys with open panes (for memory accounting).
     pub fn active_keys(&self) -> usize {
         self.panes.len()
@@ -259,6 +274,18 @@ mod tests {
         // Its first window [.., 120) is closed.
         assert_eq!(w.add("a", 100, &1), Err(Late { first_window_end: 120, watermark: 170 }));
         assert_eq!(w.add("a", 125, &1), Ok(())); // still within lateness
+    }
+
+    #[test]
+    fn forgetting_the_future_brings_the_watermark_back() {
+        let mut w: Windows<u8, Sum> = Windows::new(spec());
+        w.add(1, 100, &1).unwrap();
+        w.add(1, 4_000_000_000_000, &1).unwrap();
+        assert!(w.watermark().unwrap() > 1_000_000);
+        assert_eq!(w.forget_after(1_000), 1);
+        assert_eq!(w.watermark(), Some(1_000 - spec().allowed_lateness_ms));
+        // Events after the real ones are on time again.
+        w.add(1, 990, &1).unwrap();
     }
 
     #[test]

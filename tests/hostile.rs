@@ -1,0 +1,207 @@
+//! Records a hostile but ordinary producer sends, against every pipeline in
+//! one process on the real broker: none may end it, stall it or make it
+//! count wrong.
+//! - a 3 MB invalid record (gzip-compressed, so within the broker's limits):
+//!   dead-lettered with a prefix of its value, its size and SHA-256;
+//! - a 60-byte ContextChunk whose embedding claims 536,870,912 floats:
+//!   dead-lettered as malformed, naming `embedding`, nothing allocated;
+//! - a latency sample from 2099: dead-lettered as `future` by the analyzer,
+//!   and the samples after it are not late;
+//! - subjects whose names hold the separators ("adv x" + "y z" and
+//!   "adv x y" + "z"): distinct window ids and distinct Redis keys;
+//! - a Java producer (Kafka's console producer) with each of gzip, snappy,
+//!   lz4 and zstd: every record stored.
+//!
+//! Afterwards the valid records are all in PostgreSQL and the process is
+//! still running.
+
+mod common;
+#[path = "support/materialize.rs"]
+mod support;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use sha2::Digest;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn producer(compression: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .set("compression.type", compression)
+        .set("message.max.bytes", "10000000")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap()
+}
+
+fn send(p: &FutureProducer, topic: &str, key: &str, value: &[u8]) {
+    block_on(p.send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(30))).expect("produce");
+}
+
+fn now_ms() -> i64 {
+    udo_stream::now_ms()
+}
+
+fn sample(component: &str, endpoint: &str, t: i64, ms: f64) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "occurred_at": t,
+        "source": "hostile-test",
+        "component": component,
+        "endpoint": endpoint,
+        "latency_ms": ms,
+        "outcome": "OK",
+    })
+}
+
+fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    block_on(sqlx::query_scalar::<_, i64>(sql).fetch_one(pool)).unwrap()
+}
+
+/// Waits until `f` holds (or fails after `timeout`, checking the process).
+fn wait_for(what: &str, timeout: Duration, m: &mut Materializer, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        m.assert_alive();
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
+    let prefix = common::prefix("hostile");
+    common::apply_topics(&prefix);
+    let db = block_on(common::fresh_database("hostile"));
+    let redis = block_on(common::fresh_redis_db(9));
+    let mut m = materializer(
+        "analyze,materialize-postgres,materialize-redis",
+        &prefix,
+        &db,
+        &redis,
+        &[("UDO__ANALYZE__IDLE_TIMEOUT", "2s"), ("UDO__ANALYZE__CHECKPOINT_INTERVAL", "500ms")],
+    );
+    let (latency, writes, dlq) =
+        (format!("{prefix}udo.latency.v1"), format!("{prefix}udo.writes.v1"), format!("{prefix}udo.dlq.v1"));
+    let gzip = producer("gzip");
+
+    // 1. A 3 MB record of garbage: within the broker's limit once compressed.
+    let huge: Vec<u8> = std::iter::once(0x07u8).chain((0..3_000_000u32).map(|i| (i % 7) as u8)).collect();
+    send(&gzip, &writes, "proj-huge", &huge);
+    // 2. The allocation bomb: a ContextChunk claiming 2^29 floats.
+    let catalog = udo_stream::codec::Catalog::builtin();
+    let mut bomb = udo_stream::codec::SINGLE_OBJECT_MAGIC.to_vec();
+    bomb.extend(catalog.get("ContextChunk").unwrap().fingerprint);
+    let id = uuid::Uuid::new_v4().to_string();
+    bomb.push(72);
+    bomb.extend(id.as_bytes());
+    bomb.extend([0x80, 0xb0, 0x9b, 0xc3, 0xd7, 0x66, 2, b's', 2, b'p', 2, b'f', 0, 0, 0, 2]);
+    bomb.extend([0x80, 0x80, 0x80, 0x80, 0x04, 0, 0, 0, 0]);
+    send(&gzip, &writes, "proj-bomb", &bomb);
+    // 3. A sample from 2099, then on-time samples, on one partition (one key).
+    let now = now_ms();
+    let future = sample("futurist", "GET /", 4_070_908_800_000, 5.0);
+    send(&gzip, &latency, "futurist", future.to_string().as_bytes());
+    // 4. Subjects whose names hold the separators.
+    let mut valid_samples = 0;
+    // Spread over six minutes ten minutes ago: the first windows close on
+    // event time alone.
+    for i in 0..30 {
+        let t = now - 600_000 + i * 12_000;
+        for (c, e) in [("futurist", "GET /"), ("adv x", "y z"), ("adv x y", "z")] {
+            send(&gzip, &latency, c, sample(c, e, t, 10.0 + i as f64).to_string().as_bytes());
+            valid_samples += 1;
+        }
+    }
+
+    let pool = pg_pool(&db);
+    wait_for("the valid samples in PostgreSQL", Duration::from_secs(120), &mut m, || {
+        count(&pool, "SELECT count(*) FROM latency_samples WHERE source = 'hostile-test'") >= valid_samples
+    });
+    // Windows close by the idle advance; both subjects get theirs.
+    wait_for("windows of both look-alike subjects", Duration::from_secs(120), &mut m, || {
+        count(&pool, "SELECT count(DISTINCT subject) FROM latency_windows WHERE component LIKE 'adv x%'") >= 4
+    });
+
+    let letters = read_dlq(&dlq);
+    let class_of = |l: &DeadLetter| l.headers.get("udo.dlq.error.class").cloned().unwrap_or_default();
+    // The huge record: each consuming pipeline dead-letters it once, cut to fit.
+    let huge_letters: Vec<&DeadLetter> = letters.iter().filter(|l| l.key.as_deref() == Some(b"proj-huge")).collect();
+    assert_eq!(huge_letters.len(), 3, "analyze, materialize-postgres and -redis each dead-letter it once");
+    let sha: String = sha2::Sha256::digest(&huge).iter().map(|b| format!("{b:02x}")).collect();
+    for l in &huge_letters {
+        assert_eq!(class_of(l), "oversized", "{:?}", l.headers);
+        assert_eq!(l.headers.get("udo.dlq.value.truncated").map(String::as_str), Some("true"));
+        assert_eq!(l.headers.get("udo.dlq.value.size"), Some(&huge.len().to_string()));
+        assert_eq!(l.headers.get("udo.dlq.value.sha256"), Some(&sha));
+        let kept = l.value.as_deref().unwrap();
+        assert!(kept.len() > 500_000 && huge.starts_with(kept), "a prefix of {} bytes is kept", kept.len());
+    }
+    // The bomb: malformed, naming the field.
+    let bombs: Vec<&DeadLetter> = letters.iter().filter(|l| l.key.as_deref() == Some(b"proj-bomb")).collect();
+    assert_eq!(bombs.len(), 3, "{bombs:?}");
+    for l in &bombs {
+        assert_eq!(class_of(l), "malformed");
+        let msg = &l.headers["udo.dlq.error.message"];
+        assert!(msg.contains("field `embedding`") && msg.contains("536870912 items"), "{msg}");
+        assert_eq!(l.value.as_deref(), Some(&bomb[..]), "a small record is kept whole");
+    }
+    // The future sample: the analyzer refuses it; nothing after it is late.
+    let futures: Vec<&DeadLetter> = letters.iter().filter(|l| class_of(l) == "future").collect();
+    assert_eq!(futures.len(), 1, "{:?}", letters.iter().map(class_of).collect::<Vec<_>>());
+    let msg = &futures[0].headers["udo.dlq.error.message"];
+    assert!(msg.contains("2099-01-01T00:00:00.000Z") && msg.contains("analyze.max_future_skew"), "{msg}");
+    assert!(!letters.iter().any(|l| class_of(l) == "late"), "no sample after the future one is late");
+    assert!(!letters.iter().any(|l| class_of(l) == "reused_event_id"), "look-alike subjects share no id");
+    let futurist = count(&pool, "SELECT count(*) FROM latency_windows WHERE component = 'futurist'");
+    assert!(futurist > 0, "the futurist component still gets windows");
+
+    // Redis: one key per subject.
+    let snapshot = redis_snapshot(&redis);
+    let adv_keys: Vec<&String> = snapshot.keys().filter(|k| k.starts_with("udo:latency:adv")).collect();
+    assert!(adv_keys.len() >= 4, "{adv_keys:?}");
+
+    // 5. Every codec of the Java client.
+    let mut sent = 0;
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let lines: String = (0..50)
+            .map(|i| {
+                let c = format!("java-{codec}");
+                format!("{c}\t{}\n", sample(&c, "GET /", now_ms() - 60_000 + i, 3.0))
+            })
+            .collect();
+        java_produce(&latency, codec, &lines);
+        sent += 50;
+    }
+    wait_for("every Java-produced sample in PostgreSQL", Duration::from_secs(120), &mut m, || {
+        count(&pool, "SELECT count(*) FROM latency_samples WHERE component LIKE 'java-%'") == sent
+    });
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let n = count(&pool, &format!("SELECT count(*) FROM latency_samples WHERE component = 'java-{codec}'"));
+        println!("java producer, {codec}: {n} of 50 stored");
+        assert_eq!(n, 50, "{codec}");
+    }
+    m.assert_alive();
+    m.stop();
+    block_on(common::drop_database(&db));
+}
+
+/// Kafka's console producer (the Java client) with `codec`, keyed lines.
+fn java_produce(topic: &str, codec: &str, lines: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
+    let mut child = Command::new(script)
+        .args(["kafka-tool", "console-producer", "--bootstrap-server", &common::brokers(), "--topic", topic])
+        .args(["--compression-codec", codec, "--property", "parse.key=true", "--property", "key.separator=\t"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the console producer");
+    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "console producer ({codec}): {}", String::from_utf8_lossy(&out.stderr));
+}

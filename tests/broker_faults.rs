@@ -72,7 +72,7 @@ struct Run {
 fn start(tag: &str, redis_db: u32, extra: &[(&str, &str)]) -> Run {
     let prefix = common::prefix(tag);
     let out = common::udo_ok(&["topics", "apply", "--topic-prefix", &prefix, "--replication", "3"]);
-    assert!(out.contains("10 created"), "{out}");
+    assert!(out.contains("11 created"), "{out}");
     let db = block_on(common::fresh_database(tag));
     let redis = block_on(common::fresh_redis_db(redis_db));
     let pool = pg_pool(&db);

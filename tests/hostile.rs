@@ -205,3 +205,106 @@ fn java_produce(topic: &str, codec: &str, lines: &str) {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "console producer ({codec}): {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A producer with librdkafka's `partitioner`.
+fn partitioned(partitioner: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .set("partitioner", partitioner)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap()
+}
+
+#[test]
+fn one_component_from_three_partitioners_is_windowed_once_with_exact_counts() {
+    let prefix = common::prefix("partitioners");
+    common::apply_topics(&prefix);
+    let db = block_on(common::fresh_database("partitioners"));
+    let redis = block_on(common::fresh_redis_db(8));
+    let mut m = materializer(
+        "analyze,materialize-postgres",
+        &prefix,
+        &db,
+        &redis,
+        &[("UDO__ANALYZE__IDLE_TIMEOUT", "2s"), ("UDO__ANALYZE__CHECKPOINT_INTERVAL", "500ms")],
+    );
+    let latency = format!("{prefix}udo.latency.v1");
+    // Live traffic: the analyzer holds its partitions before the samples come,
+    // paced so that the routing hop (milliseconds) stays well inside the
+    // allowed lateness (30 s of event time, ~200 ms of wall time here).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !m_ready(&m) {
+        m.assert_alive();
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // librdkafka's default (CRC32), Kafka's default (murmur2), and null keys.
+    let producers = [partitioned("consistent_random"), partitioned("murmur2"), partitioned("consistent_random")];
+    let start = now_ms() - 900_000;
+    let mut times = Vec::new();
+    for i in 0..180i64 {
+        let t = start + i * 3_000; // nine minutes
+        let v = sample("mixed", "GET /m", t, 20.0 + (i % 17) as f64).to_string();
+        let p = &producers[(i % 3) as usize];
+        let record = FutureRecord::<str, str>::to(&latency).payload(&v);
+        let record = if i % 3 == 2 { record } else { record.key("mixed") };
+        block_on(p.send(record, Duration::from_secs(30))).expect("produce");
+        times.push(t);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // One later sample (Kafka's partitioner) moves the owner's watermark past
+    // every window above, so they close on event time.
+    let first_end = (start / 60_000 + 1) * 60_000;
+    let last_end = (times.last().unwrap() / 60_000 + 5) * 60_000;
+    let clock = sample("mixed", "GET /m", last_end + 60_000, 1.0).to_string();
+    block_on(producers[1].send(FutureRecord::to(&latency).key("mixed").payload(&clock), Duration::from_secs(30)))
+        .expect("produce");
+    let pool = pg_pool(&db);
+    let rows = |pool: &sqlx::PgPool| -> Vec<(i64, i64, i64)> {
+        block_on(
+            sqlx::query_as::<_, (i64, i64, i64)>(
+                "SELECT (extract(epoch FROM window_start) * 1000)::bigint, \
+                 (extract(epoch FROM window_end) * 1000)::bigint, count FROM latency_windows \
+                 WHERE component = 'mixed' AND endpoint IS NULL AND window_end <= to_timestamp($1) ORDER BY window_start",
+            )
+            .bind(chrono_free(last_end))
+            .fetch_all(pool),
+        )
+        .unwrap()
+    };
+    // Every window that holds a sample.
+    let expected = ((last_end - first_end) / 60_000 + 1) as usize;
+    wait_for("every window of the mixed component", Duration::from_secs(240), &mut m, || {
+        rows(&pool).len() >= expected
+    });
+    let got = rows(&pool);
+    let letters = read_dlq(&format!("{prefix}udo.dlq.v1"));
+    assert!(
+        letters.is_empty(),
+        "{:?}",
+        letters.iter().map(|l| l.headers.get("udo.dlq.error.message")).collect::<Vec<_>>()
+    );
+    assert_eq!(got.len(), expected, "one row (one id) per window: {got:?}");
+    for (s, e, count) in &got {
+        let want = times.iter().filter(|t| (*s..*e).contains(*t)).count() as i64;
+        assert_eq!(*count, want, "window {s}..{e}");
+    }
+    let routed = m.metric("udo_analyze_routed_records_total", &[]);
+    println!("routed to the owning task: {routed} of 180 samples");
+    assert!(routed > 0.0, "some samples were on another task's partition");
+    m.stop();
+    block_on(common::drop_database(&db));
+}
+
+/// Epoch milliseconds as the `timestamptz` parameter of a query (seconds, as
+/// PostgreSQL's `to_timestamp` takes them, through a float).
+fn chrono_free(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// Whether `/readyz` answers 200 (every pipeline holds partitions).
+fn m_ready(m: &Materializer) -> bool {
+    m.get("/readyz").is_some_and(|(code, _)| code == 200)
+}

@@ -57,7 +57,7 @@ fn topics_apply_is_idempotent_and_reports_drift_without_touching_data() {
     let p = prefix("topics");
     apply_topics(&p);
     let again = udo_ok(&["topics", "apply", "--topic-prefix", &p]);
-    assert!(again.contains("no changes (10 topics as declared)"), "{again}");
+    assert!(again.contains("no changes (11 topics as declared)"), "{again}");
 
     // A topic created by hand with fewer partitions than declared, holding data.
     let q = prefix("drift");

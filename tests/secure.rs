@@ -160,7 +160,7 @@ fn pipelines_run_over_sasl_ssl_tls_postgres_and_tls_redis_without_leaking_secret
 
     // Topics and events over SASL_SSL.
     let out = ok(&mut t, "topics apply", udo(&env).args(["topics", "apply", "--topic-prefix", &prefix]).output().unwrap());
-    assert!(out.contains("10 created"), "{out}");
+    assert!(out.contains("11 created"), "{out}");
     let summary = ok(
         &mut t,
         "produce",

@@ -142,9 +142,10 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
     // Record type -> (contract topic, its declared records, full topic name).
     let topics = common.topics();
     let mut routes: HashMap<String, (String, Vec<String>, String)> = HashMap::new();
-    // The analyzer's internal repartition topic also declares DecisionLog;
-    // producers publish decision logs to udo.writes.v1 (DESIGN §1).
-    for spec in topics.specs().iter().filter(|s| s.name != crate::topics::names::DECISIONS_BY_COMPONENT) {
+    // The analyzer's internal repartition topics also declare input records;
+    // producers publish to the contract's topics.
+    let internal = [crate::topics::names::DECISIONS_BY_COMPONENT, crate::topics::names::ANALYZE_ROUTED];
+    for spec in topics.specs().iter().filter(|s| !internal.contains(&s.name.as_str())) {
         for r in spec.records() {
             routes.entry(r.clone()).or_insert((spec.name.clone(), spec.records().to_vec(), common.topic(&spec.name)));
         }

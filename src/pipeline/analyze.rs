@@ -26,9 +26,10 @@ use crate::sinks::changelog::Changelog;
 use crate::sinks::checkpoints::{Checkpoint, CheckpointStore, Checkpoints};
 use crate::sinks::kafka::{Outgoing, Outputs, TxnProducer};
 use crate::telemetry::Readiness;
+use crate::domain::partitioner::partition_of;
 use crate::telemetry::events::{
-    AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, ErrorCounted, LateEvent, StateMachines,
-    WindowsClosed,
+    AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, ErrorCounted, LateEvent, RecordsRouted,
+    StateMachines, WindowsClosed,
 };
 use crate::topics::{TopicCatalog, names};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -149,6 +150,8 @@ pub struct AnalyzeTopics {
     pub feedback: String,
     pub writes: String,
     pub decisions: String,
+    /// Latency samples and ratings routed to the task owning their component.
+    pub routed: String,
     pub windows: String,
     pub alerts: String,
     pub degradations: String,
@@ -163,6 +166,7 @@ impl AnalyzeTopics {
             feedback: t(names::FEEDBACK),
             writes: t(names::WRITES),
             decisions: t(names::DECISIONS_BY_COMPONENT),
+            routed: t(names::ANALYZE_ROUTED),
             windows: t(names::WINDOWS),
             alerts: t(names::ALERTS),
             degradations: t(names::DEGRADATIONS),
@@ -172,12 +176,18 @@ impl AnalyzeTopics {
 
     /// What the pipeline subscribes to.
     pub fn inputs(&self) -> Vec<String> {
-        vec![self.latency.clone(), self.feedback.clone(), self.decisions.clone(), self.writes.clone()]
+        vec![
+            self.latency.clone(),
+            self.feedback.clone(),
+            self.decisions.clone(),
+            self.routed.clone(),
+            self.writes.clone(),
+        ]
     }
 
     /// Inputs whose partition `p` belongs to task `p`.
     fn is_task_input(&self, topic: &str) -> bool {
-        topic == self.latency || topic == self.feedback || topic == self.decisions
+        topic == self.latency || topic == self.feedback || topic == self.decisions || topic == self.routed
     }
 }
 
@@ -188,6 +198,10 @@ enum Kind {
     Feedback,
     /// Decision logs from this writes partition.
     Decisions(i32),
+    /// Latency samples routed here from this latency partition.
+    RoutedLatency(i32),
+    /// Ratings routed here from this feedback partition.
+    RoutedRating(i32),
 }
 
 /// Header naming the `udo.writes.v1` partition a re-keyed decision came from
@@ -227,6 +241,9 @@ pub struct AnalyzeStage<C: Checkpoints = CheckpointStore> {
     /// `pending_writes` on commit).
     writes_done: Vec<(Tp, i64)>,
     pending_writes: BTreeMap<Tp, i64>,
+    /// Partitions of the latency and feedback topics: the owner of a
+    /// component is Kafka's default partitioner's choice among them.
+    input_partitions: i32,
     readiness: Readiness,
 }
 
@@ -263,6 +280,7 @@ impl<C: Checkpoints> AnalyzeStage<C> {
             last_full_batch: None,
             writes_done: Vec::new(),
             pending_writes: BTreeMap::new(),
+            input_partitions: catalog.get(names::LATENCY).map_or(1, |t| t.partitions),
             readiness,
         })
     }
@@ -550,8 +568,44 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
             task.next.insert(tp.topic.clone(), part.next_offset);
             task.dirty = true;
             touched.insert(p);
+            let routed = tp.topic == self.topics.routed;
+            let routable = !routed && (tp.topic == self.topics.latency || tp.topic == self.topics.feedback);
+            let mut rerouted = 0;
             for rec in part.records.iter().filter(|r| r.offset >= from) {
+                if routable {
+                    // Put here by another partitioner or a null key: to the owner.
+                    let component = match &rec.event {
+                        Event::LatencySample(s) => Some(&s.component),
+                        Event::FeedbackRating(r) => Some(&r.component),
+                        _ => None,
+                    };
+                    if let Some(c) = component {
+                        let owner = partition_of(c.as_bytes(), self.input_partitions);
+                        if owner != p {
+                            forward.push(Outgoing {
+                                partition: Some(owner),
+                                topic: self.topics.routed.clone(),
+                                key: c.clone().into_bytes(),
+                                payload: rec.payload().to_vec(),
+                                headers: vec![
+                                    (CHANNEL_HEADER.into(), p.to_string().into_bytes()),
+                                    (SOURCE_OFFSET_HEADER.into(), rec.offset.to_string().into_bytes()),
+                                ],
+                            });
+                            rerouted += 1;
+                            continue;
+                        }
+                    }
+                }
                 let (input, kind) = match &rec.event {
+                    Event::LatencySample(s) if routed => {
+                        let (channel, source_offset) = channel_of(rec);
+                        (Input::RoutedLatency(s, channel, source_offset), Kind::RoutedLatency(channel))
+                    }
+                    Event::FeedbackRating(r) if routed => {
+                        let (channel, source_offset) = channel_of(rec);
+                        (Input::RoutedRating(r, channel, source_offset), Kind::RoutedRating(channel))
+                    }
                     Event::LatencySample(s) => (Input::Latency(s), Kind::Latency),
                     Event::FeedbackRating(r) => (Input::Rating(r), Kind::Feedback),
                     Event::DecisionLog(d) => {
@@ -576,6 +630,9 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                     let reason = Reason { class: "late".into(), message: late.to_string() };
                     rejects.push(Reject { tp: tp.clone(), offset: rec.offset, reason });
                 }
+            }
+            if rerouted > 0 {
+                RecordsRouted { topic: &tp.topic, count: rerouted }.emit();
             }
         }
         let mut events = Vec::new();
@@ -608,14 +665,21 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
         let mut advanced = Vec::new();
         for (p, task) in self.tasks.iter_mut().filter(|_| !catching_up) {
             let silent = |k: &Kind| task.last_input.get(k).map_or(Duration::ZERO, Instant::elapsed);
-            let lat = silent(&Kind::Latency);
+            let mut lat = silent(&Kind::Latency);
             // A silent input stops holding the ratings watermark back...
             let mut ratings_quiet = Duration::MAX;
             for kind in task.last_input.keys() {
                 let source = match kind {
                     Kind::Latency => continue,
+                    Kind::RoutedLatency(c) => {
+                        let quiet = silent(kind);
+                        lat = lat.min(quiet);
+                        task.engine.set_latency_idle(*c, quiet >= idle);
+                        continue;
+                    }
                     Kind::Feedback => Source::Feedback,
                     Kind::Decisions(c) => Source::Decisions(*c),
+                    Kind::RoutedRating(c) => Source::Routed(*c),
                 };
                 let quiet = silent(kind);
                 ratings_quiet = ratings_quiet.min(quiet);

@@ -270,6 +270,20 @@ impl AlertDelivered {
     }
 }
 
+/// Latency samples or ratings a producer put on a partition whose task does
+/// not own their component (another partitioner, a null key), sent on to
+/// the owner through `udo.analyze.routed.v1`.
+pub struct RecordsRouted<'a> {
+    pub topic: &'a str,
+    pub count: u64,
+}
+
+impl RecordsRouted<'_> {
+    pub fn emit(&self) {
+        counter!("udo_analyze_routed_records_total", "topic" => self.topic.to_string()).increment(self.count);
+    }
+}
+
 /// An event behind the watermark: counted here, reported on the DLQ.
 pub struct LateEvent<'a> {
     pub topic: &'a str,

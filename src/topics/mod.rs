@@ -19,6 +19,8 @@ pub mod names {
     pub const DLQ: &str = "udo.dlq.v1";
     /// Internal: decision logs re-keyed by component for the analyzer.
     pub const DECISIONS_BY_COMPONENT: &str = "udo.analyze.decisions.v1";
+    /// Internal: latency samples and ratings routed to their owning task.
+    pub const ANALYZE_ROUTED: &str = "udo.analyze.routed.v1";
     /// Internal: the analyzer's state in exactly-once mode.
     pub const ANALYZE_CHANGELOG: &str = "udo.analyze.changelog.v1";
 }

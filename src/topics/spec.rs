@@ -17,6 +17,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("udo.dlq.v1.yaml", include_str!("../../topics/udo.dlq.v1.yaml")),
     ("udo.analyze.decisions.v1.yaml", include_str!("../../topics/udo.analyze.decisions.v1.yaml")),
     ("udo.analyze.changelog.v1.yaml", include_str!("../../topics/udo.analyze.changelog.v1.yaml")),
+    ("udo.analyze.routed.v1.yaml", include_str!("../../topics/udo.analyze.routed.v1.yaml")),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

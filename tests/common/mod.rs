@@ -60,7 +60,7 @@ pub fn udo_ok(args: &[&str]) -> String {
 
 pub fn apply_topics(prefix: &str) {
     let out = udo_ok(&["topics", "apply", "--topic-prefix", prefix]);
-    assert!(out.contains("10 created"), "{out}");
+    assert!(out.contains("11 created"), "{out}");
 }
 
 /// A new, empty PostgreSQL database on the `DATABASE_URL` server (the stack's

@@ -66,6 +66,14 @@ pub struct TaskState {
     idle: std::collections::BTreeSet<Source>,
     /// Last source offset ingested per decision channel (deduplication).
     channel_offsets: BTreeMap<i32, i64>,
+    /// Routed inputs (see `Input::Routed`): last source offset per
+    /// (stream, source partition), for deduplication.
+    routed_offsets: BTreeMap<(Stream, i32), i64>,
+    /// Newest event time per source partition that routed latency samples
+    /// here: they hold the latency watermark, as decision channels hold the
+    /// ratings one, until idle.
+    latency_inputs: BTreeMap<i32, i64>,
+    latency_idle: std::collections::BTreeSet<i32>,
 }
 
 /// The inputs of the ratings windows: the feedback partition, and one
@@ -80,6 +88,8 @@ pub enum Source {
     Feedback,
     /// Decision logs from this `udo.writes.v1` partition.
     Decisions(i32),
+    /// Ratings routed here from this `udo.feedback.v1` partition.
+    Routed(i32),
 }
 
 /// An input the engine consumes.
@@ -92,10 +102,17 @@ pub enum Input<'a> {
     /// after a restart a channel may repeat itself: offsets at or below the
     /// last one seen are duplicates and are skipped.
     Decision(&'a DecisionLog, i32, i64),
+    /// A latency sample or rating its producer put on another partition
+    /// (another partitioner, a null key), routed here by that partition's
+    /// task: the source partition (its channel) and its offset there. As
+    /// for decisions, a repeated offset is skipped and each channel holds
+    /// the watermark of its stream until idle.
+    RoutedLatency(&'a LatencySample, i32, i64),
+    RoutedRating(&'a FeedbackRating, i32, i64),
 }
 
 /// Which window set an input or an idle advance concerns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Stream {
     /// Latency samples.
     Latency,
@@ -108,16 +125,16 @@ impl Input<'_> {
     /// The input's event time.
     pub fn occurred_at(&self) -> i64 {
         match self {
-            Input::Latency(s) => s.occurred_at,
-            Input::Rating(r) => r.occurred_at,
+            Input::Latency(s) | Input::RoutedLatency(s, ..) => s.occurred_at,
+            Input::Rating(r) | Input::RoutedRating(r, ..) => r.occurred_at,
             Input::Decision(d, ..) => d.occurred_at,
         }
     }
 
     pub fn stream(&self) -> Stream {
         match self {
-            Input::Latency(_) => Stream::Latency,
-            Input::Rating(_) | Input::Decision(..) => Stream::Ratings,
+            Input::Latency(_) | Input::RoutedLatency(..) => Stream::Latency,
+            Input::Rating(_) | Input::Decision(..) | Input::RoutedRating(..) => Stream::Ratings,
         }
     }
 }
@@ -146,6 +163,9 @@ impl Engine {
             rating_inputs: BTreeMap::new(),
             idle: Default::default(),
             channel_offsets: BTreeMap::new(),
+            routed_offsets: BTreeMap::new(),
+            latency_inputs: BTreeMap::new(),
+            latency_idle: Default::default(),
         };
         let mut engine = Engine { cfg, state };
         engine.limit_ratings();
@@ -207,6 +227,60 @@ impl Engine {
                 self.observe(Source::Decisions(channel), d.occurred_at);
                 added.map(|()| true)
             }
+            Input::RoutedLatency(s, channel, offset) => {
+                if !self.first_time(Stream::Latency, channel, offset) {
+                    return Ok(false);
+                }
+                let max = self.state.latency_inputs.entry(channel).or_insert(s.occurred_at);
+                *max = (*max).max(s.occurred_at);
+                self.state.latency_idle.remove(&channel);
+                self.limit_latency();
+                self.ingest(Input::Latency(s))
+            }
+            Input::RoutedRating(r, channel, offset) => {
+                if !self.first_time(Stream::Ratings, channel, offset) {
+                    return Ok(false);
+                }
+                let added = self.state.ratings.add(
+                    (r.project_id.clone(), r.component.clone()),
+                    r.occurred_at,
+                    &RatingItem::Rating(r.rating),
+                );
+                self.observe(Source::Routed(channel), r.occurred_at);
+                added.map(|()| true)
+            }
+        }
+    }
+
+    /// Records `offset` of a routed channel; false when already ingested.
+    fn first_time(&mut self, stream: Stream, channel: i32, offset: i64) -> bool {
+        let last = self.state.routed_offsets.entry((stream, channel)).or_insert(i64::MIN);
+        if offset <= *last {
+            return false;
+        }
+        *last = offset;
+        true
+    }
+
+    /// Latency watermark cap: the slowest active routed channel's.
+    fn limit_latency(&mut self) {
+        let lateness = self.cfg.spec.allowed_lateness_ms;
+        let limit = self
+            .state
+            .latency_inputs
+            .iter()
+            .filter(|(c, _)| !self.state.latency_idle.contains(c))
+            .map(|(_, t)| t - lateness)
+            .min();
+        self.state.latency.limit_watermark(limit);
+    }
+
+    /// Declares a routed latency channel idle (or active again).
+    pub fn set_latency_idle(&mut self, channel: i32, idle: bool) {
+        let changed =
+            if idle { self.state.latency_idle.insert(channel) } else { self.state.latency_idle.remove(&channel) };
+        if changed {
+            self.limit_latency();
         }
     }
 
@@ -351,6 +425,10 @@ impl Engine {
     pub fn forget_future(&mut self, limit: i64) -> usize {
         let dropped = self.state.latency.forget_after(limit) + self.state.ratings.forget_after(limit);
         let mut changed = false;
+        for t in self.state.latency_inputs.values_mut() {
+            *t = (*t).min(limit);
+        }
+        self.limit_latency();
         for t in self.state.rating_inputs.values_mut() {
             if *t > limit {
                 *t = limit;

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod events;
 pub mod hysteresis;
 pub mod latency;
+pub mod partitioner;
 pub mod promotion;
 pub mod rules;
 pub mod subject;

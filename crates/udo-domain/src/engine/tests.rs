@@ -405,3 +405,57 @@ fn repeated_decisions_from_a_replayed_channel_count_once() {
     let Some(Event::WindowStats(w)) = out.first() else { panic!("{out:?}") };
     assert_eq!(w.uncertainty.as_ref().unwrap().decisions, 1);
 }
+
+/// Window counts per (start, end) of one component's own windows.
+fn counts(events: &[Event]) -> Vec<(i64, i64, i64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::WindowStats(w) if w.endpoint.is_none() => {
+                Some((w.window_start, w.window_end, w.latency.as_ref().unwrap().count))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn routed_samples_count_once_and_hold_the_watermark_until_idle() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    let samples: Vec<LatencySample> = (0..600).map(|i| sample(&mut rng, i * 1000, "checkout", false)).collect();
+    // The reference: every sample read from the owner's own partition.
+    let mut plain = Engine::new(cfg());
+    let want = counts(&run(&mut plain, &samples));
+
+    // A third routed from channel 4, lagging 40 s (more than the allowed
+    // lateness) behind the others, and replayed twice (at-least-once hop).
+    let mut routed = Engine::new(cfg());
+    let mut out = Vec::new();
+    let (own, other): (Vec<(usize, &LatencySample)>, Vec<_>) =
+        samples.iter().enumerate().partition(|(i, _)| i % 3 != 0);
+    let mut pending = other.iter().peekable();
+    for (_, s) in &own {
+        while let Some((i, r)) = pending.peek() {
+            if r.occurred_at + 40_000 > s.occurred_at {
+                break;
+            }
+            for _ in 0..2 {
+                routed.ingest(Input::RoutedLatency(r, 4, *i as i64)).expect("a routed channel is never late");
+            }
+            pending.next();
+        }
+        routed.ingest(Input::Latency(s)).expect("own samples wait for the routed channel");
+        routed.close(&mut out);
+    }
+    for (i, r) in pending {
+        routed.ingest(Input::RoutedLatency(r, 4, *i as i64)).unwrap();
+    }
+    routed.close(&mut out);
+    let got = counts(&out);
+    assert_eq!(got, want[..got.len()], "the same windows with the same counts, each once");
+    assert!(got.len() >= want.len() - 1, "{} of {} windows", got.len(), want.len());
+    // An idle routed channel stops holding the watermark.
+    let before = routed.watermark(Stream::Latency);
+    routed.set_latency_idle(4, true);
+    assert!(routed.watermark(Stream::Latency) >= before);
+}

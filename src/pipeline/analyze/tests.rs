@@ -72,11 +72,44 @@ impl Fixture {
     }
 }
 
-/// Latency samples of task 0 at `T0 + at` for each `at` (ms), offsets from `first`.
+/// Latency samples of task 0 at `T0 + at` for each `at` (ms), offsets from
+/// `first`, of components that task 0 owns (Kafka's partitioner puts them
+/// on partition 0, as the generator's producer would).
 fn latency(first: i64, at: &[i64]) -> Batch<'static> {
     let mut g = Generator::new(SynthConfig::new(8), first as u64, T0);
-    let events = at.iter().enumerate().map(|(i, t)| (first + i as i64, g.next(SynthKind::Latency, T0 + t))).collect();
+    let events = at
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut e = g.next(SynthKind::Latency, T0 + t);
+            if let Event::LatencySample(s) = &mut e {
+                s.component = owned_by(0, &s.component);
+            }
+            (first + i as i64, e)
+        })
+        .collect();
     Batch::from_events(vec![(Tp::new("t.udo.latency.v1", 0), events)])
+}
+
+/// `name`, suffixed until partition `p` of six owns it.
+fn owned_by(p: i32, name: &str) -> String {
+    (0..).map(|i| format!("{name}-{i}")).find(|c| partition_of(c.as_bytes(), 6) == p).unwrap()
+}
+
+#[test]
+fn a_sample_on_another_tasks_partition_is_routed_to_its_owner() {
+    let f = Fixture::new();
+    let _guard = f.rt.enter();
+    let mut stage = f.stage(Memory::default());
+    let mut g = Generator::new(SynthConfig::new(8), 1, T0);
+    let mut e = g.next(SynthKind::Latency, T0);
+    let Event::LatencySample(s) = &mut e else { unreachable!() };
+    s.component = owned_by(4, "elsewhere");
+    let batch = Batch::from_events(vec![(Tp::new("t.udo.latency.v1", 0), vec![(7, e)])]);
+    assert!(stage.write(&batch).unwrap().is_empty());
+    let task = &stage.tasks[&0];
+    assert_eq!(task.engine.active_keys(), 0, "task 0 does not window a component it does not own");
+    assert_eq!(task.next["t.udo.latency.v1"], 8, "but its offset moves past the routed record");
 }
 
 fn spread(n: i64, step: i64) -> Vec<i64> {

@@ -26,7 +26,7 @@
 
 mod canonical;
 pub mod copy;
-mod plan;
+pub mod plan;
 pub(crate) mod sql;
 
 pub use plan::{Reject, RejectReason, Row, payload_hash};

@@ -25,6 +25,12 @@
 //! | `udo:store:roles` | field = store, value = JSON of its latest promotion event |
 //! | `udo:store:primary` | string: the store most recently promoted to PRIMARY that still is; absent when none |
 //! | `udo:offsets:{group}` | field = `{topic}:{partition}`, value = next offset to apply |
+//! | `udo:id:{event_id}` | string: the payload hash of the first event stored under that id, kept for `EVENT_ID_TTL` (the topics' retention) |
+//!
+//! An event id claimed with one payload refuses another (`claim`, before
+//! the apply): the stored event is kept and the newcomer is dead-lettered
+//! as `reused_event_id`, exactly as the PostgreSQL materializer does, so
+//! the two stores agree.
 
 use crate::domain::{
     Alert, ChunkOp, ContextChunk, Degradation, DegradationKind, Event, Promotion, WindowStats,
@@ -83,6 +89,23 @@ pub mod keys {
 /// ARGV = field, next offset, then ops `name, record offset, key index,
 /// n, n args…`.
 const APPLY_LUA: &str = include_str!("redis/apply.lua");
+const CLAIM_LUA: &str = include_str!("redis/claim.lua");
+
+/// How long an event id stays claimed: the retention of the topics Redis
+/// materializes (a replay cannot bring back anything older).
+pub const EVENT_ID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The events whose ids Redis keys hold (the raw inputs live in PostgreSQL).
+pub fn holds_id(event: &Event) -> Option<uuid::Uuid> {
+    match event {
+        Event::ContextChunk(e) => Some(e.event_id),
+        Event::WindowStats(e) => Some(e.event_id),
+        Event::Alert(e) => Some(e.event_id),
+        Event::Degradation(e) => Some(e.event_id),
+        Event::Promotion(e) => Some(e.event_id),
+        Event::LatencySample(_) | Event::FeedbackRating(_) | Event::DecisionLog(_) => None,
+    }
+}
 
 /// Decoded events of one topic-partition and the offset after them.
 #[derive(Debug, Clone)]
@@ -309,6 +332,7 @@ fn role_op(call: &mut ScriptCall, offset: i64, p: &Promotion) {
 pub struct RedisSink {
     con: ConnectionManager,
     script: redis::Script,
+    claim: redis::Script,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -334,7 +358,9 @@ impl RedisSink {
         let mut con = client.get_connection_manager_with_config(config).await.map_err(Error::redis("connect"))?;
         let script = redis::Script::new(APPLY_LUA);
         script.prepare_invoke().load_async(&mut con).await.map_err(Error::redis("load apply script"))?;
-        Ok(RedisSink { con, script })
+        let claim = redis::Script::new(CLAIM_LUA);
+        claim.prepare_invoke().load_async(&mut con).await.map_err(Error::redis("load claim script"))?;
+        Ok(RedisSink { con, script, claim })
     }
 
     /// A round trip to Redis (readiness).
@@ -395,6 +421,23 @@ impl RedisSink {
                 writes: usize::try_from(writes).unwrap_or(0),
             })
             .collect())
+    }
+
+    /// Claims `(event id, payload hash)` pairs in order; returns the
+    /// positions whose id is already claimed with another payload.
+    pub async fn claim_ids(&self, ids: &[(uuid::Uuid, uuid::Uuid)]) -> Result<Vec<usize>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.claim.prepare_invoke();
+        inv.arg(EVENT_ID_TTL.as_secs());
+        for (id, hash) in ids {
+            inv.key(format!("udo:id:{id}"));
+            inv.arg(hash.to_string());
+        }
+        let mut con = self.con.clone();
+        let refused: Vec<usize> = inv.invoke_async(&mut con).await.map_err(Error::redis("claim event ids"))?;
+        Ok(refused.into_iter().filter_map(|i| i.checked_sub(1)).collect())
     }
 
     /// Removes every offset stored for `group` (a finished replay's).

@@ -9,23 +9,25 @@
 //! apply is what moves the stored offset past them. Promotion events
 //! consumed from `udo.promotions.v1` maintain `udo:store:primary`.
 //!
-//! Reused event ids with another payload are detected by the Postgres
-//! materializer, which keeps every event's payload hash; Redis keeps only
-//! current state (newest wins per key), so it dead-letters what does not
-//! decode or validate.
+//! An event id already stored with another payload is refused before the
+//! apply (`RedisSink::claim_ids`) and dead-lettered as `reused_event_id`,
+//! as the Postgres materializer does: both keep the first payload.
 
 use super::{Committed, MaterializeStage, Store};
 use crate::error::{Error, Result};
-use crate::pipeline::batch::{Part, Reject};
-use crate::sinks::redis::{RedisBatch, RedisSink};
+use crate::pipeline::batch::{Part, Reason, Reject};
+use crate::sinks::postgres::plan::payload_hash;
+use crate::sinks::redis::{RedisBatch, RedisSink, holds_id};
+use std::collections::HashSet;
 
 pub const PIPELINE: &str = "materialize-redis";
 
 pub(crate) type RedisStage = MaterializeStage<RedisSink>;
 
 impl Store for RedisSink {
-    /// Nothing to prepare: the apply is the commit.
-    type Prepared = ();
+    /// The records refused for a reused event id (topic, partition, offset):
+    /// the apply, which is the commit, leaves them out.
+    type Prepared = HashSet<(String, i32, i64)>;
 
     async fn stored_offsets(
         &self,
@@ -39,19 +41,46 @@ impl Store for RedisSink {
         RedisSink::ping(self).await
     }
 
-    async fn write(&self, _group: &str, _parts: &[&Part<'_>]) -> Result<((), Vec<Reject>)> {
-        Ok(((), Vec::new()))
+    async fn write(&self, _group: &str, parts: &[&Part<'_>]) -> Result<(Self::Prepared, Vec<Reject>)> {
+        let mut ids = Vec::new();
+        let mut at = Vec::new();
+        for p in parts {
+            for r in &p.records {
+                if let Some(id) = holds_id(&r.event) {
+                    ids.push((id, payload_hash(&r.event)));
+                    at.push((p, r.offset));
+                }
+            }
+        }
+        let refused = self.claim_ids(&ids).await?;
+        let mut skip = HashSet::new();
+        let mut rejects = Vec::new();
+        for i in refused {
+            let ((p, offset), (id, _)) = (at[i], ids[i]);
+            skip.insert((p.tp.topic.clone(), p.tp.partition, offset));
+            let message = format!(
+                "event id {id} is already stored in Redis with a different payload; the stored event is kept \
+                 (a producer reusing ids, or two deployments writing one store)"
+            );
+            rejects.push(Reject { tp: p.tp.clone(), offset, reason: Reason { class: "reused_event_id".into(), message } });
+        }
+        Ok((skip, rejects))
     }
 
     /// Every partition's script call in ONE pipelined round trip.
-    async fn commit(&self, group: &str, _: (), parts: &[&Part<'_>]) -> Result<Committed> {
+    async fn commit(&self, group: &str, skip: Self::Prepared, parts: &[&Part<'_>]) -> Result<Committed> {
         let batches: Vec<RedisBatch<'_>> = parts
             .iter()
             .map(|p| RedisBatch {
                 topic: &p.tp.topic,
                 partition: p.tp.partition,
                 next_offset: p.next_offset,
-                records: p.records.iter().map(|r| (r.offset, &r.event)).collect(),
+                records: p
+                    .records
+                    .iter()
+                    .filter(|r| skip.is_empty() || !skip.contains(&(p.tp.topic.clone(), p.tp.partition, r.offset)))
+                    .map(|r| (r.offset, &r.event))
+                    .collect(),
             })
             .collect();
         let outcomes = self.apply_all(group, &batches).await?;

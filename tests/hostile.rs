@@ -341,3 +341,85 @@ fn chrono_free(ms: i64) -> f64 {
 fn m_ready(m: &Materializer) -> bool {
     m.get("/readyz").is_some_and(|(code, _)| code == 200)
 }
+
+/// The segment file holding `topic`'s partition `p` on the stack's broker.
+fn segment(topic: &str, p: i32) -> std::path::PathBuf {
+    let roots = [std::env::var("UDO_STACK_DIR").ok(), Some(concat!(env!("CARGO_MANIFEST_DIR"), "/.stack").to_string())];
+    for root in roots.into_iter().flatten() {
+        let path = std::path::Path::new(&root).join(format!("kafka/kafka/data/{topic}-{p}/00000000000000000000.log"));
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("no segment of {topic}-{p} under the stack's Kafka data directory");
+}
+
+#[test]
+fn a_batch_the_client_cannot_read_is_reported_with_its_partition_and_lag() {
+    let prefix = common::prefix("unreadable");
+    common::apply_topics(&prefix);
+    let db = block_on(common::fresh_database("unreadable"));
+    let redis = block_on(common::fresh_redis_db(7));
+    let latency = format!("{prefix}udo.latency.v1");
+    // Twenty samples in one gzip batch on partition 0, ten plain ones on 1.
+    let gzip: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .set("compression.type", "gzip")
+        .set("linger.ms", "500")
+        .create()
+        .unwrap();
+    let now = now_ms();
+    let sends: Vec<_> = (0..20)
+        .map(|i| {
+            let v = sample("corrupt", "GET /", now - 60_000 + i, 1.0).to_string();
+            gzip.send_result(FutureRecord::to(&latency).partition(0).key("corrupt").payload(&v)).map_err(|_| ()).unwrap()
+        })
+        .collect();
+    for s in sends {
+        block_on(s).unwrap().expect("produce");
+    }
+    let plain = producer("none");
+    for i in 0..10 {
+        let v = sample("fine", "GET /", now - 60_000 + i, 1.0).to_string();
+        block_on(plain.send(FutureRecord::to(&latency).partition(1).key("fine").payload(&v), Duration::from_secs(30)))
+            .expect("produce");
+    }
+    // Corrupt the compressed records of partition 0's batch on the broker's
+    // disk (the header is 61 bytes; the broker serves the page cache).
+    let path = segment(&latency, 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[22] & 0x07, 1, "the first batch is gzip-compressed");
+    let end = (61 + 60).min(bytes.len());
+    bytes[61 + 12..end].iter_mut().for_each(|b| *b = 0xAA);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&bytes[..end]))
+        .expect("corrupt the segment");
+
+    let mut m = materializer("materialize-postgres", &prefix, &db, &redis, &[]);
+    let pool = pg_pool(&db);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let body = loop {
+        m.assert_alive();
+        if let Some((503, body)) = m.get("/readyz") {
+            if body.contains("stuck") {
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "/readyz never said which partition is stuck");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("/readyz: {body}");
+    assert!(body.contains(&format!("{latency}[0]")) && body.contains("not moved past offset 0"), "{body}");
+    let lag = m.metric("udo_consumer_lag_records", &[&format!("topic=\"{latency}\""), "partition=\"0\""]);
+    assert_eq!(lag, 20.0, "the lag counts the unreadable records from the broker's end offset");
+    assert!(m.metric("udo_errors_total", &["step=\"consume\""]) > 0.0, "the consume errors are counted");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM latency_samples WHERE component = 'fine'"),
+        10,
+        "the other partitions go on"
+    );
+    m.stop();
+    block_on(common::drop_database(&db));
+}

@@ -11,6 +11,7 @@ pub mod notify;
 pub mod replay;
 pub mod retry;
 pub mod runner;
+pub mod stall;
 pub mod transaction;
 
 use crate::codec::OutputFormat;

@@ -129,6 +129,9 @@ struct Assigned {
 }
 
 struct RunnerContext<S: Stage> {
+    /// Partitions that cannot advance (see `stall`), and what was last
+    /// reported of them.
+    stalls: Mutex<(super::stall::Stalls, String)>,
     cfg: RunnerConfig,
     txn: Option<Arc<Txn>>,
     stage: Arc<Mutex<S>>,
@@ -138,21 +141,56 @@ struct RunnerContext<S: Stage> {
 }
 
 impl<S: Stage> ClientContext for RunnerContext<S> {
+    /// An unreadable batch is also reported here, with librdkafka's detail
+    /// (codec, offset); the stall report carries it, the poll counts it.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::RDKafkaErrorCode as C;
+        match error.rdkafka_error_code() {
+            Some(C::BadCompression | C::BadMessage | C::InvalidMessage | C::InvalidRecord) => {
+                tracing::debug!(pipeline = self.cfg.pipeline, "librdkafka: {error}: {reason}");
+                self.stalls.lock().expect("stalls lock").0.detail(reason.to_string());
+            }
+            _ => tracing::error!("librdkafka: {error}: {reason}"),
+        }
+    }
+
     /// librdkafka's statistics carry the lag per partition from its own fetch
     /// responses: the high watermark minus the stored (durable) offset. No
     /// extra broker round trips.
     fn stats(&self, stats: rdkafka::Statistics) {
+        let pipeline = self.cfg.pipeline;
+        let now = Instant::now();
+        let mut guard = self.stalls.lock().expect("stalls lock");
+        let (stalls, reported) = &mut *guard;
+        let mut fetching = HashSet::new();
         for (topic, t) in &stats.topics {
             for (id, p) in &t.partitions {
                 if *id < 0 || p.fetch_state == "none" || p.hi_offset < 0 {
                     continue;
                 }
-                let lag = if p.consumer_lag_stored >= 0 { p.consumer_lag_stored } else { p.consumer_lag };
-                if lag >= 0 {
-                    ConsumerLag { pipeline: self.cfg.pipeline, topic, partition: *id, lag }.emit();
-                }
+                // From the broker's end offset, also before anything was
+                // consumed (a partition whose first batch cannot be read).
+                let Some(lag) = super::stall::lag(p.hi_offset, p.stored_offset, p.committed_offset, p.next_offset, p.lo_offset)
+                else {
+                    continue;
+                };
+                ConsumerLag { pipeline, topic, partition: *id, lag }.emit();
+                stalls.observe(topic, *id, (p.app_offset, p.next_offset), lag, now);
+                fetching.insert((topic.as_str(), *id));
             }
         }
+        stalls.retain(|t, p| fetching.contains(&(t, p)));
+        let stuck = stalls.stuck(now).join("; ");
+        if stuck != *reported {
+            if stuck.is_empty() {
+                tracing::info!(pipeline, "no partition is stuck any more");
+            } else {
+                tracing::error!(pipeline, "partition stuck: {stuck}");
+            }
+            *reported = stuck.clone();
+        }
+        let state = if stuck.is_empty() { Ok(()) } else { Err(format!("stuck: {stuck}")) };
+        self.readiness.set(&format!("{pipeline}.partitions"), state);
     }
 }
 
@@ -399,10 +437,7 @@ impl<'c, S: Stage> Runner<'c, S> {
                 }
                 None => break,
                 Some(Ok(m)) => batch.push(m),
-                Some(Err(e)) => {
-                    let e = Error::kafka("consume")(e);
-                    ErrorCounted { pipeline: self.cfg.pipeline, step: "consume", error: &e }.emit();
-                }
+                Some(Err(e)) => self.consume_error(e),
             }
             wait = Duration::ZERO;
             if self.shutdown.requested() {
@@ -448,10 +483,7 @@ impl<'c, S: Stage> Runner<'c, S> {
             // Polling keeps the member in the group and serves rebalances.
             match self.consumer.poll(left.min(Duration::from_millis(50))) {
                 Some(Ok(m)) => held.push(m),
-                Some(Err(err)) => {
-                    let err = Error::kafka("consume")(err);
-                    ErrorCounted { pipeline, step: "consume", error: &err }.emit();
-                }
+                Some(Err(err)) => self.consume_error(err),
                 None => {}
             }
             let now = self.generation();
@@ -467,6 +499,13 @@ impl<'c, S: Stage> Runner<'c, S> {
                 }
             }
         }
+    }
+
+    /// A consume error: counted, and remembered for telling a stuck partition.
+    fn consume_error(&self, e: rdkafka::error::KafkaError) {
+        let e = Error::kafka("consume")(e);
+        ErrorCounted { pipeline: self.cfg.pipeline, step: "consume", error: &e }.emit();
+        self.consumer.context().stalls.lock().expect("stalls lock").0.consume_error(e.to_string());
     }
 
     /// The step succeeded: resume fetching if it had been paused.
@@ -765,6 +804,7 @@ pub fn run<S: Stage>(cfg: RunnerConfig, stage: S, shutdown: Shutdown, readiness:
         tracing::info!(pipeline, transactional_id = t.id(), "exactly-once: transactions initialized");
     }
     let ctx = RunnerContext {
+        stalls: Mutex::new((super::stall::Stalls::new(super::stall::STUCK_AFTER), String::new())),
         cfg: cfg.clone(),
         txn: txn.clone(),
         stage: stage.clone(),

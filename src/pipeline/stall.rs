@@ -128,6 +128,9 @@ mod tests {
         s.observe("t", 0, (-1001, 5), 15, later + Duration::from_secs(1));
         assert!(s.stuck(later + Duration::from_secs(2)).is_empty(), "it moved");
         s.retain(|_, p| p != 0);
-        assert!(s.stuck(later + Duration::from_secs(60)).is_empty());
+        let much_later = later + Duration::from_secs(60);
+        s.observe("t", 1, (9, 9), 6, much_later);
+        s.observe("t", 2, (9, 9), 0, much_later);
+        assert!(s.stuck(much_later).is_empty(), "a revoked partition is forgotten, moving ones are fine");
     }
 }

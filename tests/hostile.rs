@@ -9,6 +9,10 @@
 //!   and the samples after it are not late;
 //! - subjects whose names hold the separators ("adv x" + "y z" and
 //!   "adv x y" + "z"): distinct window ids and distinct Redis keys;
+//! - Avro records with an unknown enum index, a non-UUID id, invalid UTF-8,
+//!   and JSON with `1e400`: each rejection names its field;
+//! - look-alike names in uncertainty subjects ("p|q" + "r", "p" + "q|r")
+//!   and Redis keys ("adv:a" + "b", "adv" + "a:b"): distinct;
 //! - one chunk event id sent twice with different content: both stores
 //!   keep the first, each materializer dead-letters the second once;
 //! - a Java producer (Kafka's console producer) with each of gzip, snappy,
@@ -30,9 +34,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
+/// Keys partitioned as the Java client does (murmur2): this test is not
+/// about routing (see the partitioner test below).
 fn producer(compression: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", common::brokers())
+        .set("partitioner", "murmur2_random")
         .set("compression.type", compression)
         .set("message.max.bytes", "10000000")
         .set("linger.ms", "0")
@@ -114,9 +121,57 @@ fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
     // event time alone.
     for i in 0..30 {
         let t = now - 600_000 + i * 12_000;
-        for (c, e) in [("futurist", "GET /"), ("adv x", "y z"), ("adv x y", "z")] {
+        for (c, e) in [("futurist", "GET /"), ("adv x", "y z"), ("adv x y", "z"), ("adv:a", "b"), ("adv", "a:b")] {
             send(&gzip, &latency, c, sample(c, e, t, 10.0 + i as f64).to_string().as_bytes());
             valid_samples += 1;
+        }
+    }
+
+    // 6. Avro-level faults and a JSON number beyond f64: the field is named.
+    let avro_sample = |source: &str| {
+        use udo_stream::domain::{Event, LatencySample, Outcome};
+        let e = Event::LatencySample(LatencySample {
+            event_id: uuid::Uuid::new_v4(),
+            occurred_at: now - 60_000,
+            source: source.into(),
+            component: "faulty".into(),
+            endpoint: "GET /".into(),
+            latency_ms: 1.0,
+            outcome: Outcome::Ok,
+            status_code: None,
+        });
+        let limits = udo_stream::domain::Limits { embedding_dim: 8, max_record_bytes: 1 << 20 };
+        let codec = udo_stream::codec::Codec::new(std::sync::Arc::new(catalog.clone()), limits, None, Default::default());
+        codec.encode("udo.latency.v1", &["LatencySample".to_string()], &e).unwrap()
+    };
+    let mut bad_enum = avro_sample("s");
+    let n = bad_enum.len();
+    bad_enum[n - 2] = 14; // outcome: index 7 of 3 symbols (then the null status code)
+    let mut bad_uuid = avro_sample("s");
+    bad_uuid[11] = b'z'; // the first character of event_id
+    let mut bad_utf8 = avro_sample("sss");
+    let at = bad_utf8.windows(3).position(|w| w == b"sss").unwrap();
+    bad_utf8[at + 1] = 0xff;
+    let json_big = sample("faulty", "GET /", now - 60_000, 1.0).to_string().replace("\"latency_ms\":1.0", "\"latency_ms\":1e400");
+    assert!(json_big.contains("1e400"));
+    let faults = [
+        ("fault-enum", bad_enum, "unknown_enum", "outcome"),
+        ("fault-uuid", bad_uuid, "malformed", "event_id"),
+        ("fault-utf8", bad_utf8, "invalid_utf8", "source"),
+        ("fault-json", json_big.into_bytes(), "malformed", "latency_ms"),
+    ];
+    for (key, value, _, _) in &faults {
+        send(&gzip, &latency, key, value);
+    }
+    // 7. Look-alike names: uncertainty subjects and Redis keys.
+    for i in 0..30 {
+        for (project, component) in [("p|q", "r"), ("p", "q|r")] {
+            let rating = json!({
+                "event_id": uuid::Uuid::new_v4().to_string(), "occurred_at": now - 600_000 + i * 12_000,
+                "source": "hostile-test", "project_id": project, "component": component,
+                "decision_id": uuid::Uuid::new_v4().to_string(), "rating": 1,
+            });
+            send(&gzip, &format!("{prefix}udo.feedback.v1"), component, rating.to_string().as_bytes());
         }
     }
 
@@ -135,8 +190,8 @@ fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
         count(&pool, "SELECT count(*) FROM latency_samples WHERE source = 'hostile-test'") >= valid_samples
     });
     // Windows close by the idle advance; both subjects get theirs.
-    wait_for("windows of both look-alike subjects", Duration::from_secs(120), &mut m, || {
-        count(&pool, "SELECT count(DISTINCT subject) FROM latency_windows WHERE component LIKE 'adv x%'") >= 4
+    wait_for("windows of the look-alike subjects", Duration::from_secs(120), &mut m, || {
+        count(&pool, "SELECT count(DISTINCT subject) FROM latency_windows WHERE component LIKE 'adv%'") >= 8
     });
 
     let letters = read_dlq(&dlq);
@@ -167,11 +222,27 @@ fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
     assert_eq!(futures.len(), 1, "{:?}", letters.iter().map(class_of).collect::<Vec<_>>());
     let msg = &futures[0].headers["udo.dlq.error.message"];
     assert!(msg.contains("2099-01-01T00:00:00.000Z") && msg.contains("analyze.max_future_skew"), "{msg}");
-    assert!(!letters.iter().any(|l| class_of(l) == "late"), "no sample after the future one is late");
+    let late: Vec<_> = letters.iter().filter(|l| class_of(l) == "late").map(|l| (&l.key, &l.headers["udo.dlq.topic"])).collect();
+    assert!(late.is_empty(), "no sample after the future one is late: {late:?}");
     let reused_windows = letters.iter().filter(|l| class_of(l) == "reused_event_id" && l.key.as_deref() != Some(b"proj-reuse"));
     assert_eq!(reused_windows.count(), 0, "look-alike subjects share no id");
     let futurist = count(&pool, "SELECT count(*) FROM latency_windows WHERE component = 'futurist'");
     assert!(futurist > 0, "the futurist component still gets windows");
+
+    // Every Avro-level and JSON rejection names its field.
+    for (key, _, class, field) in &faults {
+        let got: Vec<&DeadLetter> = letters.iter().filter(|l| l.key.as_deref() == Some(key.as_bytes())).collect();
+        assert_eq!(got.len(), 2, "{key}: analyze and materialize-postgres each dead-letter it once");
+        for l in got {
+            let msg = &l.headers["udo.dlq.error.message"];
+            assert_eq!(class_of(l), *class, "{key}: {msg}");
+            assert!(msg.contains(&format!("field `{field}`")), "{key}: {msg}");
+        }
+    }
+    // Look-alike uncertainty subjects stay apart.
+    wait_for("both look-alike uncertainty windows", Duration::from_secs(120), &mut m, || {
+        count(&pool, "SELECT count(DISTINCT subject) FROM uncertainty_windows WHERE subject IN ('p%7Cq|r', 'p|q|r')") == 2
+    });
 
     // The reused chunk id: both stores keep the first content.
     let reused: Vec<&DeadLetter> = letters.iter().filter(|l| l.key.as_deref() == Some(b"proj-reuse")).collect();
@@ -188,6 +259,9 @@ fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
     let snapshot = redis_snapshot(&redis);
     let adv_keys: Vec<&String> = snapshot.keys().filter(|k| k.starts_with("udo:latency:adv")).collect();
     assert!(adv_keys.len() >= 4, "{adv_keys:?}");
+    for key in ["udo:latency:adv%3Aa:b", "udo:latency:adv:a:b", "udo:latency:adv%3Aa", "udo:latency:adv"] {
+        assert!(snapshot.contains_key(key), "{key} in {adv_keys:?}");
+    }
     let context = snapshot.iter().find(|(k, _)| k.starts_with("project:proj-reuse:context")).map(|(_, v)| v.clone());
     let context = context.unwrap_or_else(|| panic!("no context key for proj-reuse in {:?}", snapshot.keys()));
     assert!(context.contains("first") && !context.contains("second"), "Redis keeps the first too: {context}");

@@ -6,8 +6,8 @@
 //! `Display` of anything holding a URL goes through `redact`.
 
 use crate::codec::{Catalog, Codec, OutputFormat, SchemaRegistry};
-use crate::registry::HttpRegistry;
 use crate::domain::Limits;
+use crate::registry::HttpRegistry;
 use crate::topics::TopicCatalog;
 use clap::Args;
 use serde::{Deserialize, Deserializer};
@@ -402,7 +402,10 @@ impl KafkaProperties {
                 return Ok(());
             }
             other => {
-                return Err(format!("field `kafka.{path}`: expected a string, number or boolean, got {}", other.type_str()));
+                return Err(format!(
+                    "field `kafka.{path}`: expected a string, number or boolean, got {}",
+                    other.type_str()
+                ));
             }
         };
         let key = if UNDERSCORE_KAFKA.contains(&path) { path.to_string() } else { path.replace('_', ".") };
@@ -417,7 +420,11 @@ impl KafkaProperties {
             if PROTECTED_KAFKA.contains(&key.as_str()) {
                 return Err(format!(
                     "field `kafka.{key}`: set by udo-stream itself ({}); remove it",
-                    if key == "bootstrap.servers" { "use --brokers / KAFKA_BROKERS" } else { "DESIGN §6 delivery settings" }
+                    if key == "bootstrap.servers" {
+                        "use --brokers / KAFKA_BROKERS"
+                    } else {
+                        "DESIGN §6 delivery settings"
+                    }
                 ));
             }
             let mut c = rdkafka::ClientConfig::new();

@@ -118,7 +118,9 @@ impl Error {
     /// The retry hint (see [`Retry`]).
     pub fn retry(&self) -> Retry {
         let transient = match self {
-            Error::Config(_) | Error::Encode(_) | Error::Internal(_) | Error::Fenced(_) | Error::ProducerFatal(_) => false,
+            Error::Config(_) | Error::Encode(_) | Error::Internal(_) | Error::Fenced(_) | Error::ProducerFatal(_) => {
+                false
+            }
             Error::Registry(e) => e.is_retryable(),
             Error::Io { .. } | Error::Unavailable(_) => true,
             Error::Alertmanager { transient, .. } => *transient,

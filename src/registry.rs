@@ -104,8 +104,11 @@ impl HttpRegistry {
     /// The schema text of `subject`'s latest version (`None`: not registered).
     pub fn latest_schema(&self, subject: &str) -> Result<Option<String>, RegistryError> {
         let what = format!("latest version of {subject}");
-        let resp =
-            self.agent.get(format!("{}/subjects/{subject}/versions/latest", self.base)).header("Accept", CONTENT_TYPE).call();
+        let resp = self
+            .agent
+            .get(format!("{}/subjects/{subject}/versions/latest", self.base))
+            .header("Accept", CONTENT_TYPE)
+            .call();
         match self.read::<SchemaResponse>(&what, resp)? {
             Ok(r) => Ok(Some(r.schema)),
             Err((404, _)) => Ok(None),

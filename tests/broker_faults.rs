@@ -18,13 +18,13 @@ mod common;
 #[path = "support/materialize.rs"]
 mod support;
 
+use common::stack;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use common::stack;
 use support::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -55,7 +55,8 @@ struct Finish;
 impl Drop for Finish {
     fn drop(&mut self) {
         if FINISHED.fetch_add(1, Ordering::SeqCst) + 1 == TESTS {
-            let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack")).args(["cluster", "down"]).status();
+            let _ =
+                Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack")).args(["cluster", "down"]).status();
         }
     }
 }
@@ -124,8 +125,7 @@ fn produced(child: Child) -> BTreeMap<String, i64> {
 /// The node (1-3) leading the most partitions of `prefix`'s topics.
 fn busiest_leader(prefix: &str) -> i32 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
+    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
     let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
     let mut led: BTreeMap<i32, usize> = BTreeMap::new();
     for t in md.topics().iter().filter(|t| t.name().starts_with(prefix)) {
@@ -144,12 +144,20 @@ fn check(run: &mut Run, produced: &BTreeMap<String, i64>, what: &str) -> String 
     let redis_group = format!("{}udo-materialize-redis", run.prefix);
     let (pool, redis, pipelines) = (&run.pool, &run.redis, &mut run.pipelines);
     let timeout = Duration::from_secs(400);
-    wait_caught_up("postgres", &topics(&run.prefix, &PG_TOPICS), timeout, || pg_offsets(pool, &pg_group), || {
-        pipelines.assert_alive()
-    });
-    wait_caught_up("redis", &topics(&run.prefix, &REDIS_TOPICS), timeout, || redis_offsets(redis, &redis_group), || {
-        pipelines.assert_alive()
-    });
+    wait_caught_up(
+        "postgres",
+        &topics(&run.prefix, &PG_TOPICS),
+        timeout,
+        || pg_offsets(pool, &pg_group),
+        || pipelines.assert_alive(),
+    );
+    wait_caught_up(
+        "redis",
+        &topics(&run.prefix, &REDIS_TOPICS),
+        timeout,
+        || redis_offsets(redis, &redis_group),
+        || pipelines.assert_alive(),
+    );
     let logs = watermarks(&topics(&run.prefix, &INPUTS));
     let (pg, red) = (pg_offsets(pool, &pg_group), redis_offsets(redis, &redis_group));
     let mut lines = Vec::new();

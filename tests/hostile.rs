@@ -141,7 +141,8 @@ fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
             status_code: None,
         });
         let limits = udo_stream::domain::Limits { embedding_dim: 8, max_record_bytes: 1 << 20 };
-        let codec = udo_stream::codec::Codec::new(std::sync::Arc::new(catalog.clone()), limits, None, Default::default());
+        let codec =
+            udo_stream::codec::Codec::new(std::sync::Arc::new(catalog.clone()), limits, None, Default::default());
         codec.encode("udo.latency.v1", &["LatencySample".to_string()], &e).unwrap()
     };
     let mut bad_enum = avro_sample("s");
@@ -152,7 +153,8 @@ fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
     let mut bad_utf8 = avro_sample("sss");
     let at = bad_utf8.windows(3).position(|w| w == b"sss").unwrap();
     bad_utf8[at + 1] = 0xff;
-    let json_big = sample("faulty", "GET /", now - 60_000, 1.0).to_string().replace("\"latency_ms\":1.0", "\"latency_ms\":1e400");
+    let json_big =
+        sample("faulty", "GET /", now - 60_000, 1.0).to_string().replace("\"latency_ms\":1.0", "\"latency_ms\":1e400");
     assert!(json_big.contains("1e400"));
     let faults = [
         ("fault-enum", bad_enum, "unknown_enum", "outcome"),
@@ -222,9 +224,11 @@ fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
     assert_eq!(futures.len(), 1, "{:?}", letters.iter().map(class_of).collect::<Vec<_>>());
     let msg = &futures[0].headers["udo.dlq.error.message"];
     assert!(msg.contains("2099-01-01T00:00:00.000Z") && msg.contains("analyze.max_future_skew"), "{msg}");
-    let late: Vec<_> = letters.iter().filter(|l| class_of(l) == "late").map(|l| (&l.key, &l.headers["udo.dlq.topic"])).collect();
+    let late: Vec<_> =
+        letters.iter().filter(|l| class_of(l) == "late").map(|l| (&l.key, &l.headers["udo.dlq.topic"])).collect();
     assert!(late.is_empty(), "no sample after the future one is late: {late:?}");
-    let reused_windows = letters.iter().filter(|l| class_of(l) == "reused_event_id" && l.key.as_deref() != Some(b"proj-reuse"));
+    let reused_windows =
+        letters.iter().filter(|l| class_of(l) == "reused_event_id" && l.key.as_deref() != Some(b"proj-reuse"));
     assert_eq!(reused_windows.count(), 0, "look-alike subjects share no id");
     let futurist = count(&pool, "SELECT count(*) FROM latency_windows WHERE component = 'futurist'");
     assert!(futurist > 0, "the futurist component still gets windows");
@@ -241,18 +245,24 @@ fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
     }
     // Look-alike uncertainty subjects stay apart.
     wait_for("both look-alike uncertainty windows", Duration::from_secs(120), &mut m, || {
-        count(&pool, "SELECT count(DISTINCT subject) FROM uncertainty_windows WHERE subject IN ('p%7Cq|r', 'p|q|r')") == 2
+        count(&pool, "SELECT count(DISTINCT subject) FROM uncertainty_windows WHERE subject IN ('p%7Cq|r', 'p|q|r')")
+            == 2
     });
 
     // The reused chunk id: both stores keep the first content.
     let reused: Vec<&DeadLetter> = letters.iter().filter(|l| l.key.as_deref() == Some(b"proj-reuse")).collect();
     let pipelines: Vec<&str> = reused.iter().map(|l| l.headers["udo.dlq.pipeline"].as_str()).collect();
     assert_eq!(reused.len(), 2, "{pipelines:?}");
-    assert!(reused.iter().all(|l| class_of(l) == "reused_event_id"), "{:?}", reused.iter().map(|l| class_of(l)).collect::<Vec<_>>());
+    assert!(
+        reused.iter().all(|l| class_of(l) == "reused_event_id"),
+        "{:?}",
+        reused.iter().map(|l| class_of(l)).collect::<Vec<_>>()
+    );
     assert!(pipelines.contains(&"materialize-postgres") && pipelines.contains(&"materialize-redis"), "{pipelines:?}");
-    let pg_content: String =
-        block_on(sqlx::query_scalar("SELECT content FROM project_contexts WHERE project_id = 'proj-reuse'").fetch_one(&pool))
-            .unwrap();
+    let pg_content: String = block_on(
+        sqlx::query_scalar("SELECT content FROM project_contexts WHERE project_id = 'proj-reuse'").fetch_one(&pool),
+    )
+    .unwrap();
     assert_eq!(pg_content, "first");
 
     // Redis: one key per subject.
@@ -383,9 +393,7 @@ fn one_component_from_three_partitioners_is_windowed_once_with_exact_counts() {
     };
     // Every window that holds a sample.
     let expected = ((last_end - first_end) / 60_000 + 1) as usize;
-    wait_for("every window of the mixed component", Duration::from_secs(240), &mut m, || {
-        rows(&pool).len() >= expected
-    });
+    wait_for("every window of the mixed component", Duration::from_secs(240), &mut m, || rows(&pool).len() >= expected);
     let got = rows(&pool);
     let letters = read_dlq(&format!("{prefix}udo.dlq.v1"));
     assert!(
@@ -446,7 +454,9 @@ fn a_batch_the_client_cannot_read_is_reported_with_its_partition_and_lag() {
     let sends: Vec<_> = (0..20)
         .map(|i| {
             let v = sample("corrupt", "GET /", now - 60_000 + i, 1.0).to_string();
-            gzip.send_result(FutureRecord::to(&latency).partition(0).key("corrupt").payload(&v)).map_err(|_| ()).unwrap()
+            gzip.send_result(FutureRecord::to(&latency).partition(0).key("corrupt").payload(&v))
+                .map_err(|_| ())
+                .unwrap()
         })
         .collect();
     for s in sends {

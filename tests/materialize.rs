@@ -385,13 +385,19 @@ fn mixed_events_materialize_exactly_once_and_a_replay_changes_nothing() {
     assert_eq!(snap.get("udo:store:primary"), Some(&primary), "Redis names the primary store");
     // One id claim per event Redis holds (the events PostgreSQL stores in these tables).
     let claims = snap.keys().filter(|k| k.starts_with("udo:id:")).count() as i64;
-    let held: i64 = ["latency_windows", "uncertainty_windows", "alerts", "degradations", "promotions", "project_context_events"]
-        .iter()
-        .map(|t| block_on(sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {t}")).fetch_one(&pool)).unwrap())
-        .sum();
+    let held: i64 =
+        ["latency_windows", "uncertainty_windows", "alerts", "degradations", "promotions", "project_context_events"]
+            .iter()
+            .map(|t| {
+                block_on(sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {t}")).fetch_one(&pool)).unwrap()
+            })
+            .sum();
     assert_eq!(claims, held, "udo:id claims");
     assert_eq!(
-        snap.keys().filter(|k| !k.starts_with("project:") && !k.starts_with("udo:id:")).cloned().collect::<BTreeSet<_>>(),
+        snap.keys()
+            .filter(|k| !k.starts_with("project:") && !k.starts_with("udo:id:"))
+            .cloned()
+            .collect::<BTreeSet<_>>(),
         BTreeSet::from([
             format!("udo:offsets:{prefix}udo-materialize-redis"),
             "udo:alerts:active".into(),

@@ -59,7 +59,6 @@ fn stack(args: &[&str]) {
     assert!(out.status.success(), "scripts/stack {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-
 fn wait_both(prefix: &str, pool: &sqlx::PgPool, redis: &str, m: &mut Materializer, timeout: Duration) {
     let (pg_group, redis_group) =
         (format!("{prefix}udo-materialize-postgres"), format!("{prefix}udo-materialize-redis"));

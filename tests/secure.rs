@@ -34,11 +34,8 @@ fn secure_env() -> BTreeMap<String, String> {
         .expect("run scripts/stack secure up");
     assert!(out.status.success(), "scripts/stack secure up failed");
     let text = String::from_utf8(out.stdout).unwrap();
-    let env: BTreeMap<String, String> = text
-        .split('\0')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: BTreeMap<String, String> =
+        text.split('\0').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     assert_eq!(env.len(), 9, "{:?}", env.keys());
     env
 }
@@ -121,7 +118,21 @@ fn redis_cli(env: &BTreeMap<String, String>, args: &[&str]) -> String {
     let hostport = url.split_once('@').unwrap().1.split('/').next().unwrap();
     let (host, port) = hostport.split_once(':').unwrap();
     let out = Command::new("timeout")
-        .args(["10", "redis-cli", "--tls", "--cacert", &env["SSL_CERT_FILE"], "-h", host, "-p", port, "--user", "udo", "-n", "9"])
+        .args([
+            "10",
+            "redis-cli",
+            "--tls",
+            "--cacert",
+            &env["SSL_CERT_FILE"],
+            "-h",
+            host,
+            "-p",
+            port,
+            "--user",
+            "udo",
+            "-n",
+            "9",
+        ])
         .args(args)
         .env("REDISCLI_AUTH", url_password(url))
         .output()
@@ -147,11 +158,8 @@ fn free_port() -> u16 {
 #[test]
 fn pipelines_run_over_sasl_ssl_tls_postgres_and_tls_redis_without_leaking_secrets() {
     let env = secure_env();
-    let secrets = [
-        env["UDO__KAFKA__SASL_PASSWORD"].clone(),
-        url_password(&env["DATABASE_URL"]),
-        url_password(&env["REDIS_URL"]),
-    ];
+    let secrets =
+        [env["UDO__KAFKA__SASL_PASSWORD"].clone(), url_password(&env["DATABASE_URL"]), url_password(&env["REDIS_URL"])];
     for s in &secrets {
         assert!(s.len() >= 16, "the stack makes long random passwords");
     }
@@ -159,7 +167,8 @@ fn pipelines_run_over_sasl_ssl_tls_postgres_and_tls_redis_without_leaking_secret
     let prefix = common::prefix("secure");
 
     // Topics and events over SASL_SSL.
-    let out = ok(&mut t, "topics apply", udo(&env).args(["topics", "apply", "--topic-prefix", &prefix]).output().unwrap());
+    let out =
+        ok(&mut t, "topics apply", udo(&env).args(["topics", "apply", "--topic-prefix", &prefix]).output().unwrap());
     assert!(out.contains("11 created"), "{out}");
     let summary = ok(
         &mut t,
@@ -205,7 +214,9 @@ fn pipelines_run_over_sasl_ssl_tls_postgres_and_tls_redis_without_leaking_secret
         let windows = count(&db, "SELECT count(*) FROM latency_windows");
         let redis_offsets: i64 = redis_cli(&env, &["HLEN", &redis_group]).parse().unwrap_or(0);
         if landed == samples && rated == ratings && windows > 0 && redis_offsets > 0 {
-            eprintln!("landed {landed} samples, {rated} ratings, {windows} windows; Redis holds {redis_offsets} offsets");
+            eprintln!(
+                "landed {landed} samples, {rated} ratings, {windows} windows; Redis holds {redis_offsets} offsets"
+            );
             break;
         }
         assert!(
@@ -252,7 +263,10 @@ fn pipelines_run_over_sasl_ssl_tls_postgres_and_tls_redis_without_leaking_secret
     for (i, s) in secrets.iter().enumerate() {
         if let Some(at) = t.0.find(s.as_str()) {
             let from = t.0[..at].rfind("====").unwrap_or(0);
-            panic!("secret #{i} printed, in:\n{}", t.0[from..(at + 200).min(t.0.len())].replace(s.as_str(), "<SECRET>"));
+            panic!(
+                "secret #{i} printed, in:\n{}",
+                t.0[from..(at + 200).min(t.0.len())].replace(s.as_str(), "<SECRET>")
+            );
         }
     }
     eprintln!("searched {} bytes of output for {} secrets: none found", t.0.len(), secrets.len() + 1);

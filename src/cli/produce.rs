@@ -88,7 +88,6 @@ fn default_simulated_start(now: i64, n: u64, rate: f64) -> i64 {
     now - (n as f64 / rate * 1000.0).ceil() as i64
 }
 
-
 impl ProduceArgs {
     fn check(&self) -> Result<Option<u64>> {
         if !(self.rate.is_finite() && self.rate > 0.0) {

@@ -2,9 +2,9 @@
 
 use crate::codec::registry::Compatibility;
 use crate::codec::{Catalog, SchemaRegistry};
-use crate::registry::HttpRegistry;
 use crate::config::CommonArgs;
 use crate::error::{Error, Result};
+use crate::registry::HttpRegistry;
 use crate::topics::TopicCatalog;
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -85,7 +85,8 @@ fn check(common: &CommonArgs, dir: &Path, topics_dir: &Path) -> Result<()> {
                         // Some registries (Apicurio's ccompat API) say no
                         // more than "incompatible": name the field ourselves.
                         let registered = registry.latest_schema(&subject)?;
-                        let why = registered.and_then(|old| crate::codec::catalog::backward_incompatibility(&old, &text));
+                        let why =
+                            registered.and_then(|old| crate::codec::catalog::backward_incompatibility(&old, &text));
                         msgs.push(why.unwrap_or_else(|| "the registry gave no reason".into()));
                     }
                     problems.push(format!(

@@ -20,13 +20,13 @@ use super::batch::{Batch, Decoder, Offsets, Reason, Rec, Reject, Tp};
 use super::runner::Stage;
 use crate::config::{AnalyzeSettings, Processing};
 use crate::domain::engine::{Engine, EngineConfig, Input, Source, Stream, TaskState};
+use crate::domain::partitioner::partition_of;
 use crate::domain::{DegradationKind, Event};
 use crate::error::{Error, Result};
 use crate::sinks::changelog::Changelog;
 use crate::sinks::checkpoints::{Checkpoint, CheckpointStore, Checkpoints};
 use crate::sinks::kafka::{Outgoing, Outputs, TxnProducer};
 use crate::telemetry::Readiness;
-use crate::domain::partitioner::partition_of;
 use crate::telemetry::events::{
     AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, ErrorCounted, LateEvent, RecordsRouted,
     StateMachines, WindowsClosed,
@@ -621,7 +621,11 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                 };
                 if input.occurred_at() > future_limit {
                     let message = future_message(input.occurred_at(), now_ms, self.settings.max_future_skew);
-                    rejects.push(Reject { tp: tp.clone(), offset: rec.offset, reason: Reason { class: "future".into(), message } });
+                    rejects.push(Reject {
+                        tp: tp.clone(),
+                        offset: rec.offset,
+                        reason: Reason { class: "future".into(), message },
+                    });
                     continue;
                 }
                 task.last_input.insert(kind, now);

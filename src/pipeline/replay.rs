@@ -19,9 +19,9 @@ use crate::pipeline::batch::{Batch, Decoder, Part, Raw, Tp};
 use crate::pipeline::materialize::Store;
 use crate::pipeline::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
-use crate::sources::kafka::EofExpected;
 use crate::sinks::postgres::PgSink;
 use crate::sinks::redis::RedisSink;
+use crate::sources::kafka::EofExpected;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
@@ -90,7 +90,12 @@ fn transient(e: &KafkaError) -> bool {
 /// The first offset of each partition stamped at or after `at_ms`, from the
 /// broker's time index (ListOffsets by timestamp); a partition with no such
 /// record maps to `None` (its end).
-fn offsets_at(c: &BaseConsumer<EofExpected>, topic: &str, parts: &[i32], at_ms: i64) -> Result<BTreeMap<i32, Option<i64>>> {
+fn offsets_at(
+    c: &BaseConsumer<EofExpected>,
+    topic: &str,
+    parts: &[i32],
+    at_ms: i64,
+) -> Result<BTreeMap<i32, Option<i64>>> {
     let mut tpl = TopicPartitionList::new();
     for p in parts {
         tpl.add_partition_offset(topic, *p, Offset::Offset(at_ms))

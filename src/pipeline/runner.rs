@@ -170,7 +170,8 @@ impl<S: Stage> ClientContext for RunnerContext<S> {
                 }
                 // From the broker's end offset, also before anything was
                 // consumed (a partition whose first batch cannot be read).
-                let Some(lag) = super::stall::lag(p.hi_offset, p.stored_offset, p.committed_offset, p.next_offset, p.lo_offset)
+                let Some(lag) =
+                    super::stall::lag(p.hi_offset, p.stored_offset, p.committed_offset, p.next_offset, p.lo_offset)
                 else {
                     continue;
                 };

@@ -63,10 +63,11 @@ impl Stalls {
     /// One partition's statistics at `now`.
     pub fn observe(&mut self, topic: &str, partition: i32, position: (i64, i64), waiting: i64, now: Instant) {
         let errors = self.errors;
-        let w = self
-            .parts
-            .entry((topic.to_string(), partition))
-            .or_insert(Watch { position, since: now, errors_then: errors });
+        let w = self.parts.entry((topic.to_string(), partition)).or_insert(Watch {
+            position,
+            since: now,
+            errors_then: errors,
+        });
         if w.position != position || waiting <= 0 {
             *w = Watch { position, since: now, errors_then: errors };
         }

@@ -14,9 +14,9 @@
 //! `dead_letter` builds the record (pure); `Dlq` sends it.
 
 use crate::error::{Error, Result};
+use crate::sources::record::Raw;
 use crate::telemetry::events::DlqRecord;
 use futures_util::future::try_join_all;
-use crate::sources::record::Raw;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
@@ -299,9 +299,8 @@ mod tests {
         let max = max_letter_bytes();
         assert!(max >= 1_000_000, "topics/udo.dlq.v1.yaml declares about 1 MiB, got {max}");
         let value: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
-        let many = (0..2000).fold(OwnedHeaders::new(), |h, i| {
-            h.insert(Header { key: &format!("h{i}"), value: Some(&[7u8; 100][..]) })
-        });
+        let many = (0..2000)
+            .fold(OwnedHeaders::new(), |h, i| h.insert(Header { key: &format!("h{i}"), value: Some(&[7u8; 100][..]) }));
         for (key, hs) in [(vec![1u8; 10], None), (vec![2u8; 100_000], Some(many))] {
             let msg = OwnedMessage::new(
                 Some(value.clone()),
@@ -315,9 +314,8 @@ mod tests {
             let reason = Reason { class: "oversized".into(), message: "too big".into() };
             let d = dead_letter(&Raw::from(&msg), "analyze", &reason, max);
             assert!(d.size() <= max, "{} > {max}", d.size());
-            let get = |k: &str| {
-                d.headers.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            };
+            let get =
+                |k: &str| d.headers.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
             assert_eq!(get(headers::VALUE_TRUNCATED).as_deref(), Some("true"));
             assert_eq!(get(headers::VALUE_SIZE).as_deref(), Some("5000000"));
             assert_eq!(get(headers::VALUE_SHA256), Some(sha256_hex(&value)));

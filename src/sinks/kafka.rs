@@ -3,12 +3,12 @@
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::message::Message;
 use crate::telemetry::events::RecordsProduced;
 use futures_util::future::join_all;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, DeliveryResult, FutureProducer, ProducerContext, ThreadedProducer};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -205,7 +205,6 @@ impl Outputs {
         error.map_or(Ok(()), Err)
     }
 }
-
 
 /// Exactly-once: one transactional producer per member (KIP-447: fenced by
 /// the consumer group's generation, so its id only has to be stable per

@@ -228,9 +228,9 @@ async fn ensure_embedding_column(conn: &mut PgConnection, dim: u32) -> Result<()
         .await
         .map_err(Error::postgres("lock embedding setup"))?;
     let typmod: i32 = sqlx::query_scalar(include_str!("postgres/sql/embedding_typmod.sql"))
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(Error::postgres("read project_contexts.embedding type"))?;
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(Error::postgres("read project_contexts.embedding type"))?;
     if typmod < 0 {
         tx.execute(format!("ALTER TABLE project_contexts ALTER COLUMN embedding TYPE vector({dim})").as_str())
             .await
@@ -243,8 +243,8 @@ async fn ensure_embedding_column(conn: &mut PgConnection, dim: u32) -> Result<()
         )));
     }
     tx.execute(include_str!("postgres/sql/embedding_index.sql"))
-    .await
-    .map_err(Error::postgres("create HNSW index on project_contexts.embedding"))?;
+        .await
+        .map_err(Error::postgres("create HNSW index on project_contexts.embedding"))?;
     tx.commit().await.map_err(Error::postgres("commit embedding setup"))?;
     Ok(())
 }

@@ -32,9 +32,7 @@
 //! as `reused_event_id`, exactly as the PostgreSQL materializer does, so
 //! the two stores agree.
 
-use crate::domain::{
-    Alert, ChunkOp, ContextChunk, Degradation, DegradationKind, Event, Promotion, WindowStats,
-};
+use crate::domain::{Alert, ChunkOp, ContextChunk, Degradation, DegradationKind, Event, Promotion, WindowStats};
 use crate::error::{Error, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;

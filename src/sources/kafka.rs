@@ -92,7 +92,9 @@ pub fn read_to_end(
     let deadline = std::time::Instant::now() + timeout;
     while !open.is_empty() {
         if std::time::Instant::now() > deadline {
-            return Err(Error::Unavailable(format!("reading {topic} partitions {open:?} took longer than {timeout:?}")));
+            return Err(Error::Unavailable(format!(
+                "reading {topic} partitions {open:?} took longer than {timeout:?}"
+            )));
         }
         match c.poll(Duration::from_millis(200)) {
             None => {}
@@ -269,7 +271,9 @@ pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<()> {
         probe.poll(Duration::ZERO);
         if let Some((code, reason)) = probe.context().fatal.lock().expect("probe lock").take() {
             let hint = match code {
-                C::SSL => "TLS failed: check security.protocol and ssl.ca.location (the CA that signed the brokers' certificates)",
+                C::SSL => {
+                    "TLS failed: check security.protocol and ssl.ca.location (the CA that signed the brokers' certificates)"
+                }
                 _ => "authentication failed: check sasl.mechanism, sasl.username and sasl.password",
             };
             return Err(Error::Config(format!("kafka: {hint} (brokers {}): {reason}", kafka.brokers)));

@@ -248,7 +248,12 @@ pub struct AlertsPosted {
 
 impl AlertsPosted {
     pub fn emit(&self) {
-        tracing::debug!(firing = self.firing, resolved = self.resolved, resend = self.resend, "alerts posted to Alertmanager");
+        tracing::debug!(
+            firing = self.firing,
+            resolved = self.resolved,
+            resend = self.resend,
+            "alerts posted to Alertmanager"
+        );
         let kind = if self.resend { "resend" } else { "new" };
         counter!("udo_alertmanager_alerts_posted_total", "status" => "firing", "kind" => kind)
             .increment(self.firing as u64);

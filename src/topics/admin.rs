@@ -37,7 +37,12 @@ async fn observe_configs(admin: &AdminClient<DefaultClientContext>, topic: &str)
 }
 
 /// Applies `specs` under `prefix`; returns the actions taken or reported.
-pub async fn apply(kafka: &crate::config::KafkaConfig, specs: &[TopicSpec], prefix: &str, dry_run: bool) -> Result<Vec<Action>> {
+pub async fn apply(
+    kafka: &crate::config::KafkaConfig,
+    specs: &[TopicSpec],
+    prefix: &str,
+    dry_run: bool,
+) -> Result<Vec<Action>> {
     let admin = admin_client(kafka)?;
     let layout = observe_layout(&admin)?;
     let mut configs = HashMap::new();

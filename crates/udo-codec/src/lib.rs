@@ -231,16 +231,15 @@ impl Codec {
         }
         // Through serde_path_to_error, so a bad value (`1e400`) names its field.
         let mut json = serde_json::Deserializer::from_slice(bytes);
-        let value: serde_json::Value =
-            serde_path_to_error::deserialize(&mut json).map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                if path == "." || path.is_empty() {
-                    DecodeError::new(DecodeClass::Malformed, format!("invalid JSON: {inner}"))
-                } else {
-                    DecodeError::field(DecodeClass::Malformed, path, format!("invalid JSON: {inner}"))
-                }
-            })?;
+        let value: serde_json::Value = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." || path.is_empty() {
+                DecodeError::new(DecodeClass::Malformed, format!("invalid JSON: {inner}"))
+            } else {
+                DecodeError::field(DecodeClass::Malformed, path, format!("invalid JSON: {inner}"))
+            }
+        })?;
         json.end().map_err(|e| DecodeError::new(DecodeClass::Malformed, format!("invalid JSON: {e}")))?;
         let serde_json::Value::Object(map) = &value else {
             return Err(DecodeError::new(DecodeClass::Malformed, "JSON value must be an object"));

@@ -340,8 +340,16 @@ fn avro_level_rejections_name_the_field() {
     let mut bytes = SINGLE_OBJECT_MAGIC.to_vec();
     bytes.extend(c.catalog().get("LatencySample").unwrap().fingerprint);
     let datum = apache_avro::to_avro_datum(
-        &Schema::parse_str(catalog::BUILTIN.iter().find(|(n, _)| *n == "LatencySample").unwrap().1.replace(
-            r#"{"type": "string", "logicalType": "uuid"}"#, r#""string""#).as_str()).unwrap(),
+        &Schema::parse_str(
+            catalog::BUILTIN
+                .iter()
+                .find(|(n, _)| *n == "LatencySample")
+                .unwrap()
+                .1
+                .replace(r#"{"type": "string", "logicalType": "uuid"}"#, r#""string""#)
+                .as_str(),
+        )
+        .unwrap(),
         Value::Record(vec![
             ("event_id".into(), Value::String("not-a-uuid".into())),
             ("occurred_at".into(), Value::TimestampMillis(T0)),

@@ -24,10 +24,7 @@ pub fn check_datum(schema: &Schema, bytes: &[u8]) -> Result<(), DecodeError> {
     if w.input.is_empty() {
         Ok(())
     } else {
-        Err(DecodeError::new(
-            DecodeClass::Malformed,
-            format!("{} trailing bytes after the Avro datum", w.input.len()),
-        ))
+        Err(DecodeError::new(DecodeClass::Malformed, format!("{} trailing bytes after the Avro datum", w.input.len())))
     }
 }
 
@@ -188,7 +185,12 @@ impl<'s, 'b> Walker<'s, 'b> {
                 if i < 0 || i as usize >= e.symbols.len() {
                     return Err(self.fail(
                         DecodeClass::UnknownEnum,
-                        format!("enum index {i} is outside {}'s {} symbols {:?}", e.name.name, e.symbols.len(), e.symbols),
+                        format!(
+                            "enum index {i} is outside {}'s {} symbols {:?}",
+                            e.name.name,
+                            e.symbols.len(),
+                            e.symbols
+                        ),
                     ));
                 }
                 Ok(())
@@ -222,7 +224,10 @@ impl<'s, 'b> Walker<'s, 'b> {
                     .or_else(|| self.names.iter().find(|(n, _)| n.name == name.name).map(|(_, s)| *s));
                 match target {
                     Some(s) => self.value(s, depth + 1),
-                    None => Err(self.fail(DecodeClass::UnknownSchema, format!("the schema names {} but never defines it", name.name))),
+                    None => Err(self.fail(
+                        DecodeClass::UnknownSchema,
+                        format!("the schema names {} but never defines it", name.name),
+                    )),
                 }
             }
         }
@@ -284,7 +289,9 @@ fn min_size(schema: &Schema, names: &HashMap<&Name, &Schema>, depth: usize) -> u
         Schema::Duration => 12,
         Schema::Fixed(f) => f.size as u64,
         Schema::Decimal(d) => min_size(&d.inner, names, depth + 1),
-        Schema::Record(r) => r.fields.iter().map(|f| min_size(&f.schema, names, depth + 1)).fold(0, u64::saturating_add),
+        Schema::Record(r) => {
+            r.fields.iter().map(|f| min_size(&f.schema, names, depth + 1)).fold(0, u64::saturating_add)
+        }
         Schema::Union(u) => 1 + u.variants().iter().map(|v| min_size(v, names, depth + 1)).min().unwrap_or(0),
         Schema::Ref { name } => names.get(name).map_or(0, |s| min_size(s, names, depth + 1)),
         _ => 1,

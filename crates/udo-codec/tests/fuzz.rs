@@ -177,12 +177,18 @@ fn decode(codec: &Codec, allowed: &[String], bytes: &[u8]) -> (Result<Result<Str
     PEAK.with(|p| p.set(0));
     COUNTING.with(|c| c.set(true));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        codec.decode(allowed, bytes).map(|e: Event| e.record_name().to_string()).map_err(|e| e.class.as_str().to_string())
+        codec
+            .decode(allowed, bytes)
+            .map(|e: Event| e.record_name().to_string())
+            .map_err(|e| e.class.as_str().to_string())
     }));
     COUNTING.with(|c| c.set(false));
     let peak = PEAK.with(Cell::get);
     let outcome = outcome.map_err(|p| {
-        p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
     });
     (outcome, peak)
 }

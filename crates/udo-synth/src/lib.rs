@@ -11,11 +11,11 @@ mod samples;
 pub use incident::{Incident, IncidentKind};
 pub use samples::one_of_each;
 
-use udo_domain::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Normal};
 use std::collections::VecDeque;
+use udo_domain::*;
 use uuid::Uuid;
 
 pub const SOURCE: &str = "udo-stream-produce";

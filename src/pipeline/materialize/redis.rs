@@ -62,7 +62,11 @@ impl Store for RedisSink {
                 "event id {id} is already stored in Redis with a different payload; the stored event is kept \
                  (a producer reusing ids, or two deployments writing one store)"
             );
-            rejects.push(Reject { tp: p.tp.clone(), offset, reason: Reason { class: "reused_event_id".into(), message } });
+            rejects.push(Reject {
+                tp: p.tp.clone(),
+                offset,
+                reason: Reason { class: "reused_event_id".into(), message },
+            });
         }
         Ok((skip, rejects))
     }

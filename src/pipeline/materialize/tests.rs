@@ -2,10 +2,10 @@
 //! database) and librdkafka's mock cluster for its promotion events.
 
 use super::*;
-use crate::pipeline::batch::Reason;
 use crate::codec::{Catalog, Codec, OutputFormat};
 use crate::config::{KafkaConfig, KafkaProperties};
 use crate::domain::Limits;
+use crate::pipeline::batch::Reason;
 use crate::synth::{Generator, Kind, SynthConfig};
 use crate::topics::TopicCatalog;
 use rdkafka::mocking::MockCluster;

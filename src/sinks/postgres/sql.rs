@@ -9,7 +9,9 @@
 
 use super::copy::{CONTEXT_COLUMNS, LATENCY_COLUMNS};
 use super::plan::Row;
-use crate::domain::{Alert, ContextChunk, DecisionLog, Degradation, DegradationKind, FeedbackRating, Promotion, WindowStats};
+use crate::domain::{
+    Alert, ContextChunk, DecisionLog, Degradation, DegradationKind, FeedbackRating, Promotion, WindowStats,
+};
 use sqlx::Arguments;
 use sqlx::postgres::{PgArguments, Postgres};
 use uuid::Uuid;

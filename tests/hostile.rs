@@ -424,10 +424,16 @@ fn m_ready(m: &Materializer) -> bool {
     m.get("/readyz").is_some_and(|(code, _)| code == 200)
 }
 
-/// The segment file holding `topic`'s partition `p` on the stack's broker.
+/// The segment file holding `topic`'s partition `p` on the stack's broker
+/// (the topic's name is unique to this run, so any stack directory will do:
+/// `UDO_STACK_DIR`, this checkout's, or root's per-checkout ones).
 fn segment(topic: &str, p: i32) -> std::path::PathBuf {
-    let roots = [std::env::var("UDO_STACK_DIR").ok(), Some(concat!(env!("CARGO_MANIFEST_DIR"), "/.stack").to_string())];
-    for root in roots.into_iter().flatten() {
+    let mut roots: Vec<String> = std::env::var("UDO_STACK_DIR").ok().into_iter().collect();
+    roots.push(concat!(env!("CARGO_MANIFEST_DIR"), "/.stack").to_string());
+    if let Ok(dirs) = std::fs::read_dir("/var/lib/udo-stream") {
+        roots.extend(dirs.flatten().map(|d| d.path().display().to_string()));
+    }
+    for root in roots {
         let path = std::path::Path::new(&root).join(format!("kafka/kafka/data/{topic}-{p}/00000000000000000000.log"));
         if path.exists() {
             return path;

@@ -75,7 +75,7 @@ fn topics_apply_is_idempotent_and_reports_drift_without_touching_data() {
 
     let out = udo_ok(&["topics", "apply", "--topic-prefix", &q]);
     assert!(out.contains(&format!("DRIFT   {latency}: has 2 partitions, 6 declared")), "{out}");
-    assert!(out.contains("9 created, 1 drifted"), "{out}");
+    assert!(out.contains("10 created, 1 drifted"), "{out}");
     let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
     let total: i64 = (0..2)
         .map(|p| {

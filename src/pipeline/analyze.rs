@@ -49,6 +49,15 @@ pub(crate) async fn start(
     readiness: Readiness,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let topics = AnalyzeTopics::with_prefix(&common.topic_prefix);
+    // The internal topics it writes to (declared in topics/, made by `topics apply`).
+    let mut internal = vec![topics.decisions.clone(), topics.routed.clone()];
+    if opts.settings.analyze.processing == Processing::ExactlyOnce {
+        internal.push(common.topic(names::ANALYZE_CHANGELOG));
+    }
+    let kafka = common.kafka.clone();
+    tokio::task::spawn_blocking(move || crate::sources::kafka::require_topics(&kafka, &internal))
+        .await
+        .map_err(|e| Error::Internal(format!("topic check: {e}")))??;
     let decoder = common.decoder(opts.output_format);
     let mut settings = opts.settings.analyze.clone();
     let cfg = super::runner_config(

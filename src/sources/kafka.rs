@@ -108,6 +108,30 @@ pub fn read_to_end(
     Ok(())
 }
 
+/// Fails, saying what to run, when any of `topics` is missing on the
+/// cluster (a pipeline that writes to its internal topics would otherwise
+/// retry forever against a topic nobody creates).
+pub fn require_topics(kafka: &KafkaConfig, topics: &[String]) -> Result<()> {
+    let probe: BaseConsumer = kafka
+        .client(|c| {
+            c.set("client.id", "udo-stream-topics");
+        })
+        .create()
+        .map_err(Error::kafka("create a Kafka client"))?;
+    let md = probe.fetch_metadata(None, Duration::from_secs(30)).map_err(Error::kafka("list the cluster's topics"))?;
+    let have: std::collections::HashSet<&str> =
+        md.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
+    let missing: Vec<&str> = topics.iter().map(String::as_str).filter(|t| !have.contains(t)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "topics {missing:?} do not exist on {}: run `udo-stream topics apply` with the same --topic-prefix first",
+            kafka.brokers
+        )))
+    }
+}
+
 /// `topic[0,1,2]` style summary of a partition list.
 pub fn describe(tpl: &TopicPartitionList) -> String {
     let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();

@@ -386,7 +386,7 @@ fn one_component_from_three_partitioners_is_windowed_once_with_exact_counts() {
                  (extract(epoch FROM window_end) * 1000)::bigint, count FROM latency_windows \
                  WHERE component = 'mixed' AND endpoint IS NULL AND window_end <= to_timestamp($1) ORDER BY window_start",
             )
-            .bind(chrono_free(last_end))
+            .bind(epoch_seconds(last_end))
             .fetch_all(pool),
         )
         .unwrap()
@@ -413,9 +413,8 @@ fn one_component_from_three_partitioners_is_windowed_once_with_exact_counts() {
     block_on(common::drop_database(&db));
 }
 
-/// Epoch milliseconds as the `timestamptz` parameter of a query (seconds, as
-/// PostgreSQL's `to_timestamp` takes them, through a float).
-fn chrono_free(ms: i64) -> f64 {
+/// Epoch milliseconds as seconds, what PostgreSQL's `to_timestamp` takes.
+fn epoch_seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 

@@ -205,27 +205,20 @@ impl Engine {
                 self.state.latency.add((s.component.clone(), Some(s.endpoint.clone())), s.occurred_at, &sample)?;
                 Ok(true)
             }
-            Input::Rating(r) => {
-                let added = self.state.ratings.add(
-                    (r.project_id.clone(), r.component.clone()),
-                    r.occurred_at,
-                    &RatingItem::Rating(r.rating),
-                );
-                self.observe(Source::Feedback, r.occurred_at);
-                added.map(|()| true)
-            }
+            Input::Rating(r) => self.add_rating(
+                &r.project_id,
+                &r.component,
+                r.occurred_at,
+                RatingItem::Rating(r.rating),
+                Source::Feedback,
+            ),
             Input::Decision(d, channel, offset) => {
                 if self.state.channel_offsets.get(&channel).is_some_and(|last| offset <= *last) {
                     return Ok(false);
                 }
                 self.state.channel_offsets.insert(channel, offset);
-                let added = self.state.ratings.add(
-                    (d.project_id.clone(), d.component.clone()),
-                    d.occurred_at,
-                    &RatingItem::Decision(d.uncertainty_score),
-                );
-                self.observe(Source::Decisions(channel), d.occurred_at);
-                added.map(|()| true)
+                let item = RatingItem::Decision(d.uncertainty_score);
+                self.add_rating(&d.project_id, &d.component, d.occurred_at, item, Source::Decisions(channel))
             }
             Input::RoutedLatency(s, channel, offset) => {
                 if !self.first_time(Stream::Latency, channel, offset) {
@@ -241,15 +234,25 @@ impl Engine {
                 if !self.first_time(Stream::Ratings, channel, offset) {
                     return Ok(false);
                 }
-                let added = self.state.ratings.add(
-                    (r.project_id.clone(), r.component.clone()),
-                    r.occurred_at,
-                    &RatingItem::Rating(r.rating),
-                );
-                self.observe(Source::Routed(channel), r.occurred_at);
-                added.map(|()| true)
+                let item = RatingItem::Rating(r.rating);
+                self.add_rating(&r.project_id, &r.component, r.occurred_at, item, Source::Routed(channel))
             }
         }
+    }
+
+    /// One input of the ratings windows, from `source` (whose event time
+    /// is observed for the watermark even when the input is late).
+    fn add_rating(
+        &mut self,
+        project: &str,
+        component: &str,
+        t: i64,
+        item: RatingItem,
+        source: Source,
+    ) -> Result<bool, Late> {
+        let added = self.state.ratings.add((project.to_string(), component.to_string()), t, &item);
+        self.observe(source, t);
+        added.map(|()| true)
     }
 
     /// Records `offset` of a routed channel; false when already ingested.

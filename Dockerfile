@@ -5,10 +5,11 @@
 FROM rust:1.95-bookworm AS builder
 
 # rdkafka-sys builds the bundled librdkafka with its own configure + make (no
-# cmake); libz-sys links the system zlib.
+# cmake); libz-sys links the system zlib, zstd-sys the system libzstd (the
+# runtime image has libzstd1: dpkg needs it).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential python3 zlib1g-dev \
+ && apt-get install -y --no-install-recommends build-essential python3 zlib1g-dev libzstd-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /build

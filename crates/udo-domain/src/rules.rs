@@ -198,6 +198,111 @@ impl ComponentRules {
     }
 }
 
+/// "1h", "90s": a duration in the unit it was most likely configured in.
+pub fn short_duration(ms: i64) -> String {
+    match ms {
+        ms if ms >= 3_600_000 && ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms >= 60_000 && ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// What closes an expired subject's open state: one event per firing alert
+/// (resolved) and per active degradation, at `at` (the subject's last event
+/// plus the time to live), with ids derived from the expiry.
+struct Expiry<'a> {
+    source: &'a str,
+    subject: &'a str,
+    component: &'a str,
+    project_id: Option<&'a str>,
+    at: i64,
+    ttl_ms: i64,
+}
+
+impl Expiry<'_> {
+    fn why(&self) -> String {
+        format!(
+            "no data for {} (analyze.state_ttl): the subject's state expired, its health is unknown",
+            short_duration(self.ttl_ms)
+        )
+    }
+
+    fn resolve(&self, h: &Hysteresis, rule: &str, severity: Severity, threshold: f64) -> Option<Event> {
+        if !h.active {
+            return None;
+        }
+        let (sev, st) = (severity.as_str(), AlertStatus::Resolved.as_str());
+        Some(Event::Alert(Alert {
+            event_id: output_id(&["alert", rule, self.subject, sev, st, "expired", &self.at.to_string()]),
+            occurred_at: self.at,
+            source: self.source.into(),
+            rule: rule.into(),
+            subject: self.subject.into(),
+            component: self.component.into(),
+            project_id: self.project_id.map(String::from),
+            severity,
+            status: AlertStatus::Resolved,
+            value: 0.0,
+            threshold,
+            window_start: self.at - self.ttl_ms,
+            window_end: self.at,
+            message: format!("{rule} ({sev}) resolved: {}", self.why()),
+        }))
+    }
+}
+
+impl ComponentRules {
+    /// The component had no data for `ttl_ms`: resolves its firing alerts
+    /// and, if DEGRADED, says it is no longer tracked (a RECOVERED event
+    /// whose reason says no data arrived), so nothing stays firing forever.
+    pub fn expire(&self, th: &Thresholds, source: &str, component: &str, at: i64, ttl_ms: i64) -> Vec<Event> {
+        let x = Expiry { source, subject: component, component, project_id: None, at, ttl_ms };
+        let mut out = Vec::new();
+        if self.degradation.active {
+            let kind = DegradationKind::Recovered;
+            out.push(Event::Degradation(Degradation {
+                event_id: output_id(&["degradation", component, "expired", &at.to_string()]),
+                occurred_at: at,
+                source: source.into(),
+                component: component.into(),
+                kind,
+                reason: x.why(),
+                p95_ms: 0.0,
+                error_rate: 0.0,
+                consecutive_windows: 0,
+                window_start: at - ttl_ms,
+                window_end: at,
+            }));
+        }
+        out.extend(x.resolve(&self.p95_warning, "latency_p95", Severity::Warning, th.p95_warning_ms));
+        out.extend(x.resolve(&self.p95_critical, "latency_p95", Severity::Critical, th.p95_critical_ms));
+        out.extend(x.resolve(&self.error_rate_warning, "error_rate", Severity::Warning, th.error_rate_warning));
+        out
+    }
+}
+
+impl UncertaintyRules {
+    /// The (project, component) had no ratings for `ttl_ms`: resolves its
+    /// firing alerts.
+    pub fn expire(
+        &self,
+        th: &Thresholds,
+        source: &str,
+        project_id: &str,
+        component: &str,
+        at: i64,
+        ttl_ms: i64,
+    ) -> Vec<Event> {
+        let subject = crate::subject::uncertainty(project_id, component);
+        let x = Expiry { source, subject: &subject, component, project_id: Some(project_id), at, ttl_ms };
+        let mut out = Vec::new();
+        out.extend(x.resolve(&self.warning, "uncertainty", Severity::Warning, th.uncertainty_warning));
+        out.extend(x.resolve(&self.critical, "uncertainty", Severity::Critical, th.uncertainty_critical));
+        out
+    }
+}
+
 impl UncertaintyRules {
     /// Evaluates one closed (project, component) window holding at least
     /// `min_ratings` ratings.

@@ -97,16 +97,62 @@ fn an_incident_degrades_alerts_then_recovers_and_resolves() {
     assert!(checkout_p95.p95_ms > 500.0 && checkout_p95.count == 3000, "{checkout_p95:?}");
 }
 
+/// A checkpoint store as the changelog keeps it after compaction: the
+/// latest meta, the latest entry per subject, deletions applied.
+#[derive(Default)]
+struct Store {
+    meta: Vec<u8>,
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Entries written by the last save.
+    last_written: usize,
+}
+
+impl Store {
+    fn save(&mut self, e: &mut Engine) {
+        self.meta = postcard::to_stdvec(&e.meta()).unwrap();
+        let c = e.changes();
+        for k in &c.delete {
+            self.entries.remove(&postcard::to_stdvec(k).unwrap());
+        }
+        for (k, v) in &c.put {
+            self.entries.insert(postcard::to_stdvec(k).unwrap(), postcard::to_stdvec(v).unwrap());
+        }
+        self.last_written = c.put.len() + c.delete.len();
+        e.mark_clean();
+    }
+
+    fn restore(&self, cfg: EngineConfig) -> Engine {
+        let meta: TaskMeta = postcard::from_bytes(&self.meta).unwrap();
+        let entries = self.entries.iter().map(|(k, v)| {
+            (postcard::from_bytes::<SubjectKey>(k).unwrap(), postcard::from_bytes::<SubjectEntry>(v).unwrap())
+        });
+        Engine::restore(cfg, meta, entries).unwrap()
+    }
+}
+
+/// Every subject's entry, encoded, in key order.
+fn snapshot(e: &Engine) -> (Vec<u8>, Vec<(SubjectKey, Vec<u8>)>) {
+    let mut all: Vec<(SubjectKey, Vec<u8>)> =
+        e.everything().put.into_iter().map(|(k, v)| (k, postcard::to_stdvec(&v).unwrap())).collect();
+    all.sort();
+    (postcard::to_stdvec(&e.meta()).unwrap(), all)
+}
+
 #[test]
-fn same_input_same_output_and_a_restored_checkpoint_continues_identically() {
+fn same_input_same_output_and_incremental_checkpoints_restore_the_same_state() {
     let input = incident(40, 10..20, 7);
     let uninterrupted = run(&mut Engine::new(cfg()), &input);
     for cut in [1, 5_000, 13_000, 30_000] {
         let mut first = Engine::new(cfg());
-        let mut out = run(&mut first, &input[..cut]);
-        let bytes = postcard::to_stdvec(first.state()).unwrap();
-        let state: TaskState = postcard::from_bytes(&bytes).unwrap();
-        let mut resumed = Engine::restore(cfg(), state).unwrap();
+        let mut store = Store::default();
+        let mut out = Vec::new();
+        // Checkpoints of the changes only, every 997 inputs.
+        for chunk in input[..cut].chunks(997) {
+            out.extend(run(&mut first, chunk));
+            store.save(&mut first);
+        }
+        let mut resumed = store.restore(cfg());
+        assert_eq!(snapshot(&resumed), snapshot(&first), "restored state at {cut}");
         out.extend(run(&mut resumed, &input[cut..]));
         assert_eq!(out, uninterrupted, "cut at {cut}");
     }
@@ -116,10 +162,157 @@ fn same_input_same_output_and_a_restored_checkpoint_continues_identically() {
 }
 
 #[test]
+fn a_checkpoint_writes_what_changed_not_what_is_held() {
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut e = Engine::new(cfg());
+    let mut store = Store::default();
+    for i in 0..10_000 {
+        let mut s = sample(&mut rng, MIN + i, "checkout", false);
+        s.endpoint = format!("/e/{i}");
+        e.ingest(Input::Latency(&s)).unwrap();
+    }
+    store.save(&mut e);
+    assert_eq!(store.last_written, 10_001, "every endpoint and the component");
+    assert!(store.meta.len() < 200, "meta of {} bytes", store.meta.len());
+    let mut s = sample(&mut rng, MIN + 20_000, "checkout", false);
+    s.endpoint = "/e/7".into();
+    e.ingest(Input::Latency(&s)).unwrap();
+    store.save(&mut e);
+    assert_eq!(store.last_written, 2, "the endpoint and its component");
+    // Windows close and the endpoints' panes go: each endpoint is deleted
+    // (no rule state), the component keeps its rules.
+    e.advance_idle(Stream::Latency, 10 * MIN);
+    e.close(&mut Vec::new());
+    assert_eq!(e.subjects(), 0, "no rule state was ever set: nothing held");
+    store.save(&mut e);
+    assert_eq!(store.last_written, 10_001);
+    assert!(store.entries.is_empty());
+}
+
+#[test]
+fn memory_per_subject_fits_the_budget() {
+    // 40 lognormal samples a minute per endpoint, a full window open.
+    let mut rng = SmallRng::seed_from_u64(9);
+    let d = rand_distr::LogNormal::new(45f64.ln(), 0.5).unwrap();
+    let mut e = Engine::new(cfg());
+    let endpoints = 2_000;
+    for m in 0..5 {
+        for k in 0..40 {
+            for i in 0..endpoints {
+                let mut s = sample(&mut rng, m * MIN + k * 1000 + i as i64 % 1000, "checkout", false);
+                s.endpoint = format!("GET /api/v1/items/{i}");
+                s.latency_ms = rand_distr::Distribution::sample(&d, &mut rng);
+                e.ingest(Input::Latency(&s)).unwrap();
+            }
+        }
+        e.close(&mut Vec::new());
+    }
+    let per = e.state_bytes() / e.subjects();
+    eprintln!("{per} bytes per busy subject");
+    assert!(per <= 8 * 1024, "{per} bytes per busy subject");
+    // Subjects with no open window: 2,000 slow components, degraded, then
+    // quiet. Their endpoints (no rule state) are gone, each component keeps
+    // only its rules.
+    let mut e = Engine::new(cfg());
+    for m in 0..4 {
+        for k in 0..20 {
+            for i in 0..endpoints {
+                let mut s = sample(&mut rng, m * MIN + k * 1000, &format!("component-{i}"), true);
+                s.endpoint = "GET /api/v1/items".into();
+                e.ingest(Input::Latency(&s)).unwrap();
+            }
+        }
+    }
+    e.advance_idle(Stream::Latency, 10 * MIN);
+    e.close(&mut Vec::new());
+    assert_eq!(e.subjects(), endpoints);
+    assert_eq!(e.states().0, endpoints, "all degraded");
+    let idle = e.state_bytes() / e.subjects();
+    eprintln!("{idle} bytes per subject with no open window");
+    assert!(idle <= 512, "{idle} bytes for a subject with no open window");
+}
+
+#[test]
+fn a_quiet_subject_expires_and_closes_what_it_left_open() {
+    let mut c = cfg();
+    c.state_ttl_ms = 30 * MIN;
+    // checkout is slow for 10 minutes, then silent; auth goes on for an hour.
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut input = Vec::new();
+    for ms in (0..70 * MIN).step_by(100) {
+        if ms < 10 * MIN {
+            input.push(sample(&mut rng, ms, "checkout", true));
+        }
+        input.push(sample(&mut rng, ms + 50, "auth", false));
+    }
+    let mut per_input = Engine::new(c.clone());
+    let out = run(&mut per_input, &input);
+    let t = transitions(&out);
+    let expired: Vec<&String> = t.iter().filter(|l| l.starts_with("checkout")).collect();
+    assert!(expired.iter().any(|l| l.starts_with("checkout Degraded")), "{expired:?}");
+    let last = out
+        .iter()
+        .filter_map(|e| match e {
+            Event::Degradation(d) if d.component == "checkout" => Some(d),
+            _ => None,
+        })
+        .last()
+        .unwrap();
+    assert_eq!(last.kind, DegradationKind::Recovered, "{expired:?}");
+    assert!(last.reason.contains("no data for 30m"), "{}", last.reason);
+    // Its last sample was just before 10 min: it expires 30 min later.
+    assert_eq!(last.occurred_at, 10 * MIN - 100 + 30 * MIN);
+    let resolved: Vec<_> = out
+        .iter()
+        .filter_map(|e| match e {
+            Event::Alert(a) if a.subject == "checkout" && a.message.contains("no data") => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resolved.len(), 2, "p95 warning and critical resolve: {resolved:?}");
+    assert!(resolved.iter().all(|a| a.status == AlertStatus::Resolved));
+    let (degraded, firing) = per_input.states();
+    assert_eq!((degraded, firing), (0, 0));
+    // Deterministic: closing once per 1000 inputs gives the same events.
+    let mut batched = Engine::new(c);
+    let mut out2 = Vec::new();
+    for chunk in input.chunks(1000) {
+        for s in chunk {
+            batched.ingest(Input::Latency(s)).unwrap();
+        }
+        batched.close(&mut out2);
+    }
+    let ids = |v: &[Event]| -> std::collections::BTreeSet<Uuid> {
+        v.iter().filter(|e| !matches!(e, Event::WindowStats(_))).map(Event::event_id).collect()
+    };
+    assert_eq!(ids(&out2), ids(&out));
+}
+
+#[test]
+fn past_the_capacity_new_subjects_are_refused_and_known_ones_go_on() {
+    let mut rng = SmallRng::seed_from_u64(13);
+    let mut e = Engine::new(cfg());
+    e.set_capacity(3);
+    let at = |rng: &mut SmallRng, c: &str, ep: &str| {
+        let mut s = sample(rng, MIN, c, false);
+        s.endpoint = ep.into();
+        s
+    };
+    e.ingest(Input::Latency(&at(&mut rng, "a", "/1"))).unwrap();
+    e.ingest(Input::Latency(&at(&mut rng, "a", "/2"))).unwrap();
+    assert_eq!(e.subjects(), 3);
+    let refused = e.ingest(Input::Latency(&at(&mut rng, "b", "/1"))).unwrap_err();
+    assert_eq!(refused, Refused::Cardinality { held: 3 });
+    assert_eq!(e.ingest(Input::Latency(&at(&mut rng, "a", "/1"))), Ok(true));
+    let r = rating(MIN, "atlas", "search", true);
+    assert_eq!(e.ingest(Input::Rating(&r)), Err(Refused::Cardinality { held: 3 }));
+}
+
+#[test]
 fn restore_refuses_another_window_shape() {
     let engine = Engine::new(cfg());
     let other = EngineConfig::new(WindowSpec::new(10 * MIN, MIN, 30_000).unwrap());
-    assert!(Engine::restore(other, engine.state().clone()).unwrap_err().contains("differ"));
+    assert!(Engine::restore(other, engine.meta(), Vec::new()).unwrap_err().contains("differ"));
 }
 
 #[test]
@@ -130,7 +323,11 @@ fn late_events_are_refused_and_reported_not_folded_in() {
     // Within the allowed lateness: accepted.
     e.ingest(Input::Latency(&sample(&mut rng, 10 * MIN - 20_000, "checkout", false))).unwrap();
     // Its first window (ending at 9 min) closed at watermark 10 min − 30 s: late.
-    let late = e.ingest(Input::Latency(&sample(&mut rng, 9 * MIN - 40_000, "checkout", false))).unwrap_err();
+    let Refused::Late(late) =
+        e.ingest(Input::Latency(&sample(&mut rng, 9 * MIN - 40_000, "checkout", false))).unwrap_err()
+    else {
+        panic!("not late")
+    };
     assert_eq!(late.first_window_end, 9 * MIN);
     e.advance_idle(Stream::Latency, 2 * MIN);
     let mut out = Vec::new();

@@ -151,6 +151,17 @@ pub struct AnalyzeSettings {
     /// to the DLQ (class `future`) and never moves a watermark ("5m").
     #[serde(deserialize_with = "duration")]
     pub max_future_skew: Duration,
+    /// A subject (component, endpoint, or project and component) with no
+    /// data for this long of event time is dropped from state; its firing
+    /// alerts resolve and a DEGRADED component gets a RECOVERED event whose
+    /// reason says no data arrived ("1h"; longer than window_size plus
+    /// allowed_lateness; "0s" keeps every subject forever).
+    #[serde(deserialize_with = "duration")]
+    pub state_ttl: Duration,
+    /// Most subjects one instance holds. Past it, records for new subjects
+    /// go to the DLQ (class `cardinality`) and known subjects go on. Default:
+    /// a quarter of this machine's memory at 8 KB per busy subject.
+    pub max_subjects: usize,
     /// Latency windows with fewer samples are reported but not evaluated.
     pub min_samples: u64,
     /// Uncertainty windows with fewer ratings are reported but not evaluated.
@@ -194,6 +205,8 @@ impl Default for AnalyzeSettings {
             allowed_lateness: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
             max_future_skew: Duration::from_secs(300),
+            state_ttl: Duration::from_secs(3600),
+            max_subjects: default_max_subjects(),
             min_samples: 20,
             min_ratings: 10,
             checkpoint_interval: Duration::from_secs(2),
@@ -231,6 +244,18 @@ impl Default for MaterializeSettings {
             retry_max_delay: Duration::from_secs(5),
         }
     }
+}
+
+/// A quarter of this machine's memory at 8 KB per busy subject (the
+/// analyzer's budget), between 10,000 and 10,000,000.
+fn default_max_subjects() -> usize {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        })
+        .unwrap_or(4 * 1024 * 1024usize);
+    (total_kb / 4 / 8).clamp(10_000, 10_000_000)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -309,7 +334,18 @@ impl Settings {
 
     fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
-        self.analyze.window_spec().map(|_| ())?;
+        let spec = self.analyze.window_spec()?;
+        let ttl = self.analyze.state_ttl.as_millis() as i64;
+        if ttl != 0 && ttl <= spec.size_ms + spec.allowed_lateness_ms {
+            return Err(format!(
+                "field `analyze.state_ttl` ({}) must be longer than analyze.window_size plus                  analyze.allowed_lateness ({}), or \"0s\" to keep subjects forever",
+                humantime::format_duration(self.analyze.state_ttl),
+                humantime::format_duration(Duration::from_millis((spec.size_ms + spec.allowed_lateness_ms) as u64))
+            ));
+        }
+        if self.analyze.max_subjects == 0 {
+            return Err("field `analyze.max_subjects` must be at least 1".into());
+        }
         if self.materialize.batch_size == 0 {
             return Err("field `materialize.batch_size` must be at least 1".into());
         }

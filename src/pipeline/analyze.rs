@@ -19,23 +19,26 @@
 use super::batch::{Batch, Decoder, Offsets, Reason, Rec, Reject, Tp};
 use super::runner::Stage;
 use crate::config::{AnalyzeSettings, Processing};
-use crate::domain::engine::{Engine, EngineConfig, Input, Source, Stream, TaskState};
+use crate::domain::engine::{Engine, EngineConfig, Input, Refused, Source, Stream, SubjectEntry, SubjectKey, TaskMeta};
 use crate::domain::partitioner::partition_of;
 use crate::domain::{DegradationKind, Event};
 use crate::error::{Error, Result};
 use crate::sinks::changelog::Changelog;
-use crate::sinks::checkpoints::{Checkpoint, CheckpointStore, Checkpoints};
+use crate::sinks::checkpoints::{Checkpoint, CheckpointStore, Checkpoints, Restored};
 use crate::sinks::kafka::{Outgoing, Outputs, TxnProducer};
 use crate::telemetry::Readiness;
 use crate::telemetry::events::{
     AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, ErrorCounted, LateEvent, RecordsRouted,
-    StateMachines, WindowsClosed,
+    StateMachines, StateRestored, StateSize, SubjectRejected, SubjectsExpired, WindowsClosed,
 };
 use crate::topics::{TopicCatalog, names};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 pub const PIPELINE: &str = "analyze";
+
+/// How often the state gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Builds the analyzer for its processing guarantee and starts it on the
 /// runner thread: at-least-once checkpoints to PostgreSQL; exactly-once
@@ -226,6 +229,9 @@ struct Task {
     /// Wall clock of the last input per input kind (or of the assignment).
     last_input: BTreeMap<Kind, Instant>,
     dirty: bool,
+    /// Stored subjects of a state that could not be continued: the next
+    /// checkpoint deletes them.
+    stale: Vec<Vec<u8>>,
 }
 
 pub struct AnalyzeStage<C: Checkpoints = CheckpointStore> {
@@ -254,6 +260,8 @@ pub struct AnalyzeStage<C: Checkpoints = CheckpointStore> {
     /// component is Kafka's default partitioner's choice among them.
     input_partitions: i32,
     readiness: Readiness,
+    /// When the state gauges were last set (they walk every subject).
+    last_gauges: Instant,
 }
 
 impl<C: Checkpoints> AnalyzeStage<C> {
@@ -275,6 +283,7 @@ impl<C: Checkpoints> AnalyzeStage<C> {
             thresholds: settings.thresholds.clone(),
             source: "udo-analyze".into(),
             decision_channels: catalog.get(names::WRITES).map_or(1, |t| t.partitions),
+            state_ttl_ms: settings.state_ttl.as_millis() as i64,
         };
         Ok(AnalyzeStage {
             engine_cfg,
@@ -291,12 +300,14 @@ impl<C: Checkpoints> AnalyzeStage<C> {
             pending_writes: BTreeMap::new(),
             input_partitions: catalog.get(names::LATENCY).map_or(1, |t| t.partitions),
             readiness,
+            last_gauges: Instant::now(),
         })
     }
 
+    /// The state layout and window shape a checkpoint is built with.
     fn config_tag(&self) -> String {
         let s = self.engine_cfg.spec;
-        format!("size={} slide={} lateness={}", s.size_ms, s.slide_ms, s.allowed_lateness_ms)
+        format!("{STATE_LAYOUT} size={} slide={} lateness={}", s.size_ms, s.slide_ms, s.allowed_lateness_ms)
     }
 
     /// Encodes outputs for their topics, keyed by subject.
@@ -330,7 +341,7 @@ impl<C: Checkpoints> AnalyzeStage<C> {
                 partition: None,
                 topic: topic.clone(),
                 key: e.partition_key().as_bytes().to_vec(),
-                payload,
+                payload: Some(payload),
                 headers: Vec::new(),
             });
         }
@@ -341,6 +352,9 @@ impl<C: Checkpoints> AnalyzeStage<C> {
         for p in which {
             if let Some(task) = self.tasks.get_mut(&p) {
                 let c = task.engine.close(out);
+                if c.expired_subjects > 0 {
+                    SubjectsExpired { count: c.expired_subjects }.emit();
+                }
                 for (kind, count) in [
                     ("component", c.component_windows),
                     ("endpoint", c.endpoint_windows),
@@ -363,33 +377,81 @@ impl<C: Checkpoints> AnalyzeStage<C> {
         // writes offsets may be stored.
         let mut offsets: Offsets = self.pending_writes.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
         let mut cps = Vec::new();
+        let tag = self.config_tag();
         for p in which {
             let Some(task) = self.tasks.get(p) else { continue };
-            if !task.dirty {
+            let changes = task.engine.changes();
+            if !task.dirty && changes.put.is_empty() && changes.delete.is_empty() && task.stale.is_empty() {
                 continue;
             }
-            let state = postcard::to_stdvec(task.engine.state())
-                .map_err(|e| Error::Internal(format!("cannot encode the state of task {p}: {e}")))?;
-            cps.push(Checkpoint { task: *p, state, offsets: task.next.clone(), config: self.config_tag() });
+            // Only the subjects changed or removed since the last checkpoint.
+            let mut cp = Checkpoint {
+                task: *p,
+                meta: encode(&task.engine.meta(), *p)?,
+                offsets: task.next.clone(),
+                config: tag.clone(),
+                put: Vec::with_capacity(changes.put.len()),
+                delete: task.stale.clone(),
+            };
+            for k in &changes.delete {
+                cp.delete.push(encode(k, *p)?);
+            }
+            for (k, v) in &changes.put {
+                cp.put.push((encode(k, *p)?, encode(v, *p)?));
+            }
+            cps.push(cp);
         }
         if !cps.is_empty() {
             let started = Instant::now();
             let saved = self.store.save(&cps);
             self.readiness.set("analyze.checkpoints", saved.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             saved?;
-            let bytes = cps.iter().map(|c| c.state.len()).sum();
-            CheckpointWritten { tasks: cps.len(), bytes, elapsed: started.elapsed() }.emit();
-            for c in &cps {
+            let bytes = cps.iter().map(Checkpoint::bytes).sum();
+            let subjects = cps.iter().map(|c| c.put.len() + c.delete.len()).sum();
+            CheckpointWritten { tasks: cps.len(), subjects, bytes, elapsed: started.elapsed() }.emit();
+            for c in cps {
                 if let Some(task) = self.tasks.get_mut(&c.task) {
                     task.dirty = false;
+                    task.stale.clear();
+                    task.engine.mark_clean();
                 }
-                offsets.extend(c.offsets.iter().map(|(topic, off)| (Tp::new(topic, c.task), *off)));
+                offsets.extend(c.offsets.into_iter().map(|(topic, off)| (Tp::new(topic, c.task), off)));
             }
         }
         self.pending_writes.clear();
         self.last_checkpoint = Instant::now();
         Ok(offsets)
     }
+}
+
+/// Layout of the stored state (in the checkpoint's config tag): keyed,
+/// one entry per subject. A checkpoint of another layout is not continued.
+const STATE_LAYOUT: &str = "keyed-v2";
+
+fn encode<T: serde::Serialize + ?Sized>(value: &T, task: i32) -> Result<Vec<u8>> {
+    postcard::to_stdvec(value).map_err(|e| Error::Internal(format!("cannot encode the state of task {task}: {e}")))
+}
+
+/// The engine a checkpoint holds.
+fn restore(cfg: EngineConfig, cp: &Restored) -> std::result::Result<Engine, String> {
+    let meta: TaskMeta = postcard::from_bytes(&cp.meta).map_err(|e| format!("undecodable task meta ({e})"))?;
+    let mut entries = Vec::with_capacity(cp.entries.len());
+    for (k, v) in &cp.entries {
+        let key: SubjectKey = postcard::from_bytes(k).map_err(|e| format!("undecodable subject key ({e})"))?;
+        let entry: SubjectEntry =
+            postcard::from_bytes(v).map_err(|e| format!("undecodable entry of subject {key:?} ({e})"))?;
+        entries.push((key, entry));
+    }
+    Engine::restore(cfg, meta, entries)
+}
+
+/// Why a record for a new subject is refused past the bound.
+fn cardinality_message(max: usize) -> String {
+    format!(
+        "a new subject would exceed analyze.max_subjects ({max} subjects held by this instance): subjects already \
+         held go on, new ones are refused until some expire (analyze.state_ttl); raise analyze.max_subjects if \
+         this machine has the memory (about 8 KB per busy subject), or add instances"
+    )
 }
 
 /// Why an event from the future is refused, with readable times.
@@ -426,9 +488,12 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
         let tasks: BTreeSet<i32> =
             parts.iter().filter(|tp| self.topics.is_task_input(&tp.topic)).map(|tp| tp.partition).collect();
         let wanted: Vec<i32> = tasks.iter().copied().filter(|p| !self.tasks.contains_key(p)).collect();
+        let started = Instant::now();
         let loaded = self.store.load(&wanted)?;
         self.readiness.set("analyze.checkpoints", Ok(()));
-        let mut by_task: HashMap<i32, Checkpoint> = loaded.into_iter().map(|c| (c.task, c)).collect();
+        let read = loaded.iter().map(|r| r.entries.len()).sum::<usize>();
+        let bytes = loaded.iter().flat_map(|r| &r.entries).map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let mut by_task: HashMap<i32, Restored> = loaded.into_iter().map(|c| (c.task, c)).collect();
         let tag = self.config_tag();
         for p in wanted {
             let now = Instant::now();
@@ -440,18 +505,25 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                     .chain((0..self.engine_cfg.decision_channels).map(|c| (Kind::Decisions(c), now)))
                     .collect(),
                 dirty: false,
+                stale: Vec::new(),
             };
             if let Some(cp) = by_task.remove(&p) {
-                let restored = if cp.config != tag {
+                let restored = if !cp.config.starts_with(STATE_LAYOUT) {
+                    Err(format!("checkpoint is of an older state layout ({})", cp.config))
+                } else if cp.config != tag {
                     Err(format!("checkpoint was built with {} but {tag} is configured", cp.config))
                 } else {
-                    postcard::from_bytes::<TaskState>(&cp.state)
-                        .map_err(|e| format!("undecodable state ({e})"))
-                        .and_then(|s| Engine::restore(self.engine_cfg.clone(), s))
+                    restore(self.engine_cfg.clone(), &cp)
                 };
                 match restored {
                     Ok(mut engine) => {
-                        tracing::info!(pipeline = PIPELINE, task = p, offsets = ?cp.offsets, "restored checkpoint");
+                        tracing::info!(
+                            pipeline = PIPELINE,
+                            task = p,
+                            subjects = engine.subjects(),
+                            offsets = ?cp.offsets,
+                            "restored checkpoint"
+                        );
                         // A state from before future event times were refused.
                         let limit = crate::now_ms() + self.settings.max_future_skew.as_millis() as i64;
                         let dropped = engine.forget_future(limit);
@@ -468,11 +540,19 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                     }
                     // Windows of another shape cannot be continued; the
                     // offsets still hold, so nothing is re-emitted twice.
-                    Err(why) => tracing::warn!(pipeline = PIPELINE, task = p, "starting with empty windows: {why}"),
+                    // The stored subjects go with the next checkpoint.
+                    Err(why) => {
+                        tracing::warn!(pipeline = PIPELINE, task = p, "starting with empty windows: {why}");
+                        task.stale = cp.entries.into_iter().map(|(k, _)| k).collect();
+                        task.dirty = true;
+                    }
                 }
                 task.next = cp.offsets;
             }
             self.tasks.insert(p, task);
+        }
+        if read > 0 {
+            StateRestored { tasks: by_task.len().max(1), subjects: read, bytes, elapsed: started.elapsed() }.emit();
         }
         let mut offsets = Vec::new();
         for tp in parts {
@@ -501,6 +581,7 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
         });
         for p in &tasks {
             self.tasks.remove(p);
+            StateSize::forget(*p);
         }
         for tp in parts {
             self.writes_next.remove(tp);
@@ -538,6 +619,8 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
         let mut forward: Vec<Outgoing> = Vec::new();
         self.writes_done.clear();
         let mut touched = BTreeSet::new();
+        let max_subjects = self.settings.max_subjects;
+        let mut held: usize = self.tasks.values().map(|t| t.engine.subjects()).sum();
         let now = Instant::now();
         let now_ms = crate::now_ms();
         let future_limit = now_ms.saturating_add(self.settings.max_future_skew.as_millis() as i64);
@@ -554,7 +637,7 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                             partition: None,
                             topic: self.topics.decisions.clone(),
                             key: d.component.clone().into_bytes(),
-                            payload: rec.payload().to_vec(),
+                            payload: Some(rec.payload().to_vec()),
                             headers: vec![
                                 (CHANNEL_HEADER.into(), p.to_string().into_bytes()),
                                 (SOURCE_OFFSET_HEADER.into(), rec.offset.to_string().into_bytes()),
@@ -577,6 +660,8 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
             task.next.insert(tp.topic.clone(), part.next_offset);
             task.dirty = true;
             touched.insert(p);
+            // The instance's bound, less what the other tasks hold.
+            task.engine.set_capacity(max_subjects.saturating_sub(held - task.engine.subjects()));
             let routed = tp.topic == self.topics.routed;
             let routable = !routed && (tp.topic == self.topics.latency || tp.topic == self.topics.feedback);
             let mut rerouted = 0;
@@ -595,7 +680,7 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                                 partition: Some(owner),
                                 topic: self.topics.routed.clone(),
                                 key: c.clone().into_bytes(),
-                                payload: rec.payload().to_vec(),
+                                payload: Some(rec.payload().to_vec()),
                                 headers: vec![
                                     (CHANNEL_HEADER.into(), p.to_string().into_bytes()),
                                     (SOURCE_OFFSET_HEADER.into(), rec.offset.to_string().into_bytes()),
@@ -638,11 +723,21 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                     continue;
                 }
                 task.last_input.insert(kind, now);
-                if let Err(late) = task.engine.ingest(input) {
-                    LateEvent { topic: &tp.topic }.emit();
-                    let reason = Reason { class: "late".into(), message: late.to_string() };
-                    rejects.push(Reject { tp: tp.clone(), offset: rec.offset, reason });
+                let before = task.engine.subjects();
+                match task.engine.ingest(input) {
+                    Ok(_) => {}
+                    Err(Refused::Late(late)) => {
+                        LateEvent { topic: &tp.topic }.emit();
+                        let reason = Reason { class: "late".into(), message: late.to_string() };
+                        rejects.push(Reject { tp: tp.clone(), offset: rec.offset, reason });
+                    }
+                    Err(Refused::Cardinality { .. }) => {
+                        SubjectRejected { topic: &tp.topic }.emit();
+                        let reason = Reason { class: "cardinality".into(), message: cardinality_message(max_subjects) };
+                        rejects.push(Reject { tp: tp.clone(), offset: rec.offset, reason });
+                    }
                 }
+                held = held + task.engine.subjects() - before;
             }
             if rerouted > 0 {
                 RecordsRouted { topic: &tp.topic, count: rerouted }.emit();
@@ -720,18 +815,25 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                 self.outputs.send(records)?;
             }
         }
-        let (mut degraded, mut firing, mut keys) = (0, 0, 0);
         let mut watermark: Option<i64> = None;
         for t in self.tasks.values() {
-            let (d, f) = t.engine.states();
-            degraded += d;
-            firing += f;
-            keys += t.engine.active_keys();
             if let Some(w) = t.engine.watermark(Stream::Latency) {
                 watermark = Some(watermark.map_or(w, |m| m.min(w)));
             }
         }
-        StateMachines { degraded_components: degraded, firing_alerts: firing, active_keys: keys }.emit();
+        // These walk every subject: once a few seconds, not per tick.
+        if self.last_gauges.elapsed() >= GAUGE_INTERVAL {
+            self.last_gauges = Instant::now();
+            let (mut degraded, mut firing, mut keys) = (0, 0, 0);
+            for (p, t) in &self.tasks {
+                let (d, f) = t.engine.states();
+                degraded += d;
+                firing += f;
+                keys += t.engine.active_keys();
+                StateSize { task: *p, subjects: t.engine.subjects(), bytes: t.engine.state_bytes() }.emit();
+            }
+            StateMachines { degraded_components: degraded, firing_alerts: firing, active_keys: keys }.emit();
+        }
         AnalyzeProgress {
             checkpoint_age: self.last_checkpoint.elapsed(),
             processing_lag: watermark.map(|w| Duration::from_millis((crate::now_ms() - w).max(0) as u64)),

@@ -82,14 +82,18 @@ pub struct Outgoing {
     /// `None`: by key (murmur2, as a Java client would place it).
     pub partition: Option<i32>,
     pub key: Vec<u8>,
-    pub payload: Vec<u8>,
+    /// `None`: a tombstone (deletes the key from a compacted topic).
+    pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// The rdkafka record for `r` (borrowing its bytes).
 pub fn future_record(r: &Outgoing) -> rdkafka::producer::FutureRecord<'_, [u8], [u8]> {
     use rdkafka::message::{Header, OwnedHeaders};
-    let mut record = rdkafka::producer::FutureRecord::to(&r.topic).key(r.key.as_slice()).payload(r.payload.as_slice());
+    let mut record = rdkafka::producer::FutureRecord::to(&r.topic).key(r.key.as_slice());
+    if let Some(payload) = &r.payload {
+        record = record.payload(payload.as_slice());
+    }
     if let Some(p) = r.partition {
         record = record.partition(p);
     }

@@ -345,13 +345,22 @@ impl StateMachines {
 
 pub struct CheckpointWritten {
     pub tasks: usize,
+    /// Subjects written or deleted.
+    pub subjects: usize,
     pub bytes: usize,
     pub elapsed: Duration,
 }
 
 impl CheckpointWritten {
     pub fn emit(&self) {
-        tracing::debug!(tasks = self.tasks, bytes = self.bytes, "checkpoint written in {:?}", self.elapsed);
+        tracing::debug!(
+            tasks = self.tasks,
+            subjects = self.subjects,
+            bytes = self.bytes,
+            "checkpoint written in {:?}",
+            self.elapsed
+        );
+        counter!("udo_checkpoint_subjects_total").increment(self.subjects as u64);
         histogram!("udo_checkpoint_write_seconds").record(self.elapsed.as_secs_f64());
         counter!("udo_checkpoint_bytes_total").increment(self.bytes as u64);
         gauge!("udo_checkpoint_age_seconds").set(0.0);
@@ -418,5 +427,74 @@ impl TransactionCommitted {
     pub fn emit(&self) {
         counter!("udo_transactions_committed_total", "pipeline" => self.pipeline).increment(1);
         histogram!("udo_transaction_commit_seconds", "pipeline" => self.pipeline).record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// The analyzer's state per task: subjects held and their estimated bytes.
+pub struct StateSize {
+    pub task: i32,
+    pub subjects: usize,
+    pub bytes: usize,
+}
+
+impl StateSize {
+    pub fn emit(&self) {
+        // Tasks are partitions of the input topics: a bounded label.
+        let task = self.task.to_string();
+        gauge!("udo_analyze_subjects", "task" => task.clone()).set(self.subjects as f64);
+        gauge!("udo_analyze_state_bytes", "task" => task).set(self.bytes as f64);
+    }
+
+    /// A task no longer held here.
+    pub fn forget(task: i32) {
+        let task = task.to_string();
+        gauge!("udo_analyze_subjects", "task" => task.clone()).set(0.0);
+        gauge!("udo_analyze_state_bytes", "task" => task).set(0.0);
+    }
+}
+
+/// A record refused because it would add a subject past analyze.max_subjects.
+pub struct SubjectRejected<'a> {
+    pub topic: &'a str,
+}
+
+impl SubjectRejected<'_> {
+    pub fn emit(&self) {
+        counter!("udo_analyze_subjects_rejected_total", "topic" => self.topic.to_string()).increment(1);
+    }
+}
+
+/// Subjects dropped for having had no data for analyze.state_ttl.
+pub struct SubjectsExpired {
+    pub count: u64,
+}
+
+impl SubjectsExpired {
+    pub fn emit(&self) {
+        tracing::debug!(subjects = self.count, "subjects expired (no data for analyze.state_ttl)");
+        counter!("udo_analyze_subjects_expired_total").increment(self.count);
+    }
+}
+
+/// Task state restored on assignment.
+pub struct StateRestored {
+    pub tasks: usize,
+    pub subjects: usize,
+    pub bytes: usize,
+    pub elapsed: Duration,
+}
+
+impl StateRestored {
+    pub fn emit(&self) {
+        tracing::info!(
+            pipeline = "analyze",
+            tasks = self.tasks,
+            subjects = self.subjects,
+            bytes = self.bytes,
+            "state restored in {:.2?}",
+            self.elapsed
+        );
+        gauge!("udo_state_restore_seconds", "pipeline" => "analyze").set(self.elapsed.as_secs_f64());
+        counter!("udo_state_restored_subjects_total", "pipeline" => "analyze").increment(self.subjects as u64);
     }
 }

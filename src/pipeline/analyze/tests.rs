@@ -13,16 +13,32 @@ use std::sync::{Arc, Mutex};
 const PREFIX: &str = "t.";
 const T0: i64 = 1_700_000_000_000;
 
+/// A task's stored state: meta, offsets and the latest entry per subject.
+#[derive(Clone, Default, Debug, PartialEq)]
+struct Stored {
+    meta: Vec<u8>,
+    offsets: BTreeMap<String, i64>,
+    config: String,
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
 #[derive(Clone, Default)]
 struct Memory {
-    saved: Arc<Mutex<BTreeMap<i32, Checkpoint>>>,
+    saved: Arc<Mutex<BTreeMap<i32, Stored>>>,
     down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Checkpoints for Memory {
-    fn load(&mut self, tasks: &[i32]) -> Result<Vec<Checkpoint>> {
+    fn load(&mut self, tasks: &[i32]) -> Result<Vec<Restored>> {
         let saved = self.saved.lock().unwrap();
-        Ok(tasks.iter().filter_map(|t| saved.get(t).cloned()).collect())
+        Ok(tasks
+            .iter()
+            .filter_map(|t| {
+                let s = saved.get(t)?.clone();
+                let entries = s.entries.into_iter().collect();
+                Some(Restored { task: *t, meta: s.meta, offsets: s.offsets, config: s.config, entries })
+            })
+            .collect())
     }
 
     fn save(&mut self, checkpoints: &[Checkpoint]) -> Result<()> {
@@ -31,7 +47,12 @@ impl Checkpoints for Memory {
         }
         let mut saved = self.saved.lock().unwrap();
         for c in checkpoints {
-            saved.insert(c.task, c.clone());
+            let s = saved.entry(c.task).or_default();
+            (s.meta, s.offsets, s.config) = (c.meta.clone(), c.offsets.clone(), c.config.clone());
+            for k in &c.delete {
+                s.entries.remove(k);
+            }
+            s.entries.extend(c.put.iter().cloned());
         }
         Ok(())
     }
@@ -138,7 +159,8 @@ fn a_retried_batch_is_not_ingested_twice() {
     b.finish();
     let (once, twice) = (once.saved.lock().unwrap(), twice.saved.lock().unwrap());
     assert_eq!(once[&0].offsets, BTreeMap::from([("t.udo.latency.v1".to_string(), 1000)]));
-    assert_eq!(once[&0].state, twice[&0].state, "the retried run holds the same engine state");
+    assert_eq!(once[&0].meta, twice[&0].meta, "the retried run holds the same engine state");
+    assert_eq!(once[&0].entries, twice[&0].entries, "the retried run holds the same subjects");
     assert_eq!(once[&0].offsets, twice[&0].offsets);
 }
 

@@ -256,7 +256,7 @@ impl Common {
                 partition: None,
                 topic: self.promotions_topic.clone(),
                 key: self.sink.as_bytes().to_vec(),
-                payload,
+                payload: Some(payload),
                 headers: Vec::new(),
             }])
         });

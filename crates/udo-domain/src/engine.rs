@@ -343,7 +343,12 @@ impl Engine {
                 }
                 let component = (s.component.clone(), None);
                 let endpoint = (s.component.clone(), Some(s.endpoint.clone()));
-                self.admit(!self.latency.contains(&component) as usize + !self.latency.contains(&endpoint) as usize)?;
+                let new = !self.latency.contains(&component) as usize + !self.latency.contains(&endpoint) as usize;
+                if let Err(refused) = self.admit(new) {
+                    // Refused, but on time: event time still moves on.
+                    self.latency.observe(s.occurred_at);
+                    return Err(refused);
+                }
                 let sample = Sample { latency_ms: s.latency_ms, is_error: s.outcome.is_error() };
                 // Both keys share one clock: neither is late if the other is not.
                 self.latency.add(component, s.occurred_at, &sample).map_err(Refused::Late)?;
@@ -398,9 +403,13 @@ impl Engine {
         let key = (project.to_string(), component.to_string());
         let added = match self.ratings.late(t) {
             Some(late) => Err(Refused::Late(late)),
-            None => self
-                .admit(!self.ratings.contains(&key) as usize)
-                .and_then(|()| self.ratings.add(key, t, &item).map_err(Refused::Late)),
+            None => match self.admit(!self.ratings.contains(&key) as usize) {
+                Ok(()) => self.ratings.add(key, t, &item).map_err(Refused::Late),
+                Err(refused) => {
+                    self.ratings.observe(t);
+                    Err(refused)
+                }
+            },
         };
         self.observe(source, t);
         added.map(|()| true)

@@ -280,6 +280,14 @@ where
         (first_window_end <= watermark).then_some(Late { first_window_end, watermark })
     }
 
+    /// An on-time event that was not added (refused for another reason)
+    /// still shows that event time has come this far.
+    pub fn observe(&mut self, t: i64) {
+        if self.late(t).is_none() {
+            self.clock.max_event_time = Some(self.clock.max_event_time.map_or(t, |m| m.max(t)));
+        }
+    }
+
     /// Adds an event, or says why it is late (the caller reports it).
     pub fn add(&mut self, key: K, t: i64, item: &A::Item) -> Result<(), Late> {
         if let Some(late) = self.late(t) {

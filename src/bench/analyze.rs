@@ -45,6 +45,13 @@ pub struct AnalyzeBenchArgs {
     /// Records produced to the broker for the pipeline vs raw drain run (0 skips it).
     #[arg(long, default_value_t = 300_000)]
     pub pipeline_records: usize,
+    /// Subjects dimension: scenarios of endpoint subjects, busy (40 samples
+    /// a minute each) or `:sparse` (one sample each); "" skips it.
+    #[arg(long, default_value = "100,100000,1000000:sparse")]
+    pub subjects: String,
+    /// Minutes of event time of the busy scenarios (at 100,000 subjects).
+    #[arg(long, default_value_t = 6)]
+    pub subject_minutes: i64,
     /// PostgreSQL URL for the analyzer's checkpoints (pipeline run).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -84,6 +91,16 @@ pub async fn run(common: CommonArgs, args: AnalyzeBenchArgs) -> Result<()> {
         );
     } else {
         println!("memory: not measured (the counting allocator is in benchmark builds: --features bench-alloc)");
+    }
+    let scenarios: Vec<crate::bench::subjects::Scenario> = args
+        .subjects
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(crate::bench::subjects::Scenario::parse)
+        .collect::<Result<_>>()?;
+    if !scenarios.is_empty() {
+        crate::bench::subjects::run(&common, spec, &scenarios, args.subject_minutes, args.database_url.as_deref())
+            .await?;
     }
     if args.pipeline_records > 0 {
         let url = args.database_url.as_deref().ok_or_else(|| {

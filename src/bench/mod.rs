@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod analyze;
 pub mod materialize;
+pub mod subjects;
 
 /// Cores busy on average over a phase, of the machine's cores.
 pub type Busy = Option<(f64, usize)>;

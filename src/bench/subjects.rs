@@ -144,6 +144,7 @@ impl Load {
         let t = START_MS + (i as f64 * self.step) as i64;
         let latency = if self.busy { self.fast.sample(&mut self.rng) } else { self.slow.sample(&mut self.rng) };
         let s = &mut self.pool[i % n];
+        s.event_id = uuid::Uuid::from_u128(i as u128 + 1);
         s.occurred_at = t;
         s.latency_ms = latency;
         s
@@ -192,8 +193,11 @@ fn run_mode(codec: &Codec, spec: WindowSpec, sc: Scenario, mode: Mode, samples: 
         }
         let started = Instant::now();
         for bytes in &batch {
-            if let Ok(crate::domain::Event::LatencySample(s)) = codec.decode(&allowed, bytes) {
-                let _ = engine.ingest(Input::Latency(&s));
+            match codec.decode(&allowed, bytes) {
+                Ok(crate::domain::Event::LatencySample(s)) => {
+                    let _ = engine.ingest(Input::Latency(&s));
+                }
+                other => return Err(Error::Internal(format!("bench sample did not decode: {other:?}"))),
             }
         }
         engine.close(&mut out);

@@ -31,11 +31,9 @@ pub fn check_datum(schema: &Schema, bytes: &[u8]) -> Result<(), DecodeError> {
 /// Named schemas (records, enums, fixed) by full name, for `Ref`s.
 fn collect_names<'s>(schema: &'s Schema, names: &mut HashMap<&'s Name, &'s Schema>) {
     match schema {
-        Schema::Record(r) => {
-            if names.insert(&r.name, schema).is_none() {
-                for f in &r.fields {
-                    collect_names(&f.schema, names);
-                }
+        Schema::Record(r) if names.insert(&r.name, schema).is_none() => {
+            for f in &r.fields {
+                collect_names(&f.schema, names);
             }
         }
         Schema::Enum(e) => {

@@ -62,6 +62,33 @@ pub type LatencyKey = (String, Option<String>);
 /// Uncertainty key: `(project, component)`.
 pub type RatingKey = (String, String);
 
+/// A `LatencyKey` by reference: hashes as the key does (a tuple hashes its
+/// fields in order), so a known subject is found without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct LatencyRef<'a>(&'a str, Option<&'a str>);
+
+impl hashbrown::Equivalent<LatencyKey> for LatencyRef<'_> {
+    fn equivalent(&self, key: &LatencyKey) -> bool {
+        self.0 == key.0 && self.1 == key.1.as_deref()
+    }
+}
+
+impl LatencyRef<'_> {
+    fn owned(&self) -> LatencyKey {
+        (self.0.to_string(), self.1.map(str::to_string))
+    }
+}
+
+/// A `RatingKey` by reference (see `LatencyRef`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RatingRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<RatingKey> for RatingRef<'_> {
+    fn equivalent(&self, key: &RatingKey) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
 /// A subject of the analyzer's state: a latency key or an uncertainty key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum SubjectKey {
@@ -341,8 +368,8 @@ impl Engine {
                 if let Some(late) = self.latency.late(s.occurred_at) {
                     return Err(Refused::Late(late));
                 }
-                let component = (s.component.clone(), None);
-                let endpoint = (s.component.clone(), Some(s.endpoint.clone()));
+                let component = LatencyRef(&s.component, None);
+                let endpoint = LatencyRef(&s.component, Some(&s.endpoint));
                 let new = !self.latency.contains(&component) as usize + !self.latency.contains(&endpoint) as usize;
                 if let Err(refused) = self.admit(new) {
                     // Refused, but on time: event time still moves on.
@@ -351,8 +378,8 @@ impl Engine {
                 }
                 let sample = Sample { latency_ms: s.latency_ms, is_error: s.outcome.is_error() };
                 // Both keys share one clock: neither is late if the other is not.
-                self.latency.add(component, s.occurred_at, &sample).map_err(Refused::Late)?;
-                self.latency.add(endpoint, s.occurred_at, &sample).map_err(Refused::Late)?;
+                self.latency.add_by(&component, LatencyRef::owned, s.occurred_at, &sample).map_err(Refused::Late)?;
+                self.latency.add_by(&endpoint, LatencyRef::owned, s.occurred_at, &sample).map_err(Refused::Late)?;
                 Ok(true)
             }
             Input::Rating(r) => self.add_rating(
@@ -400,11 +427,12 @@ impl Engine {
         item: RatingItem,
         source: Source,
     ) -> Result<bool, Refused> {
-        let key = (project.to_string(), component.to_string());
+        let key = RatingRef(project, component);
+        let owned = |k: &RatingRef<'_>| (k.0.to_string(), k.1.to_string());
         let added = match self.ratings.late(t) {
             Some(late) => Err(Refused::Late(late)),
             None => match self.admit(!self.ratings.contains(&key) as usize) {
-                Ok(()) => self.ratings.add(key, t, &item).map_err(Refused::Late),
+                Ok(()) => self.ratings.add_by(&key, owned, t, &item).map_err(Refused::Late),
                 Err(refused) => {
                     self.ratings.observe(t);
                     Err(refused)

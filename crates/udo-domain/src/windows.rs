@@ -11,8 +11,9 @@
 //! State is keyed: each key (a subject) holds its own panes and rule state,
 //! so a checkpoint can write the keys that changed and nothing else.
 
+use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 
 /// Something that panes hold and windows merge.
@@ -130,6 +131,9 @@ impl Clock {
         self.closed_through.map(|c| c + self.spec.slide_ms - self.spec.size_ms)
     }
 }
+
+/// Keys changed (with their entries) and keys removed.
+pub type Changed<'a, K, A, R> = (Vec<(&'a K, &'a Entry<A, R>)>, Vec<&'a K>);
 
 /// One key's state: its open panes (sorted by start), the rule state that
 /// outlives them, and its newest event time (for `ttl`).
@@ -267,7 +271,8 @@ where
         self.ids.is_empty()
     }
 
-    pub fn contains(&self, key: &K) -> bool {
+    /// Whether `key` (or a borrowed form of it, hashing the same) is held.
+    pub fn contains<Q: Hash + Equivalent<K> + ?Sized>(&self, key: &Q) -> bool {
         self.ids.contains_key(key)
     }
 
@@ -290,15 +295,28 @@ where
 
     /// Adds an event, or says why it is late (the caller reports it).
     pub fn add(&mut self, key: K, t: i64, item: &A::Item) -> Result<(), Late> {
+        let mut key = Some(key);
+        self.add_by(&key.clone().expect("set"), |_| key.take().expect("called once"), t, item)
+    }
+
+    /// `add` by a borrowed form of the key; `owned` makes the key only when
+    /// it is new (no allocation per event for a known key).
+    pub fn add_by<Q: Hash + Equivalent<K> + ?Sized>(
+        &mut self,
+        key: &Q,
+        owned: impl FnOnce(&Q) -> K,
+        t: i64,
+        item: &A::Item,
+    ) -> Result<(), Late> {
         if let Some(late) = self.late(t) {
             return Err(late);
         }
         let watermark = self.clock.watermark();
         self.clock.max_event_time = Some(self.clock.max_event_time.map_or(t, |m| m.max(t)));
         let pane = self.clock.spec.pane_of(t);
-        let id = match self.ids.get(&key) {
+        let id = match self.ids.get(key) {
             Some(id) => *id,
-            None => self.insert(key, Entry { panes: Vec::new(), rules: R::default(), last_event: t }),
+            None => self.insert(owned(key), Entry { panes: Vec::new(), rules: R::default(), last_event: t }),
         };
         let Some(slot) = self.slots[id as usize].as_mut() else { unreachable!("indexed slots are live") };
         if slot.entry.panes.is_empty() {
@@ -391,10 +409,9 @@ where
         let Some(wm) = self.clock.watermark() else { return };
         let (size, slide) = (self.clock.spec.size_ms, self.clock.spec.slide_ms);
         let mut end = self.clock.closed_through.map_or(i64::MIN / 2, |c| c + slide);
-        loop {
-            // Windows holding no pane emit nothing: jump to the next window
-            // that holds one, which ends one slide after its first pane.
-            let Some((&first, _)) = self.by_pane.range(end.saturating_sub(size)..).next() else { break };
+        // Windows holding no pane emit nothing: jump to the next window
+        // that holds one, which ends one slide after its first pane.
+        while let Some((&first, _)) = self.by_pane.range(end.saturating_sub(size)..).next() {
             end = end.max(first + slide);
             if end > wm {
                 break;
@@ -499,7 +516,7 @@ where
     }
 
     /// Keys changed since `mark_clean` (with their entries) and keys removed.
-    pub fn changes(&self) -> (Vec<(&K, &Entry<A, R>)>, Vec<&K>) {
+    pub fn changes(&self) -> Changed<'_, K, A, R> {
         let mut ids = self.dirty.clone();
         ids.sort_unstable();
         ids.dedup();

@@ -252,11 +252,12 @@ fn a_quiet_subject_expires_and_closes_what_it_left_open() {
     assert!(expired.iter().any(|l| l.starts_with("checkout Degraded")), "{expired:?}");
     let last = out
         .iter()
+        .rev()
         .filter_map(|e| match e {
             Event::Degradation(d) if d.component == "checkout" => Some(d),
             _ => None,
         })
-        .last()
+        .next()
         .unwrap();
     assert_eq!(last.kind, DegradationKind::Recovered, "{expired:?}");
     assert!(last.reason.contains("no data for 30m"), "{}", last.reason);

@@ -255,7 +255,9 @@ fn run_mode(codec: &Codec, spec: WindowSpec, sc: Scenario, mode: Mode, samples: 
             }
             let bytes = match slot.as_ref().and_then(|t| t.patch(&s)) {
                 Some(b) => b,
-                None => codec.encode(crate::topics::names::LATENCY, &allowed, &crate::domain::Event::LatencySample(s))?,
+                None => {
+                    codec.encode(crate::topics::names::LATENCY, &allowed, &crate::domain::Event::LatencySample(s))?
+                }
             };
             batch.push(bytes);
             i += 1;
@@ -368,7 +370,6 @@ pub async fn run(
     );
     let codec = common.codec(OutputFormat::Avro);
     let mut baseline: [Option<f64>; 3] = [None; 3];
-    let mut restore_prefix: Option<String> = None;
     for sc in scenarios {
         let samples = if sc.busy { 40 * busy_minutes as usize * sc.endpoints.max(100_000) } else { sc.endpoints };
         for (m, mode) in MODES.into_iter().enumerate() {
@@ -383,15 +384,9 @@ pub async fn run(
             // Restore the state as it stands, windows open, from both stores.
             let mut restored = None;
             if let (Mode::AtLeastOnce, true, Some(url)) = (mode, sc.endpoints >= 100_000, database_url) {
-                let prefix = match &restore_prefix {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-                        crate::topics::admin::apply(&common.kafka, common.topics().specs(), &p, false).await?;
-                        restore_prefix = Some(p.clone());
-                        p
-                    }
-                };
+                // Topics of its own: the changelog holds this scenario only.
+                let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+                crate::topics::admin::apply(&common.kafka, common.topics().specs(), &prefix, false).await?;
                 let group = format!("{prefix}restore-{}", sc.label().replace(' ', "-"));
                 let mut pg = CheckpointStore::connect(url, &group).await?;
                 let kafka = common.kafka.clone();

@@ -111,11 +111,27 @@ pub enum EntryRef<'a> {
     Uncertainty(&'a Entry<RatingAgg, UncertaintyRules>),
 }
 
+/// `SubjectKey` by reference (encodes the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum KeyRef<'a> {
+    Latency(&'a LatencyKey),
+    Uncertainty(&'a RatingKey),
+}
+
+impl KeyRef<'_> {
+    pub fn to_owned(self) -> SubjectKey {
+        match self {
+            KeyRef::Latency(k) => SubjectKey::Latency(k.clone()),
+            KeyRef::Uncertainty(k) => SubjectKey::Uncertainty(k.clone()),
+        }
+    }
+}
+
 /// What a checkpoint writes: changed subjects and removed ones.
 #[derive(Debug, Default)]
 pub struct Changes<'a> {
-    pub put: Vec<(SubjectKey, EntryRef<'a>)>,
-    pub delete: Vec<SubjectKey>,
+    pub put: Vec<(KeyRef<'a>, EntryRef<'a>)>,
+    pub delete: Vec<KeyRef<'a>>,
 }
 
 /// A task's state besides its subjects: small, whatever their number.
@@ -301,14 +317,10 @@ impl Engine {
         let (rp, rd) = self.ratings.changes();
         let put = lp
             .into_iter()
-            .map(|(k, e)| (SubjectKey::Latency(k.clone()), EntryRef::Latency(e)))
-            .chain(rp.into_iter().map(|(k, e)| (SubjectKey::Uncertainty(k.clone()), EntryRef::Uncertainty(e))))
+            .map(|(k, e)| (KeyRef::Latency(k), EntryRef::Latency(e)))
+            .chain(rp.into_iter().map(|(k, e)| (KeyRef::Uncertainty(k), EntryRef::Uncertainty(e))))
             .collect();
-        let delete = ld
-            .into_iter()
-            .map(|k| SubjectKey::Latency(k.clone()))
-            .chain(rd.into_iter().map(|k| SubjectKey::Uncertainty(k.clone())))
-            .collect();
+        let delete = ld.into_iter().map(KeyRef::Latency).chain(rd.into_iter().map(KeyRef::Uncertainty)).collect();
         Changes { put, delete }
     }
 
@@ -317,8 +329,8 @@ impl Engine {
         let put = self
             .latency
             .entries()
-            .map(|(k, e)| (SubjectKey::Latency(k.clone()), EntryRef::Latency(e)))
-            .chain(self.ratings.entries().map(|(k, e)| (SubjectKey::Uncertainty(k.clone()), EntryRef::Uncertainty(e))))
+            .map(|(k, e)| (KeyRef::Latency(k), EntryRef::Latency(e)))
+            .chain(self.ratings.entries().map(|(k, e)| (KeyRef::Uncertainty(k), EntryRef::Uncertainty(e))))
             .collect();
         Changes { put, delete: Vec::new() }
     }

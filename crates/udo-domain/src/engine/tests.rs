@@ -133,7 +133,7 @@ impl Store {
 /// Every subject's entry, encoded, in key order.
 fn snapshot(e: &Engine) -> (Vec<u8>, Vec<(SubjectKey, Vec<u8>)>) {
     let mut all: Vec<(SubjectKey, Vec<u8>)> =
-        e.everything().put.into_iter().map(|(k, v)| (k, postcard::to_stdvec(&v).unwrap())).collect();
+        e.everything().put.into_iter().map(|(k, v)| (k.to_owned(), postcard::to_stdvec(&v).unwrap())).collect();
     all.sort();
     (postcard::to_stdvec(&e.meta()).unwrap(), all)
 }

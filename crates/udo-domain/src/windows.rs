@@ -370,6 +370,31 @@ where
         Some(slot)
     }
 
+    /// Renumbers the live slots densely (every index follows), so freed
+    /// slots stop holding memory.
+    fn compact(&mut self) {
+        let mut map = vec![u32::MAX; self.slots.len()];
+        let mut slots = Vec::with_capacity(self.ids.len());
+        for (old, slot) in std::mem::take(&mut self.slots).into_iter().enumerate() {
+            if let Some(s) = slot {
+                map[old] = slots.len() as u32;
+                slots.push(Some(s));
+            }
+        }
+        self.slots = slots;
+        self.free = Vec::new();
+        for id in self.ids.values_mut() {
+            *id = map[*id as usize];
+        }
+        for ids in self.by_pane.values_mut() {
+            for id in ids.iter_mut() {
+                *id = map[*id as usize];
+            }
+        }
+        self.quiet = self.quiet.iter().map(|(t, id)| (*t, map[*id as usize])).collect();
+        self.dirty = self.dirty.iter().map(|id| map[*id as usize]).filter(|id| *id != u32::MAX).collect();
+    }
+
     /// A slot left without panes keeps its rule state (quiet) or goes.
     fn settle(&mut self, id: u32) {
         let Some(slot) = self.slots[id as usize].as_mut() else { return };
@@ -456,7 +481,10 @@ where
                 self.settle(id);
             }
         }
-        // After a burst of keys has gone, give the index's memory back.
+        // After a burst of keys has gone, give their memory back.
+        if self.free.len() > 1024 && self.free.len() > self.ids.len() {
+            self.compact();
+        }
         if self.ids.capacity() > 4 * self.ids.len() + 1024 {
             self.ids.shrink_to_fit();
         }

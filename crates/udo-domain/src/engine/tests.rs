@@ -229,6 +229,18 @@ fn memory_per_subject_fits_the_budget() {
     assert_eq!(e.states().0, endpoints, "all degraded");
     let idle = e.state_bytes() / e.subjects();
     eprintln!("{idle} bytes per subject with no open window");
+    assert!(idle <= 512, "{idle} bytes per subject with no open window");
+    // After a burst: 20,000 endpoints come and go, the components stay.
+    for i in 0..20_000 {
+        let mut s = sample(&mut rng, 20 * MIN + i, &format!("component-{}", i % endpoints as i64), false);
+        s.endpoint = format!("GET /burst/{i}");
+        e.ingest(Input::Latency(&s)).unwrap();
+    }
+    e.advance_idle(Stream::Latency, 30 * MIN);
+    e.close(&mut Vec::new());
+    assert_eq!(e.subjects(), endpoints, "the burst's endpoints are gone");
+    let idle = e.state_bytes() / e.subjects();
+    eprintln!("{idle} bytes per subject with no open window, after a burst");
     assert!(idle <= 512, "{idle} bytes for a subject with no open window");
 }
 

@@ -109,10 +109,34 @@ impl AlertCtx<'_> {
             Transition::Entered { .. } => AlertStatus::Firing,
             Transition::Exited { .. } => AlertStatus::Resolved,
         };
-        let (sev, st) = (severity.as_str(), status.as_str());
+        let sev = severity.as_str();
+        let message = match status {
+            AlertStatus::Firing => format!("{rule} {value:.3} > {threshold} ({sev})"),
+            AlertStatus::Resolved => {
+                format!("{rule} {value:.3} < {:.3} ({sev} resolved)", threshold * self.th.alert_exit_ratio)
+            }
+        };
         let end = self.window.end.to_string();
-        Some(Event::Alert(Alert {
-            event_id: output_id(&["alert", rule, self.subject, sev, st, &end]),
+        Some(self.alert(rule, severity, status, value, threshold, &[&end], message))
+    }
+
+    /// The alert event about this context's window; its id is derived from
+    /// rule, subject, severity, status and `id_tail`.
+    #[allow(clippy::too_many_arguments)]
+    fn alert(
+        &self,
+        rule: &str,
+        severity: Severity,
+        status: AlertStatus,
+        value: f64,
+        threshold: f64,
+        id_tail: &[&str],
+        message: String,
+    ) -> Event {
+        let mut id = vec!["alert", rule, self.subject, severity.as_str(), status.as_str()];
+        id.extend_from_slice(id_tail);
+        Event::Alert(Alert {
+            event_id: output_id(&id),
             occurred_at: self.window.end,
             source: self.source.into(),
             rule: rule.into(),
@@ -125,13 +149,8 @@ impl AlertCtx<'_> {
             threshold,
             window_start: self.window.start,
             window_end: self.window.end,
-            message: match status {
-                AlertStatus::Firing => format!("{rule} {value:.3} > {threshold} ({sev})"),
-                AlertStatus::Resolved => {
-                    format!("{rule} {value:.3} < {:.3} ({sev} resolved)", threshold * self.th.alert_exit_ratio)
-                }
-            },
-        }))
+            message,
+        })
     }
 }
 
@@ -210,12 +229,10 @@ pub fn short_duration(ms: i64) -> String {
 
 /// What closes an expired subject's open state: one event per firing alert
 /// (resolved) and per active degradation, at `at` (the subject's last event
-/// plus the time to live), with ids derived from the expiry.
+/// plus the time to live), with ids derived from the expiry. Its alerts are
+/// about the quiet span `[at - ttl, at]`.
 struct Expiry<'a> {
-    source: &'a str,
-    subject: &'a str,
-    component: &'a str,
-    project_id: Option<&'a str>,
+    ctx: AlertCtx<'a>,
     at: i64,
     ttl_ms: i64,
 }
@@ -232,23 +249,9 @@ impl Expiry<'_> {
         if !h.active {
             return None;
         }
-        let (sev, st) = (severity.as_str(), AlertStatus::Resolved.as_str());
-        Some(Event::Alert(Alert {
-            event_id: output_id(&["alert", rule, self.subject, sev, st, "expired", &self.at.to_string()]),
-            occurred_at: self.at,
-            source: self.source.into(),
-            rule: rule.into(),
-            subject: self.subject.into(),
-            component: self.component.into(),
-            project_id: self.project_id.map(String::from),
-            severity,
-            status: AlertStatus::Resolved,
-            value: 0.0,
-            threshold,
-            window_start: self.at - self.ttl_ms,
-            window_end: self.at,
-            message: format!("{rule} ({sev}) resolved: {}", self.why()),
-        }))
+        let message = format!("{rule} ({}) resolved: {}", severity.as_str(), self.why());
+        let at = self.at.to_string();
+        Some(self.ctx.alert(rule, severity, AlertStatus::Resolved, 0.0, threshold, &["expired", &at], message))
     }
 }
 
@@ -257,7 +260,9 @@ impl ComponentRules {
     /// and, if DEGRADED, says it is no longer tracked (a RECOVERED event
     /// whose reason says no data arrived), so nothing stays firing forever.
     pub fn expire(&self, th: &Thresholds, source: &str, component: &str, at: i64, ttl_ms: i64) -> Vec<Event> {
-        let x = Expiry { source, subject: component, component, project_id: None, at, ttl_ms };
+        let window = WindowRef { start: at - ttl_ms, end: at };
+        let ctx = AlertCtx { th, source, subject: component, component, project_id: None, window };
+        let x = Expiry { ctx, at, ttl_ms };
         let mut out = Vec::new();
         if self.degradation.active {
             let kind = DegradationKind::Recovered;
@@ -295,7 +300,9 @@ impl UncertaintyRules {
         ttl_ms: i64,
     ) -> Vec<Event> {
         let subject = crate::subject::uncertainty(project_id, component);
-        let x = Expiry { source, subject: &subject, component, project_id: Some(project_id), at, ttl_ms };
+        let window = WindowRef { start: at - ttl_ms, end: at };
+        let ctx = AlertCtx { th, source, subject: &subject, component, project_id: Some(project_id), window };
+        let x = Expiry { ctx, at, ttl_ms };
         let mut out = Vec::new();
         out.extend(x.resolve(&self.warning, "uncertainty", Severity::Warning, th.uncertainty_warning));
         out.extend(x.resolve(&self.critical, "uncertainty", Severity::Critical, th.uncertainty_critical));

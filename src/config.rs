@@ -26,6 +26,13 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "UDO_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
 
+    /// Namespace of this deployment's output ids (windows, alerts,
+    /// degradations, promotions), so deployments sharing a database never
+    /// collide; by default the topic prefix without its trailing separator
+    /// (none without a prefix). Pin it to keep ids when the prefix changes.
+    #[arg(long, global = true, env = "UDO_NAMESPACE")]
+    pub namespace: Option<String>,
+
     /// Confluent Schema Registry URL; when set, Avro output uses Confluent
     /// framing and subjects `<topic>-value`.
     #[arg(long, global = true, env = "SCHEMA_REGISTRY_URL", hide_env_values = true)]
@@ -89,6 +96,29 @@ impl CommonArgs {
     /// Full topic name for a contract name.
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.topic_prefix)
+    }
+
+    /// A topic named on the command line: the contract name (`udo.alerts.v1`)
+    /// gets the prefix; a name that already carries it is taken as is.
+    pub fn topic_arg(&self, name: &str) -> String {
+        if !self.topic_prefix.is_empty() && name.starts_with(&self.topic_prefix) {
+            name.to_string()
+        } else {
+            self.topic(name)
+        }
+    }
+
+    /// The deployment namespace: `--namespace`, else the topic prefix
+    /// without its trailing separator.
+    pub fn namespace(&self) -> String {
+        match &self.namespace {
+            Some(n) => n.clone(),
+            None => self.topic_prefix.trim_end_matches(['.', '-', '_']).to_string(),
+        }
+    }
+
+    pub fn deployment(&self) -> crate::domain::rules::Deployment {
+        crate::domain::rules::Deployment::new(&self.namespace())
     }
 
     /// Contract name for a full topic name (prefix stripped).

@@ -6,6 +6,7 @@ mod produce;
 mod replay;
 mod run;
 mod schemas;
+mod status;
 mod tail;
 mod topics;
 
@@ -35,6 +36,9 @@ pub enum Command {
     Produce(produce::ProduceArgs),
     /// Reprocess a time range of topics into the stores (backfill), without re-alerting.
     Replay(replay::ReplayArgs),
+    /// What is wrong right now: component health, open alerts, lag and dead
+    /// letters per pipeline (from Kafka; `--json` for scripts).
+    Status(status::StatusArgs),
     /// Decode and print a topic, one JSON line per record.
     Tail(tail::TailArgs),
     /// Topics as code (`topics/*.yaml`).
@@ -66,6 +70,7 @@ pub async fn run(mut cli: Cli) -> Result<()> {
         Command::Produce(args) => produce::run(cli.common, args, shutdown).await,
         Command::Replay(args) => replay::run(cli.common, args, shutdown).await,
         Command::Tail(args) => tail::run(cli.common, args, shutdown).await,
+        Command::Status(args) => status::run(cli.common, args).await,
         Command::Topics(cmd) => topics::run(cli.common, cmd).await,
         Command::Schemas(cmd) => schemas::run(cli.common, cmd).await,
         Command::Bench(cmd) => bench::run_bench(cli.common, cmd).await,

@@ -6,9 +6,8 @@ use crate::codec::OutputFormat;
 use crate::config::CommonArgs;
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
-use crate::sources::kafka::inspector;
+use crate::sources::kafka::{Start, inspector};
 use clap::Args;
-use rdkafka::Offset;
 use rdkafka::message::{Headers, Message};
 use serde_json::{Map, Value, json};
 use std::io::Write;
@@ -16,17 +15,39 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
-    /// Topic to read (full name, including any --topic-prefix).
+    /// Topic to read, by its name in topics/ (`udo.alerts.v1`); the topic
+    /// prefix is added (a name that already carries it is taken as is).
     pub topic: String,
     /// Start from the oldest record instead of only new ones.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["offset", "from"])]
     pub from_beginning: bool,
+    /// Read only this partition.
+    #[arg(long)]
+    pub partition: Option<i32>,
+    /// Start at this offset (of each partition read; with --partition, of that one).
+    #[arg(long, conflicts_with = "from")]
+    pub offset: Option<i64>,
+    /// Start at the first record at or after a time: RFC 3339
+    /// (`2026-12-06T10:00:00Z`) or a duration ago (`15m`).
+    #[arg(long, value_parser = parse_since)]
+    pub from: Option<i64>,
     /// Exit after printing this many records.
     #[arg(long)]
     pub max: Option<u64>,
     /// Exit when no record arrives for this long (e.g. 5s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle_exit: Option<Duration>,
+}
+
+/// `--from`: an RFC 3339 time or a duration before now, as epoch ms.
+pub fn parse_since(s: &str) -> std::result::Result<i64, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64));
+    }
+    match humantime::parse_duration(s) {
+        Ok(ago) => Ok(crate::now_ms() - ago.as_millis() as i64),
+        Err(_) => Err(format!("{s:?} is neither an RFC 3339 time (2026-12-06T10:00:00Z) nor a duration (15m)")),
+    }
 }
 
 fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
@@ -42,15 +63,21 @@ fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
 pub async fn run(common: CommonArgs, args: TailArgs, mut shutdown: Shutdown) -> Result<()> {
     let codec = common.codec(OutputFormat::Avro);
     let topics = common.topics();
-    let contract = common.contract_name(&args.topic);
+    let topic = common.topic_arg(&args.topic);
+    let contract = common.contract_name(&topic);
     // Undeclared topics are decoded against every known record.
     let allowed: Option<Vec<String>> = match topics.get(contract) {
         Some(spec) if spec.records().is_empty() => None, // raw (DLQ)
         Some(spec) => Some(spec.records().to_vec()),
         None => Some(codec.catalog().names().map(String::from).collect()),
     };
-    let start = if args.from_beginning { Offset::Beginning } else { Offset::End };
-    let consumer = inspector(&common.kafka, &args.topic, start)?;
+    let start = match (args.from_beginning, args.offset, args.from) {
+        (true, ..) => Start::Beginning,
+        (_, Some(o), _) => Start::Offset(o),
+        (_, _, Some(t)) => Start::Time(t),
+        _ => Start::End,
+    };
+    let consumer = inspector(&common.kafka, &topic, args.partition, start)?;
     let idle = args.idle_exit.unwrap_or(Duration::MAX);
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
@@ -65,10 +92,10 @@ pub async fn run(common: CommonArgs, args: TailArgs, mut shutdown: Shutdown) -> 
             // Connection drops are transient (librdkafka reconnects by itself):
             // say so and keep reading, as a tail should.
             Err(e) if !is_fatal(&e) => {
-                tracing::warn!(topic = %args.topic, "{e}; retrying");
+                tracing::warn!(topic = %topic, "{e}; retrying");
                 continue;
             }
-            Err(e) => return Err(Error::kafka(format!("consume {}", args.topic))(e)),
+            Err(e) => return Err(Error::kafka(format!("consume {}", topic))(e)),
         };
         let line = render(&codec, allowed.as_deref(), &msg);
         writeln!(out, "{line}").map_err(|e| Error::Io { op: "write stdout".into(), source: e })?;

@@ -63,6 +63,7 @@ pub(crate) async fn start(
         .map_err(|e| Error::Internal(format!("topic check: {e}")))??;
     let decoder = common.decoder(opts.output_format);
     let mut settings = opts.settings.analyze.clone();
+    let deployment = common.deployment();
     let cfg = super::runner_config(
         PIPELINE,
         common,
@@ -82,7 +83,8 @@ pub(crate) async fn start(
             )?;
             let store = CheckpointStore::connect(url, &group).await?;
             let outputs = Outputs::new(&common.kafka, PIPELINE, |_| {})?;
-            let stage = AnalyzeStage::new(settings, decoder, &catalog, topics, outputs, store, readiness.clone())?;
+            let stage = AnalyzeStage::new(settings, decoder, &catalog, topics, outputs, store, readiness.clone())?
+                .in_deployment(deployment);
             Ok(tokio::task::spawn_blocking(move || super::runner::run(cfg, stage, shutdown, readiness)))
         }
         Processing::ExactlyOnce => {
@@ -106,7 +108,8 @@ pub(crate) async fn start(
                     outputs,
                     changelog,
                     readiness.clone(),
-                )?;
+                )?
+                .in_deployment(deployment);
                 Ok((cfg, stage))
             };
             Ok(tokio::task::spawn_blocking(move || {
@@ -265,6 +268,12 @@ pub struct AnalyzeStage<C: Checkpoints = CheckpointStore> {
 }
 
 impl<C: Checkpoints> AnalyzeStage<C> {
+    /// Output ids in this deployment's namespace.
+    pub fn in_deployment(mut self, deployment: crate::domain::rules::Deployment) -> Self {
+        self.engine_cfg.deployment = deployment;
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: AnalyzeSettings,
@@ -284,6 +293,7 @@ impl<C: Checkpoints> AnalyzeStage<C> {
             source: "udo-analyze".into(),
             decision_channels: catalog.get(names::WRITES).map_or(1, |t| t.partitions),
             state_ttl_ms: settings.state_ttl.as_millis() as i64,
+            deployment: Default::default(),
         };
         Ok(AnalyzeStage {
             engine_cfg,

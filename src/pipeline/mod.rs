@@ -56,6 +56,21 @@ impl Pipeline {
         }
     }
 
+    /// Every pipeline, in the order `status` lists them.
+    pub const ALL: [Pipeline; 4] =
+        [Pipeline::Analyze, Pipeline::MaterializePostgres, Pipeline::MaterializeRedis, Pipeline::NotifyAlertmanager];
+
+    /// The topics its consumer group reads (full names).
+    pub fn inputs(self, common: &CommonArgs) -> Vec<String> {
+        let m = || materialize::MaterializeTopics::with_prefix(&common.topic_prefix);
+        match self {
+            Pipeline::Analyze => analyze::AnalyzeTopics::with_prefix(&common.topic_prefix).inputs(),
+            Pipeline::MaterializePostgres => m().postgres_inputs(),
+            Pipeline::MaterializeRedis => m().redis_inputs(),
+            Pipeline::NotifyAlertmanager => vec![common.topic(names::ALERTS)],
+        }
+    }
+
     /// Input topics whose records can arrive late (`udo_late_events_total`).
     fn late_topics(self, common: &CommonArgs) -> Vec<String> {
         match self {

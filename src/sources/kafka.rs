@@ -213,7 +213,20 @@ pub fn group_consumer(kafka: &KafkaConfig, group: &str, topics: &[&str]) -> Resu
 
 /// Consumer outside any group, assigned every partition of `topic` at
 /// `start` (inspection tools: nothing is committed, no rebalance delay).
-pub fn inspector(kafka: &KafkaConfig, topic: &str, start: Offset) -> Result<StreamConsumer> {
+/// Where an inspecting reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Beginning,
+    End,
+    /// This offset of each partition read.
+    Offset(i64),
+    /// The first record at or after this time (epoch ms).
+    Time(i64),
+}
+
+/// A group-less reader of `topic` (every partition, or only `partition`)
+/// from `start`: `tail`, `status` and the tests use it.
+pub fn inspector(kafka: &KafkaConfig, topic: &str, partition: Option<i32>, start: Start) -> Result<StreamConsumer> {
     let consumer: StreamConsumer = kafka
         .client(|c| {
             fetch_defaults(c);
@@ -238,9 +251,33 @@ pub fn inspector(kafka: &KafkaConfig, topic: &str, start: Offset) -> Result<Stre
             kafka.brokers
         )));
     }
+    let partitions = match partition {
+        Some(p) if partitions.contains(&p) => vec![p],
+        Some(p) => {
+            return Err(Error::Config(format!(
+                "topic {topic} has no partition {p} (it has {}: 0 to {})",
+                partitions.len(),
+                partitions.len() - 1
+            )));
+        }
+        None => partitions,
+    };
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        tpl.add_partition_offset(topic, p, start).map_err(Error::kafka("assign"))?;
+        let offset = match start {
+            Start::Beginning => Offset::Beginning,
+            Start::End => Offset::End,
+            Start::Offset(o) => Offset::Offset(o),
+            Start::Time(ms) => Offset::Offset(ms),
+        };
+        tpl.add_partition_offset(topic, p, offset).map_err(Error::kafka("assign"))?;
+    }
+    if let Start::Time(_) = start {
+        // The broker answers each partition with the first offset at or
+        // after the time (the end when none is).
+        tpl = consumer
+            .offsets_for_times(tpl, Duration::from_secs(30))
+            .map_err(Error::kafka(format!("offsets for a time on {topic}")))?;
     }
     consumer.assign(&tpl).map_err(Error::kafka(format!("assign {topic}")))?;
     Ok(consumer)

@@ -16,7 +16,7 @@
 
 use super::events::{DecisionLog, Event, FeedbackRating, LatencySample, WindowStats};
 use super::latency::{LatencyAgg, Sample};
-use super::rules::{ComponentRules, Thresholds, UncertaintyRules, WindowRef, output_id};
+use super::rules::{ComponentRules, Deployment, Thresholds, UncertaintyRules, WindowRef, output_id};
 use super::uncertainty::{RatingAgg, RatingItem};
 use super::windows::{Clock, Entry, Late, WindowSpec, Windows};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,8 @@ pub struct EngineConfig {
     /// A subject with no data for this long (event time) is dropped from
     /// state, its open alerts resolved (0: never).
     pub state_ttl_ms: i64,
+    /// The namespace of this deployment's output ids.
+    pub deployment: Deployment,
 }
 
 impl EngineConfig {
@@ -51,6 +53,7 @@ impl EngineConfig {
             source: "udo-analyze".into(),
             decision_channels: 1,
             state_ttl_ms: 0,
+            deployment: Deployment::default(),
         }
     }
 }
@@ -536,6 +539,13 @@ impl Engine {
     /// window stats for every key, then transitions, latency before ratings;
     /// then closes what subjects quiet for the time to live left open.
     pub fn close(&mut self, out: &mut Vec<Event>) -> Closing {
+        let first = out.len();
+        let closing = self.close_into(out);
+        self.cfg.deployment.stamp(&mut out[first..]);
+        closing
+    }
+
+    fn close_into(&mut self, out: &mut Vec<Event>) -> Closing {
         let mut closing = Closing::default();
         let cfg = &self.cfg;
         self.latency.close(|(component, endpoint), start, end, agg, rules| {

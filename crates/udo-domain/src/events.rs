@@ -313,6 +313,19 @@ impl Event {
         }
     }
 
+    pub fn set_event_id(&mut self, id: Uuid) {
+        match self {
+            Event::LatencySample(e) => e.event_id = id,
+            Event::FeedbackRating(e) => e.event_id = id,
+            Event::DecisionLog(e) => e.event_id = id,
+            Event::ContextChunk(e) => e.event_id = id,
+            Event::WindowStats(e) => e.event_id = id,
+            Event::Alert(e) => e.event_id = id,
+            Event::Degradation(e) => e.event_id = id,
+            Event::Promotion(e) => e.event_id = id,
+        }
+    }
+
     pub fn occurred_at(&self) -> i64 {
         match self {
             Event::LatencySample(e) => e.occurred_at,

@@ -11,7 +11,7 @@
 //! time in ms) is the caller's and survives a restart, unlike a counter.
 
 use super::events::{Promotion, StoreRole};
-use super::rules::output_id;
+use super::rules::{Deployment, output_id};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -55,12 +55,26 @@ pub struct StorePromotion {
     /// First-attempt outcomes of the most recent attempts, oldest first.
     recent: VecDeque<bool>,
     successes: usize,
+    #[serde(skip)]
+    deployment: Deployment,
 }
 
 impl StorePromotion {
     /// A store starts as SHADOW with no history.
     pub fn new(store: impl Into<String>) -> Self {
-        StorePromotion { store: store.into(), role: StoreRole::Shadow, recent: VecDeque::new(), successes: 0 }
+        StorePromotion {
+            store: store.into(),
+            role: StoreRole::Shadow,
+            recent: VecDeque::new(),
+            successes: 0,
+            deployment: Deployment::default(),
+        }
+    }
+
+    /// Promotion ids in this deployment's namespace.
+    pub fn in_deployment(mut self, deployment: Deployment) -> Self {
+        self.deployment = deployment;
+        self
     }
 
     pub fn store(&self) -> &str {
@@ -124,7 +138,13 @@ impl StorePromotion {
         };
         let from = std::mem::replace(&mut self.role, to);
         Some(Promotion {
-            event_id: output_id(&["promotion", &self.store, from.as_str(), to.as_str(), &at.to_string()]),
+            event_id: self.deployment.id(output_id(&[
+                "promotion",
+                &self.store,
+                from.as_str(),
+                to.as_str(),
+                &at.to_string(),
+            ])),
             occurred_at: at,
             source: source.into(),
             store: self.store.clone(),

@@ -16,6 +16,40 @@ pub fn output_id(parts: &[&str]) -> Uuid {
     Uuid::new_v5(&ID_NAMESPACE, parts.join("\u{1f}").as_bytes())
 }
 
+/// A deployment's namespace for output ids. Ids are derived from rule,
+/// subject and window, so two deployments sharing a store (staging and
+/// production, two demo runs) would derive the same ids for different
+/// payloads; each deployment's ids are its namespace's UUIDv5 of the base
+/// id instead. A replay or restart within one deployment still derives the
+/// same ids. The empty namespace keeps the base ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deployment(Option<Uuid>);
+
+impl Deployment {
+    pub fn new(name: &str) -> Deployment {
+        Deployment(
+            (!name.is_empty()).then(|| Uuid::new_v5(&ID_NAMESPACE, format!("deployment\u{1f}{name}").as_bytes())),
+        )
+    }
+
+    /// This deployment's id for a base id.
+    pub fn id(&self, base: Uuid) -> Uuid {
+        match &self.0 {
+            Some(ns) => Uuid::new_v5(ns, base.as_bytes()),
+            None => base,
+        }
+    }
+
+    /// Re-ids the events in place.
+    pub fn stamp(&self, events: &mut [Event]) {
+        if self.0.is_some() {
+            for e in events {
+                e.set_event_id(self.id(e.event_id()));
+            }
+        }
+    }
+}
+
 /// Thresholds of DESIGN §4; every one is configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

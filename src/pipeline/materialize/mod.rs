@@ -126,6 +126,7 @@ impl Common {
         topics: &MaterializeTopics,
         kafka: &crate::config::KafkaConfig,
         promo_cfg: PromotionConfig,
+        deployment: crate::domain::rules::Deployment,
         readiness: Readiness,
     ) -> Result<Common> {
         let outputs = Outputs::new(kafka, pipeline, |c| {
@@ -137,7 +138,7 @@ impl Common {
             sink,
             group,
             decoder,
-            promotion: StorePromotion::new(sink),
+            promotion: StorePromotion::new(sink).in_deployment(deployment),
             promo_cfg,
             outputs,
             promotions_topic: topics.promotions.clone(),
@@ -329,6 +330,7 @@ pub(crate) async fn prepare(
             &topics,
             &common.kafka,
             opts.settings.promotion.clone(),
+            common.deployment(),
             readiness.clone(),
         )
     };

@@ -6,11 +6,14 @@
 //! - during a real run (the three pipelines over the incident input, with a
 //!   record for the DLQ) Prometheus scrapes the processor, loads the rules,
 //!   and every panel query of `dashboards/*.json` returns series. A query on
-//!   a metric or label the processor does not export fails the test.
+//!   a metric or label the processor does not export fails the test. The
+//!   panels show the incident: checkout DEGRADED with its P95 over the
+//!   limit mid-incident, then every alert transition and both degradations
+//!   in the "in range" panels (counters start at 0, so `increase()` counts
+//!   the first one too). Both dashboards take the data source and the
+//!   component as variables.
 
 mod common;
-#[path = "support/analyze.rs"]
-mod incident;
 #[path = "support/materialize.rs"]
 mod support;
 
@@ -95,7 +98,8 @@ fn panel_queries() -> Vec<(String, String, String)> {
         for p in d["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().into_iter().flatten() {
                 if let Some(expr) = t["expr"].as_str() {
-                    let expr = expr.replace("$__rate_interval", "1m").replace("$__range", "10m");
+                    let expr =
+                        expr.replace("$__rate_interval", "1m").replace("$__range", "10m").replace("$component", ".*");
                     let legend = t["legendFormat"].as_str().unwrap_or("").to_string();
                     out.push((p["title"].as_str().unwrap_or("?").to_string(), expr, legend));
                 }
@@ -121,15 +125,80 @@ fn the_rules_check_and_pass_their_unit_tests() {
     promtool(&["test", "rules", "rules.test.yml"]);
 }
 
+/// The incident input in two parts, so Prometheus scrapes the middle of it:
+/// `first` is minutes 0-15 (checkout slow from 10), else minutes 15-35
+/// (slow until 20).
+fn produce_part(prefix: &str, first: bool) {
+    let (start, duration, incident) = if first {
+        ("2026-01-01T00:00:00Z", "15m", "slow:checkout@10m+10m")
+    } else {
+        ("2026-01-01T00:15:00Z", "20m", "slow:checkout@0m+5m")
+    };
+    common::udo_ok(&[
+        "produce",
+        "all",
+        "--clock",
+        "simulated",
+        "--rate",
+        "60",
+        "--seed",
+        "11",
+        "--topic-prefix",
+        prefix,
+        "--embedding-dim",
+        DIM,
+        "--start",
+        start,
+        "--duration",
+        duration,
+        "--incident",
+        incident,
+    ]);
+}
+
+/// Waits until `q` returns a series whose value satisfies `ok`.
+fn wait_for(url: &str, q: &str, what: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = query(url, q).iter().filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok()).reduce(f64::max);
+        if let Some(v) = v.filter(|v| ok(*v)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {q} gave {v:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn both_dashboards_take_the_data_source_and_component_as_variables() {
+    for (file, vars) in
+        [("udo-stream.json", &["datasource"][..]), ("udo-components.json", &["datasource", "component"])]
+    {
+        let d: Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{ROOT}/dashboards/{file}")).unwrap()).unwrap();
+        let names: Vec<&str> =
+            d["templating"]["list"].as_array().unwrap().iter().filter_map(|v| v["name"].as_str()).collect();
+        assert_eq!(names, vars, "{file}: variables");
+        for p in d["panels"].as_array().unwrap() {
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{file}: panel {} data source", p["title"]);
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                if expr.contains("udo_component_") {
+                    assert!(
+                        expr.contains(r#"component=~"$component""#),
+                        "{file}: {expr} ignores the component variable"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn every_dashboard_panel_returns_series_during_a_real_run() {
     let (url, targets) = prometheus();
     let prefix = common::prefix("prom");
-    incident::produce(&prefix);
-    let p: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
-    let topic = format!("{prefix}udo.latency.v1");
-    block_on(p.send(FutureRecord::to(&topic).key("checkout").payload(&b"not avro"[..]), Duration::from_secs(30)))
-        .unwrap();
+    common::apply_topics(&prefix);
     let db = block_on(common::fresh_database("prom"));
     let redis = block_on(common::fresh_redis_db(12));
     let mut m = materializer(
@@ -143,6 +212,25 @@ fn every_dashboard_panel_returns_series_during_a_real_run() {
     let _target = Target(file.clone());
     let instance = format!("127.0.0.1:{}", m.port);
     std::fs::write(&file, format!(r#"[{{"targets":["{instance}"],"labels":{{"run":"{prefix}"}}}}]"#)).unwrap();
+    // Scraped before any input: the alert counters are there at 0.
+    let run = format!(r#"instance="{instance}""#);
+    wait_for(&url, &format!(r#"count(udo_alerts_total{{{run}}} == 0)"#), "alert series at 0 before any alert", |n| {
+        n >= 10.0
+    });
+
+    // Mid-incident: the components dashboard shows checkout degraded and
+    // its P95 over the limit.
+    produce_part(&prefix, true);
+    let checkout = |m: &str, extra: &str| format!(r#"max({m}{{{run},component=~"checkout"{extra}}})"#);
+    wait_for(&url, &checkout("udo_component_degraded", ""), "checkout DEGRADED mid-incident", |v| v == 1.0);
+    wait_for(&url, &checkout("udo_component_latency_ms", r#",quantile="0.95""#), "checkout's P95 over 200 ms", |v| {
+        v > 200.0
+    });
+    produce_part(&prefix, false);
+    let p: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", common::brokers()).create().unwrap();
+    let topic = format!("{prefix}udo.latency.v1");
+    block_on(p.send(FutureRecord::to(&topic).key("checkout").payload(&b"not avro"[..]), Duration::from_secs(30)))
+        .unwrap();
 
     // The run has what every panel shows: outputs, alerts, a dead letter.
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -181,6 +269,21 @@ fn every_dashboard_panel_returns_series_during_a_real_run() {
         }
     }
     assert!(wrong.is_empty(), "dashboard panels that show nothing:\n  {}", wrong.join("\n  "));
+
+    // After the incident: checkout healthy again; the "in range" panels
+    // count every alert transition and both degradations, the first ones
+    // included.
+    wait_for(&url, &checkout("udo_component_degraded", ""), "checkout RECOVERED", |v| v == 0.0);
+    let (alerts, degradations) = (m.metric("udo_alerts_total", &[]), m.metric("udo_degradations_total", &[]));
+    assert!(
+        alerts >= 4.0 && degradations == 2.0,
+        "the incident: {alerts} alert transitions, {degradations} degradations"
+    );
+    let in_range = |m: &str| format!("sum(round(increase({m}{{{run}}}[10m])))");
+    let shown = wait_for(&url, &in_range("udo_alerts_total"), "alerts in range", |v| v >= alerts);
+    assert_eq!(shown, alerts, "alerts in range");
+    let shown = wait_for(&url, &in_range("udo_degradations_total"), "degradations in range", |v| v >= degradations);
+    assert_eq!(shown, degradations, "degradations in range");
 
     // The rules are loaded and evaluate on the live series.
     for rule in ["udo:records_consumed:rate5m", "udo:consumer_lag_records:sum", "udo:sink_retries:rate5m"] {

@@ -54,7 +54,8 @@ pub struct ProduceArgs {
     #[arg(long)]
     pub start: Option<String>,
     /// Incident to inject, repeatable: slow:COMPONENT@START[+DURATION]
-    /// (latency x10) or errors:COMPONENT@START[+DURATION] (20% errors).
+    /// (latency x10), errors:COMPONENT@START[+DURATION] (20% errors) or
+    /// disputed:COMPONENT@START[+DURATION] (ratings 30% positive).
     #[arg(long = "incident")]
     pub incidents: Vec<Incident>,
     /// Random seed; the same seed and flags give the same events.
@@ -68,6 +69,10 @@ pub struct ProduceArgs {
     pub error_rate: f64,
     #[arg(long, value_enum, default_value = "avro")]
     pub format: Format,
+    /// Send even when the analyzer would find the records late (they go to
+    /// the DLQ as `late`): for testing late handling.
+    #[arg(long)]
+    pub allow_late: bool,
     /// How often to print progress.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub progress_every: Duration,
@@ -149,6 +154,12 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
             routes.entry(r.clone()).or_insert((spec.name.clone(), spec.records().to_vec(), common.topic(&spec.name)));
         }
     }
+
+    let last_ms = match (args.clock, total) {
+        (Clock::Simulated, Some(n)) => simulated_time(start_ms, n.saturating_sub(1), args.rate),
+        _ => i64::MAX,
+    };
+    check_late(&common, &codec, &routes, args.kind, start_ms, last_ms, args.allow_late)?;
 
     let producer = counting_producer(&common.kafka)?;
     let mut generator = Generator::new(cfg, seed, start_ms);
@@ -233,6 +244,75 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
     if failed > 0 {
         let first = ctx.first_error.lock().expect("delivery error lock").clone().unwrap_or_default();
         return Err(Error::Unavailable(format!("{failed} records failed delivery; first error: {first}")));
+    }
+    Ok(())
+}
+
+/// The analyzer windows latency samples and ratings by event time: a record
+/// older than what its partition already holds, by more than the allowed
+/// lateness, is late and goes to the DLQ. Says so before sending (with the
+/// times), and refuses a run that would be late from start to end.
+fn check_late(
+    common: &CommonArgs,
+    codec: &crate::codec::Codec,
+    routes: &HashMap<String, (String, Vec<String>, String)>,
+    kind: Kind,
+    first_ms: i64,
+    last_ms: i64,
+    allow_late: bool,
+) -> Result<()> {
+    let records: &[&str] = match kind {
+        Kind::Latency => &["LatencySample"],
+        Kind::Feedback => &["FeedbackRating"],
+        Kind::All => &["LatencySample", "FeedbackRating"],
+        Kind::Writes => &[],
+    };
+    let lateness = common.settings.analyze.allowed_lateness.as_millis() as i64;
+    for record in records {
+        let Some((contract, allowed, topic)) = routes.get(*record) else { continue };
+        // The newest event time among each partition's last few records.
+        let mut newest: Option<(i64, i32)> = None;
+        crate::sources::kafka::read_topic(
+            &common.kafka,
+            "udo-produce",
+            topic,
+            None,
+            Some(5),
+            Duration::from_secs(30),
+            |m| {
+                use rdkafka::message::Message;
+                let t = codec.decode(allowed, m.payload().unwrap_or_default()).map(|e| e.occurred_at());
+                if let Ok(t) = t
+                    && newest.is_none_or(|(n, _)| t > n)
+                {
+                    newest = Some((t, m.partition()));
+                }
+            },
+        )?;
+        let Some((newest, partition)) = newest else { continue };
+        let limit = newest - lateness;
+        if first_ms >= limit {
+            continue;
+        }
+        let time = |ms: i64| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        };
+        let what = format!(
+            "{contract} already holds events up to {} (partition {partition}); the analyzer takes events at most {} \
+             (analyze.allowed_lateness) older than the newest it has seen, so this run's events before {} would be \
+             late and dead-lettered (it starts at {})",
+            time(newest),
+            humantime::format_duration(Duration::from_millis(lateness as u64)),
+            time(limit),
+            time(first_ms),
+        );
+        let fix = format!("use a fresh set of topics (another --topic-prefix), or --start {} or later", time(newest));
+        if last_ms < limit && !allow_late {
+            return Err(Error::Config(format!(
+                "{what}: every record would be late; {fix}, or --allow-late to send them anyway"
+            )));
+        }
+        tracing::warn!("{what}; {fix}");
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use crate::domain::{AlertStatus, DegradationKind, Event, StoreRole};
 use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
 use crate::sinks::dlq::headers;
+use crate::sources::kafka::{partition_ends, read_topic};
 use crate::topics::names;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -18,7 +19,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -213,7 +214,7 @@ fn read(common: &CommonArgs, timeout: Duration) -> Result<Report> {
     let mut board = Board::default();
     for name in [names::WINDOWS, names::DEGRADATIONS, names::ALERTS, names::PROMOTIONS] {
         let allowed: Vec<String> = catalog.get(name).map(|t| t.records().to_vec()).unwrap_or_default();
-        read_to_end(common, &common.topic(name), timeout, |msg| {
+        read_topic(&common.kafka, "udo-status", &common.topic(name), None, None, timeout, |msg| {
             // A record the analyzer did not write (or a tombstone) is not state.
             if let Ok(event) = codec.decode(&allowed, msg.payload().unwrap_or_default()) {
                 board.add(&event);
@@ -232,7 +233,7 @@ fn read(common: &CommonArgs, timeout: Duration) -> Result<Report> {
             })
         })
         .collect::<Result<_>>()?;
-    read_to_end(common, &common.topic(names::DLQ), timeout, |msg| {
+    read_topic(&common.kafka, "udo-status", &common.topic(names::DLQ), None, None, timeout, |msg| {
         let header = |name: &str| -> Option<String> {
             msg.headers()?.iter().find(|h| h.key == name).and_then(|h| Some(String::from_utf8_lossy(h.value?).into()))
         };
@@ -252,92 +253,6 @@ fn read(common: &CommonArgs, timeout: Duration) -> Result<Report> {
         stores: board.stores.into_values().collect(),
         pipelines,
     })
-}
-
-/// Reads every partition of `topic` from its start to its end as of now.
-fn read_to_end(
-    common: &CommonArgs,
-    topic: &str,
-    timeout: Duration,
-    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
-) -> Result<u64> {
-    let consumer: BaseConsumer = common
-        .kafka
-        .client(|c| {
-            crate::sources::kafka::fetch_defaults(c);
-            c.set("group.id", format!("udo-status-{}", uuid::Uuid::new_v4()))
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false");
-        })
-        .create()
-        .map_err(Error::kafka("create consumer"))?;
-    let ends = partition_ends(&consumer, topic)?;
-    let mut tpl = TopicPartitionList::new();
-    for &(p, low, high) in &ends {
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(Error::kafka("assign"))?;
-        }
-    }
-    if tpl.count() == 0 {
-        return Ok(0);
-    }
-    consumer.assign(&tpl).map_err(Error::kafka(format!("assign {topic}")))?;
-    let deadline = Instant::now() + timeout;
-    let mut read = 0u64;
-    loop {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(msg)) => {
-                f(&msg);
-                read += 1;
-                continue;
-            }
-            Some(Err(e)) => tracing::debug!(topic, "status read: {e}"),
-            None => {}
-        }
-        // At the end when every partition's position reached its end (a
-        // transaction marker may be the last offset: position skips it).
-        let pos = consumer.position().map_err(Error::kafka("position"))?;
-        let done = ends.iter().all(|&(p, low, high)| {
-            high <= low
-                || matches!(pos.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= high)
-        });
-        if done {
-            return Ok(read);
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Unavailable(format!(
-                "status: {topic} was not read to its end within {} (raise --timeout)",
-                humantime::format_duration(timeout)
-            )));
-        }
-    }
-}
-
-/// (partition, low, high) of every partition of `topic`.
-fn partition_ends(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>> {
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .map_err(Error::kafka(format!("metadata of {topic}")))?;
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if parts.is_empty() {
-        return Err(Error::Config(format!(
-            "topic {topic} does not exist (run `udo-stream topics apply`, check --topic-prefix / UDO_TOPIC_PREFIX)"
-        )));
-    }
-    parts
-        .into_iter()
-        .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(30))
-                .map_err(Error::kafka(format!("offsets of {topic}[{p}]")))?;
-            Ok((p, low, high))
-        })
-        .collect()
 }
 
 /// Records between the group's committed offsets and the ends of `topics`.

@@ -137,6 +137,8 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
             pipeline: p.name(),
             sinks: p.sinks(),
             late_topics: &p.late_topics(&common),
+            inputs: &p.inputs(&common),
+            analyzer: p == Pipeline::Analyze,
         }
         .emit();
         let group = p.group(&common);

@@ -6,7 +6,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Logs assignment changes, so a rebalance is visible in the logs.
 pub struct GroupContext {
@@ -72,40 +72,10 @@ pub fn read_to_end(
     if partitions.is_empty() {
         return Ok(());
     }
-    let c = assigned_consumer(kafka, client_id)?;
-    let mut open = std::collections::BTreeSet::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        let (lo, hi) = c
-            .fetch_watermarks(topic, *p, Duration::from_secs(10))
-            .map_err(Error::kafka(format!("watermarks of {topic}[{p}]")))?;
-        if hi > lo {
-            open.insert(*p);
-            tpl.add_partition_offset(topic, *p, Offset::Beginning)
-                .map_err(Error::kafka(format!("assign {topic}[{p}]")))?;
-        }
-    }
-    if open.is_empty() {
-        return Ok(());
-    }
-    c.assign(&tpl).map_err(Error::kafka(format!("assign {topic}")))?;
-    let deadline = std::time::Instant::now() + timeout;
-    while !open.is_empty() {
-        if std::time::Instant::now() > deadline {
-            return Err(Error::Unavailable(format!(
-                "reading {topic} partitions {open:?} took longer than {timeout:?}"
-            )));
-        }
-        match c.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
-            }
-            Some(Err(e)) => return Err(Error::kafka(format!("read {topic}"))(e)),
-            Some(Ok(m)) => each(m.partition(), m.offset(), m.payload().unwrap_or_default()),
-        }
-    }
-    Ok(())
+    read_topic(kafka, client_id, topic, Some(partitions), None, timeout, |m| {
+        each(m.partition(), m.offset(), m.payload().unwrap_or_default())
+    })
+    .map(drop)
 }
 
 /// Fails, saying what to run, when any of `topics` is missing on the
@@ -281,6 +251,103 @@ pub fn inspector(kafka: &KafkaConfig, topic: &str, partition: Option<i32>, start
     }
     consumer.assign(&tpl).map_err(Error::kafka(format!("assign {topic}")))?;
     Ok(consumer)
+}
+
+/// Reads `topic` (every partition, or only `partitions`) to its end as of
+/// now: from its start, or only its last `last` offsets; returns the
+/// records read. Ends by position, so a transaction marker as the last
+/// offset (never delivered) still counts as read.
+pub fn read_topic(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    topic: &str,
+    partitions: Option<&[i32]>,
+    last: Option<i64>,
+    timeout: Duration,
+    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<u64> {
+    let consumer: BaseConsumer = kafka
+        .client(|c| {
+            fetch_defaults(c);
+            c.set("group.id", format!("udo-read-{}", uuid::Uuid::new_v4()))
+                .set("client.id", client_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false");
+        })
+        .create()
+        .map_err(Error::kafka("create consumer"))?;
+    let mut ends = partition_ends(&consumer, topic)?;
+    if let Some(only) = partitions {
+        ends.retain(|(p, ..)| only.contains(p));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &(p, low, high) in &ends {
+        if high > low {
+            let from = last.map_or(Offset::Beginning, |n| Offset::Offset((high - n).max(low)));
+            tpl.add_partition_offset(topic, p, from).map_err(Error::kafka("assign"))?;
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(0);
+    }
+    consumer.assign(&tpl).map_err(Error::kafka(format!("assign {topic}")))?;
+    let deadline = Instant::now() + timeout;
+    let mut read = 0u64;
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(msg)) => {
+                f(&msg);
+                read += 1;
+                continue;
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => tracing::debug!(topic, "read: {e}"),
+            None => {}
+        }
+        // At the end when every partition's position reached its end (a
+        // transaction marker may be the last offset: position skips it).
+        let pos = consumer.position().map_err(Error::kafka("position"))?;
+        let done = ends.iter().all(|&(p, low, high)| {
+            high <= low
+                || matches!(pos.find_partition(topic, p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= high)
+        });
+        if done {
+            return Ok(read);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Unavailable(format!(
+                "{topic} was not read to its end within {} (is the broker slow? `status` takes --timeout)",
+                humantime::format_duration(timeout)
+            )));
+        }
+    }
+}
+
+/// (partition, low, high) of every partition of `topic`.
+pub fn partition_ends(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>> {
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .map_err(Error::kafka(format!("metadata of {topic}")))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if parts.is_empty() {
+        return Err(Error::Config(format!(
+            "topic {topic} does not exist (run `udo-stream topics apply`, check --topic-prefix / UDO_TOPIC_PREFIX)"
+        )));
+    }
+    parts
+        .into_iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
+                .map_err(Error::kafka(format!("offsets of {topic}[{p}]")))?;
+            Ok((p, low, high))
+        })
+        .collect()
 }
 
 /// Keeps the first client error that retrying cannot fix (authentication,

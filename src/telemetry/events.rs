@@ -224,7 +224,30 @@ pub struct PipelineStarted<'a> {
     pub pipeline: &'static str,
     pub sinks: &'static [&'static str],
     pub late_topics: &'a [String],
+    /// Its input topics (dead letters are counted by source topic).
+    pub inputs: &'a [String],
+    /// The analyzer: alerts, degradations and windows are counted too.
+    pub analyzer: bool,
 }
+
+/// Every class a dead letter can have (decode, then stage rejects).
+const DLQ_CLASSES: &[&str] = &[
+    "oversized",
+    "empty",
+    "unknown_framing",
+    "unknown_schema",
+    "wrong_schema",
+    "malformed",
+    "invalid_utf8",
+    "unknown_enum",
+    "invalid",
+    "registry_unavailable",
+    "late",
+    "future",
+    "cardinality",
+    "reused_id",
+    "reused_event_id",
+];
 
 impl PipelineStarted<'_> {
     pub fn emit(&self) {
@@ -235,6 +258,33 @@ impl PipelineStarted<'_> {
         gauge!("udo_sink_paused", "pipeline" => self.pipeline).set(0.0);
         for topic in self.late_topics {
             counter!("udo_late_events_total", "topic" => topic.clone()).increment(0);
+        }
+        // A series that appears at 1 hides its first event from increase()
+        // and rate(): an alert on the first dead letter would never fire.
+        for topic in self.inputs {
+            for class in DLQ_CLASSES {
+                counter!("udo_dlq_records_total", "pipeline" => self.pipeline, "topic" => topic.clone(),
+                    "class" => *class)
+                .increment(0);
+            }
+        }
+        if self.analyzer {
+            use crate::domain::{AlertStatus, DegradationKind};
+            for (rule, severities) in crate::domain::rules::ALERT_RULES {
+                for severity in *severities {
+                    for status in AlertStatus::ALL {
+                        counter!("udo_alerts_total", "rule" => rule.to_string(), "severity" => severity.label(),
+                            "status" => status.label())
+                        .increment(0);
+                    }
+                }
+            }
+            for kind in DegradationKind::ALL {
+                counter!("udo_degradations_total", "kind" => kind.label()).increment(0);
+            }
+            for kind in ["component", "endpoint", "uncertainty"] {
+                counter!("udo_windows_closed_total", "kind" => kind).increment(0);
+            }
         }
     }
 }

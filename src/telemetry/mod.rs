@@ -7,6 +7,7 @@
 pub mod components;
 pub mod dlq_log;
 pub mod events;
+mod quiet;
 mod server;
 
 pub use server::{Readiness, serve};
@@ -15,16 +16,19 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
 pub fn init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("UDO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // Database notices ("relation ... already exists, skipping") are DEBUG.
+    let directives = std::env::var("UDO_LOG").unwrap_or_default();
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .ok()
+        .filter(|_| !directives.is_empty())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,sqlx::postgres::notice=warn"));
+    let verbose = directives.contains("debug") || directives.contains("trace");
     // Colours only on a terminal: logs piped to files stay greppable.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi)
-        .try_init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    let _ = tracing_subscriber::registry().with(filter).with(quiet::QuietLibrdkafka::new(verbose)).with(fmt).try_init();
 }
 
 /// Seconds buckets for batch and checkpoint latencies: 1 ms to 30 s.

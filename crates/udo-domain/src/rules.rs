@@ -50,6 +50,14 @@ impl Deployment {
     }
 }
 
+/// Every alert rule and the severities it fires at (metrics start each
+/// series at 0 from this list).
+pub const ALERT_RULES: &[(&str, &[Severity])] = &[
+    ("latency_p95", &[Severity::Warning, Severity::Critical]),
+    ("error_rate", &[Severity::Warning]),
+    ("uncertainty", &[Severity::Warning, Severity::Critical]),
+];
+
 /// Thresholds of DESIGN §4; every one is configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

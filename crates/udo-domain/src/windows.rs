@@ -62,14 +62,30 @@ impl WindowSpec {
 /// Why an event was refused: its first window already closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Late {
+    /// The event's time.
+    pub at: i64,
     pub first_window_end: i64,
     pub watermark: i64,
 }
 
 impl std::fmt::Display for Late {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "late: its first window ended at {} ms, watermark is {} ms", self.first_window_end, self.watermark)
+        write!(
+            f,
+            "field `occurred_at`: {} is late: every window holding it has closed (the first ended at {}; windows \
+             are closed through {}, the newest event time seen minus analyze.allowed_lateness); send events in \
+             time order per key, or raise analyze.allowed_lateness",
+            rfc3339(self.at),
+            rfc3339(self.first_window_end),
+            rfc3339(self.watermark)
+        )
     }
+}
+
+/// Epoch milliseconds as an RFC 3339 time, for messages people read.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// A closed window of one key.
@@ -282,7 +298,7 @@ where
         // so it is (or will be, at the next `close`) emitted without it.
         let watermark = self.clock.closed()?;
         let first_window_end = self.clock.spec.first_window_end(t);
-        (first_window_end <= watermark).then_some(Late { first_window_end, watermark })
+        (first_window_end <= watermark).then_some(Late { at: t, first_window_end, watermark })
     }
 
     /// An on-time event that was not added (refused for another reason)
@@ -663,7 +679,7 @@ mod tests {
         let mut w: Windows<&str, Sum> = Windows::new(spec());
         w.add("a", 200, &1).unwrap(); // wm 170: windows ending <= 170 are closed
         // Its first window [.., 120) is closed.
-        assert_eq!(w.add("a", 100, &1), Err(Late { first_window_end: 120, watermark: 170 }));
+        assert_eq!(w.add("a", 100, &1), Err(Late { at: 100, first_window_end: 120, watermark: 170 }));
         assert_eq!(w.add("a", 125, &1), Ok(())); // still within lateness
     }
 

@@ -1,5 +1,7 @@
 //! Injectable incidents: `slow:COMPONENT@START[+DURATION]` multiplies latency
-//! by 10, `errors:COMPONENT@START[+DURATION]` raises the error rate to 20%.
+//! by 10, `errors:COMPONENT@START[+DURATION]` raises the error rate to 20%,
+//! `disputed:COMPONENT@START[+DURATION]` lowers the approval of its
+//! decisions' ratings to 30% (an uncertainty incident).
 //! Times are event time from the start of the run; no duration = until the end.
 
 use std::fmt;
@@ -10,6 +12,7 @@ use std::time::Duration;
 pub enum IncidentKind {
     Slow,
     Errors,
+    Disputed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,12 +35,13 @@ impl FromStr for Incident {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let usage =
-            "expected slow:COMPONENT@START[+DURATION] or errors:COMPONENT@START[+DURATION], e.g. slow:checkout@5m+10m";
+        let usage = "expected KIND:COMPONENT@START[+DURATION] with KIND slow (latency x10), errors (20% errors) or disputed \
+             (30% approval), e.g. slow:checkout@5m+10m";
         let (kind, rest) = s.split_once(':').ok_or_else(|| format!("{s:?}: {usage}"))?;
         let kind = match kind {
             "slow" => IncidentKind::Slow,
             "errors" => IncidentKind::Errors,
+            "disputed" => IncidentKind::Disputed,
             other => return Err(format!("{s:?}: unknown incident kind {other:?}; {usage}")),
         };
         let (component, times) = rest.split_once('@').ok_or_else(|| format!("{s:?}: missing @START; {usage}"))?;
@@ -65,6 +69,7 @@ impl fmt::Display for Incident {
         let kind = match self.kind {
             IncidentKind::Slow => "slow",
             IncidentKind::Errors => "errors",
+            IncidentKind::Disputed => "disputed",
         };
         write!(f, "{kind}:{}@{}", self.component, humantime::format_duration(self.start))?;
         if let Some(d) = self.duration {

@@ -250,13 +250,16 @@ impl Generator {
                 self.rng.random_range(0..self.cfg.components.len()),
             ),
         };
-        let rating = if self.rng.random::<f64>() < self.cfg.approval_rate { 1 } else { -1 };
+        let component = self.cfg.components[ci].name.clone();
+        let approval =
+            if self.incident_active(IncidentKind::Disputed, &component, t_ms) { 0.30 } else { self.cfg.approval_rate };
+        let rating = if self.rng.random::<f64>() < approval { 1 } else { -1 };
         Event::FeedbackRating(FeedbackRating {
             event_id: self.uuid(),
             occurred_at: t_ms,
             source: SOURCE.into(),
             project_id: project,
-            component: self.cfg.components[ci].name.clone(),
+            component,
             decision_id,
             rating,
             correction: (rating < 0 && self.rng.random::<f64>() < 0.5).then(|| self.sentence(6)),

@@ -103,6 +103,7 @@ impl Fixture {
             &MaterializeTopics::with_prefix(PREFIX),
             &kafka,
             promo,
+            Default::default(),
             Readiness::default(),
         )
         .unwrap();

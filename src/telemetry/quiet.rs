@@ -121,7 +121,7 @@ mod tests {
         assert!(q.show("Disconnected", at(57)), "persisted 32 s");
         assert!(!q.show("Disconnected", at(65)));
         let mut t = 65;
-        while t < 117 {
+        while t < 112 {
             t += 5;
             assert!(!q.show("Disconnected", at(t)), "within the minute at {t}");
         }

@@ -129,10 +129,11 @@ fn the_rules_check_and_pass_their_unit_tests() {
 /// `first` is minutes 0-15 (checkout slow from 10), else minutes 15-35
 /// (slow until 20).
 fn produce_part(prefix: &str, first: bool) {
-    let (start, duration, incident) = if first {
-        ("2026-01-01T00:00:00Z", "15m", "slow:checkout@10m+10m")
+    // Two seeds: one seed's event ids would repeat in the second part.
+    let (start, duration, incident, seed) = if first {
+        ("2026-01-01T00:00:00Z", "15m", "slow:checkout@10m+10m", "11")
     } else {
-        ("2026-01-01T00:15:00Z", "20m", "slow:checkout@0m+5m")
+        ("2026-01-01T00:15:00Z", "20m", "slow:checkout@0m+5m", "12")
     };
     common::udo_ok(&[
         "produce",
@@ -142,7 +143,7 @@ fn produce_part(prefix: &str, first: bool) {
         "--rate",
         "60",
         "--seed",
-        "11",
+        seed,
         "--topic-prefix",
         prefix,
         "--embedding-dim",

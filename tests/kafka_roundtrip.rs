@@ -238,3 +238,90 @@ fn tail_prints_decoded_records_and_errors_for_garbage() {
     assert_eq!(classes, ["malformed", "unknown_framing", "unknown_schema"], "{out}");
     assert!(errors.iter().all(|l| l["raw"].is_string() && l["key"] == "junk"));
 }
+
+/// The JSON lines of `tail` with `args`, on the topic prefix `p`.
+fn tail(p: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["tail"];
+    all.extend(args);
+    all.extend(["--idle-exit", "5s", "--topic-prefix", p]);
+    udo_ok(&all).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn tail_takes_short_names_a_partition_an_offset_and_a_time() {
+    let p = prefix("tailfrom");
+    apply_topics(&p);
+    let produce = |start: &str, count: &str| {
+        udo_ok(&[
+            "produce",
+            "latency",
+            "--count",
+            count,
+            "--clock",
+            "simulated",
+            "--start",
+            start,
+            "--topic-prefix",
+            &p,
+        ])
+    };
+    produce(START, "50");
+    std::thread::sleep(Duration::from_millis(1500));
+    let between = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    produce("2026-01-01T01:00:00Z", "30");
+
+    // The short name and the full one read the same topic.
+    let short = tail(&p, &["udo.latency.v1", "--from-beginning"]);
+    let full = tail(&p, &[&format!("{p}udo.latency.v1"), "--from-beginning"]);
+    assert_eq!(short.len(), 80);
+    assert_eq!(full.len(), 80);
+    assert!(short.iter().all(|l| l["topic"] == format!("{p}udo.latency.v1")));
+
+    // One partition, from an offset.
+    let partition = short[0]["partition"].as_i64().unwrap();
+    let held = short.iter().filter(|l| l["partition"] == partition).count();
+    assert!(held > 2, "partition {partition} holds {held}");
+    let part = tail(&p, &["udo.latency.v1", "--partition", &partition.to_string(), "--offset", "2"]);
+    assert_eq!(part.len(), held - 2);
+    assert!(part.iter().all(|l| l["partition"] == partition && l["offset"].as_i64().unwrap() >= 2));
+
+    // From a time (the records' timestamps: when they were written), or a duration ago.
+    let later = tail(&p, &["udo.latency.v1", "--from", &between]);
+    assert_eq!(later.len(), 30, "records written after {between}");
+    assert!(later.iter().all(|l| l["value"]["occurred_at"].as_i64().unwrap() >= START_MS + 3_600_000));
+    assert_eq!(tail(&p, &["udo.latency.v1", "--from", "1h"]).len(), 80);
+
+    let out = udo(&["tail", "udo.latency.v1", "--partition", "99", "--topic-prefix", &p]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("has no partition 99"), "{err}");
+}
+
+#[test]
+fn produce_refuses_a_run_that_would_be_late_and_warns_of_a_partial_one() {
+    let p = prefix("late");
+    apply_topics(&p);
+    let produce = |start: &str, extra: &[&str]| {
+        let mut args =
+            vec!["produce", "latency", "--clock", "simulated", "--rate", "1", "--start", start, "--topic-prefix", &p];
+        args.extend(extra);
+        let out = udo(&args);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = produce("2026-01-01T01:00:00Z", &["--count", "10"]);
+    assert!(ok, "{err}");
+
+    // An hour earlier: every record behind what the topic holds.
+    let (ok, err) = produce(START, &["--count", "10"]);
+    assert!(!ok, "a run late from start to end is refused");
+    for needle in ["every record would be late", "2026-01-01T01:00:09Z", "--topic-prefix", "--start", "--allow-late"] {
+        assert!(err.contains(needle), "{needle:?} in: {err}");
+    }
+    let (ok, err) = produce(START, &["--count", "10", "--allow-late"]);
+    assert!(ok && err.contains("would be late"), "--allow-late sends, with the warning: {err}");
+
+    // Partly late: a warning with the times, and the records go.
+    let (ok, err) = produce("2026-01-01T00:59:00Z", &["--count", "120"]);
+    assert!(ok && err.contains("would be late") && err.contains("2026-01-01T00:59:00Z"), "{err}");
+    assert!(!err.contains("every record"), "{err}");
+}

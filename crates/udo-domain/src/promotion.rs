@@ -279,6 +279,12 @@ mod tests {
         let mut r = StorePromotion::new("redis");
         let other = feed(&mut r, 0, &pattern(100, 0), 0);
         assert_ne!(other[0].1.event_id, a[0].1.event_id);
+        // Another deployment: the same promotion under an id of its own.
+        let deployment = Deployment::new("staging");
+        let mut s = StorePromotion::new("postgres").in_deployment(deployment);
+        let staged = feed(&mut s, 0, &pattern(100, 0), 0);
+        assert_eq!(staged[0].1.event_id, deployment.id(a[0].1.event_id));
+        assert_ne!(staged[0].1.event_id, a[0].1.event_id);
     }
 
     #[test]

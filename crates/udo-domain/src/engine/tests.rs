@@ -669,3 +669,28 @@ fn routed_samples_count_once_and_hold_the_watermark_until_idle() {
     routed.set_latency_idle(4, true);
     assert!(routed.watermark(Stream::Latency) >= before);
 }
+
+#[test]
+fn each_deployment_derives_ids_of_its_own_and_the_same_ones_again() {
+    let input = incident(40, 10..20, 7);
+    let ids = |namespace: &str| {
+        let mut c = cfg();
+        c.deployment = crate::rules::Deployment::new(namespace);
+        let events = run(&mut Engine::new(c), &input);
+        assert!(events.iter().any(|e| matches!(e, Event::Alert(_))), "the incident alerts");
+        (events.iter().map(Event::event_id).collect::<Vec<_>>(), transitions(&events))
+    };
+    let (base, story) = ids("");
+    let (staging, staging_story) = ids("staging");
+    let (production, production_story) = ids("production");
+    // The same story, told with ids no other deployment derives.
+    assert_eq!(staging_story, story);
+    assert_eq!(production_story, story);
+    let all: std::collections::HashSet<Uuid> = base.iter().chain(&staging).chain(&production).copied().collect();
+    assert_eq!(all.len(), 3 * base.len(), "ids shared between deployments");
+    // A restart or replay within a deployment derives the same ids again.
+    assert_eq!(ids("staging").0, staging);
+    // No namespace keeps the ids of a deployment without a prefix.
+    let mut plain = Engine::new(cfg());
+    assert_eq!(run(&mut plain, &input).iter().map(Event::event_id).collect::<Vec<_>>(), base);
+}

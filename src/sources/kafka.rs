@@ -339,13 +339,26 @@ pub fn partition_ends(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, 
             "topic {topic} does not exist (run `udo-stream topics apply`, check --topic-prefix / UDO_TOPIC_PREFIX)"
         )));
     }
+    // A topic just created has partitions whose leader is still being
+    // elected: retried briefly, through the one retry policy.
+    let policy = crate::pipeline::retry::RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1))
+        .with_max_attempts(20);
     parts
         .into_iter()
         .map(|p| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(30))
-                .map_err(Error::kafka(format!("offsets of {topic}[{p}]")))?;
-            Ok((p, low, high))
+            let mut retrying = policy.start();
+            loop {
+                match consumer.fetch_watermarks(topic, p, Duration::from_secs(30)) {
+                    Ok((low, high)) => return Ok((p, low, high)),
+                    Err(e) => {
+                        let e = Error::kafka(format!("offsets of {topic}[{p}]"))(e);
+                        match retrying.next_delay(&e) {
+                            Some(delay) => std::thread::sleep(delay),
+                            None => return Err(e),
+                        }
+                    }
+                }
+            }
         })
         .collect()
 }

@@ -197,9 +197,9 @@ pub fn replay(rt: &Handle, cfg: &ReplayConfig, shutdown: &Shutdown) -> Result<Re
             let rate = report.records as f64 / started.elapsed().as_secs_f64().max(1e-3);
             let pct = if total > 0 { 100.0 * done as f64 / total as f64 } else { 100.0 };
             tracing::info!(
-                "replay: {} of {total} records ({pct:.1}%), {rate:.0} records/s, {} partitions left",
+                "replay: {} of {total} records ({pct:.1}%), {rate:.0} records/s, {} left",
                 report.records,
-                open.len()
+                crate::telemetry::count(open.len() as u64, "partition")
             );
         }
     }

@@ -93,8 +93,8 @@ fn log_summaries(ended: &[Summary]) {
             topic = %s.key.topic,
             partition = s.key.partition,
             class = %s.key.class,
-            "{} more records sent to the DLQ in {:.0?} (offsets {}..={}; the DLQ's headers say why)",
-            s.more,
+            "{} more sent to the DLQ in {:.0?} (offsets {}..={}; the DLQ's headers say why)",
+            super::count(s.more, "record"),
             s.over,
             s.first_offset,
             s.last_offset

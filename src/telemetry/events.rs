@@ -84,7 +84,14 @@ pub struct ErrorCounted<'a> {
 impl ErrorCounted<'_> {
     pub fn emit(&self) {
         let class = self.error.class();
-        tracing::warn!(pipeline = self.pipeline, step = self.step, class, "{} failed: {}", self.step, self.error);
+        // librdkafka reconnects and refetches by itself: a transient consume
+        // error is counted, and logged only at DEBUG (a partition that stays
+        // stuck is reported by the stall detector, with the last error).
+        if self.step == "consume" && self.error.retry() == crate::error::Retry::Backoff {
+            tracing::debug!(pipeline = self.pipeline, step = self.step, class, "consume failed: {}", self.error);
+        } else {
+            tracing::warn!(pipeline = self.pipeline, step = self.step, class, "{} failed: {}", self.step, self.error);
+        }
         counter!("udo_errors_total", "pipeline" => self.pipeline, "step" => self.step, "class" => class).increment(1);
     }
 }

@@ -31,6 +31,12 @@ pub fn init() {
     let _ = tracing_subscriber::registry().with(filter).with(quiet::QuietLibrdkafka::new(verbose)).with(fmt).try_init();
 }
 
+/// `1 record`, `2 records`: counts in messages people read.
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
 /// Seconds buckets for batch and checkpoint latencies: 1 ms to 30 s.
 const SECONDS_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 

@@ -493,6 +493,24 @@ fn records_framed_with_the_legacy_fingerprint_still_decode() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
+    /// A JSON producer's float is read as exactly the double it printed
+    /// (the shortest form, as JavaScript or Python print it, or with an
+    /// exponent): stores and windows see the producer's number, not a
+    /// neighbour one ulp away.
+    #[test]
+    fn json_floats_parse_to_the_exact_double(v in 0.001f64..1.0e7) {
+        let c = codec(OutputFormat::Avro);
+        for text in [format!("{v}"), format!("{v:e}")] {
+            let json = format!(
+                r#"{{"event_id":"6f1c64e4-7d55-4b8a-9a57-0d2f7b1f3c11","occurred_at":1767225600000,
+                "source":"t","component":"checkout","endpoint":"GET /x","latency_ms":{text},"outcome":"OK"}}"#
+            );
+            let e = c.decode(&topic(&["LatencySample"]), json.as_bytes()).unwrap();
+            let Event::LatencySample(s) = e else { panic!("{e:?}") };
+            prop_assert_eq!(s.latency_ms.to_bits(), v.to_bits(), "{} read as {}", text, s.latency_ms);
+        }
+    }
+
     /// Arbitrary bytes, including ones that start with each magic, never panic.
     #[test]
     fn random_bytes_never_panic(prefix in 0usize..4, body in proptest::collection::vec(any::<u8>(), 0..300)) {

@@ -19,7 +19,11 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "udo-stream",
     version,
-    about = "Event-driven stream processor: Kafka to PostgreSQL/pgvector and Redis"
+    about = "Event-driven stream processor: Kafka to PostgreSQL/pgvector and Redis",
+    after_help = "First steps: in a checkout, `scripts/demo` tells the whole story and `eval \"$(scripts/stack env)\"` \
+                  points every command at the local stack. `udo-stream status` shows what is wrong right now; \
+                  `udo-stream <command> --help` explains each command; README.md has configuration, operations \
+                  and the delivery guarantees."
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -684,6 +684,21 @@ mod tests {
     }
 
     #[test]
+    fn a_late_event_is_explained_in_readable_times() {
+        const T: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        let late = Late { at: T + 1_500, first_window_end: T + 60_000, watermark: T + 120_000 };
+        let text = late.to_string();
+        for needle in [
+            "field `occurred_at`: 2026-01-01T00:00:01.500Z is late",
+            "ended at 2026-01-01T00:01:00.000Z",
+            "closed through 2026-01-01T00:02:00.000Z",
+            "analyze.allowed_lateness",
+        ] {
+            assert!(text.contains(needle), "{needle:?} in {text}");
+        }
+    }
+
+    #[test]
     fn forgetting_the_future_brings_the_watermark_back() {
         let mut w: Windows<u8, Sum> = Windows::new(spec());
         w.add(1, 100, &1).unwrap();

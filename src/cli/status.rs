@@ -311,8 +311,8 @@ fn screen(r: &Report) -> String {
     } else {
         let _ = writeln!(
             s,
-            "  {:<14} {:<9} {:<21} {:>10} {:>7} {:>8}  {}",
-            "component", "health", "since", "P95 ms", "errors", "samples", "last window end"
+            "  {:<14} {:<9} {:<21} {:>10} {:>7} {:>8}  last window end",
+            "component", "health", "since", "P95 ms", "errors", "samples"
         );
     }
     for c in &r.components {
@@ -330,11 +330,8 @@ fn screen(r: &Report) -> String {
     }
     if !r.uncertainty.is_empty() {
         let _ = writeln!(s, "\nUNCERTAINTY (1 - Wilson lower bound of approval)");
-        let _ = writeln!(
-            s,
-            "  {:<14} {:<14} {:>11} {:>8}  {}",
-            "project", "component", "uncertainty", "ratings", "window end"
-        );
+        let _ =
+            writeln!(s, "  {:<14} {:<14} {:>11} {:>8}  window end", "project", "component", "uncertainty", "ratings");
         for u in &r.uncertainty {
             let _ = writeln!(
                 s,

@@ -30,11 +30,13 @@ const PERSISTS: Duration = Duration::from_secs(30);
 const GAP: Duration = Duration::from_secs(10);
 const REPEAT: Duration = Duration::from_secs(60);
 
+/// One condition: first and last seen in the current stretch, last shown.
+type Stretch = (Instant, Instant, Option<Instant>);
+
 #[derive(Default)]
 pub struct QuietLibrdkafka {
     verbose: bool,
-    /// Per condition: first and last seen in the current stretch, last shown.
-    seen: Mutex<HashMap<&'static str, (Instant, Instant, Option<Instant>)>>,
+    seen: Mutex<HashMap<&'static str, Stretch>>,
 }
 
 impl QuietLibrdkafka {

@@ -198,9 +198,10 @@ apt_install() {
 }
 
 # Debian packages the build and the interop tests need: OpenSSL headers and
-# pkg-config (librdkafka's TLS/SASL, sqlx and redis TLS), zlib headers, and
-# kcat (a third-party Kafka client the tests use).
-BUILD_DEPS=(libssl-dev pkg-config zlib1g-dev libzstd-dev kcat)
+# pkg-config (librdkafka's TLS/SASL, sqlx and redis TLS), zlib headers,
+# kcat (a third-party Kafka client the tests use), and jq and curl (the
+# demo reads `status --json` and the metrics with them).
+BUILD_DEPS=(libssl-dev pkg-config zlib1g-dev libzstd-dev kcat jq curl)
 
 build_deps_ok() {
   local installed

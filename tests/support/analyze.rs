@@ -62,6 +62,9 @@ pub fn analyzer_with(prefix: &str, db: &str, env: &[(&str, &str)]) -> Analyzer {
         .env("UDO_EMBEDDING_DIM", "8")
         .env("UDO__ANALYZE__IDLE_TIMEOUT", "3s")
         .env("UDO__ANALYZE__CHECKPOINT_INTERVAL", "500ms")
+        // Runs on different topic prefixes compare their ids: they are one
+        // deployment, so the namespace is pinned (not derived from the prefix).
+        .env("UDO_NAMESPACE", "it")
         .env("UDO_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log_file(prefix));

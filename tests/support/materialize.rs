@@ -95,6 +95,8 @@ pub fn materializer(pipelines: &str, prefix: &str, db: &str, redis: &str, env: &
         .env("REDIS_URL", redis)
         .env("UDO_EMBEDDING_DIM", DIM)
         .env("UDO__MATERIALIZE__RETRY_MAX_DELAY", "2s")
+        // One deployment across the tests' topic prefixes (see analyzer_with).
+        .env("UDO_NAMESPACE", "it")
         .env("UDO_LOG", std::env::var("UDO_LOG").unwrap_or_else(|_| "warn".into()))
         .env_remove("SCHEMA_REGISTRY_URL")
         .stdout(Stdio::null())

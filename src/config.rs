@@ -128,7 +128,7 @@ impl CommonArgs {
 }
 
 /// Pipeline tuning: `[analyze]`, `[materialize]` and `[promotion]` tables of
-/// the TOML file. Every field has the DESIGN default.
+/// the TOML file. Every field has the default of docs/design.md.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -136,7 +136,7 @@ pub struct Settings {
     pub kafka: KafkaProperties,
     pub analyze: AnalyzeSettings,
     pub materialize: MaterializeSettings,
-    /// `[promotion]`: store promotion thresholds (DESIGN §4).
+    /// `[promotion]`: store promotion thresholds (design §4).
     pub promotion: crate::domain::promotion::PromotionConfig,
     pub notify: NotifySettings,
 }
@@ -161,7 +161,7 @@ impl Default for NotifySettings {
     }
 }
 
-/// `[analyze]`: windows, evaluation minimums and rule thresholds (DESIGN §4).
+/// `[analyze]`: windows, evaluation minimums and rule thresholds (design §4).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnalyzeSettings {
@@ -407,7 +407,7 @@ impl AnalyzeSettings {
 /// variables, applied to every Kafka client the binary creates (consumers,
 /// producers, admin; `run`, `tail`, `replay`, `produce`, `topics`, `bench`),
 /// after udo-stream's own defaults, so they can tune anything but the
-/// delivery settings DESIGN §6 rests on.
+/// delivery settings design §6 rests on.
 ///
 /// In TOML, dotted keys are the property names (`sasl.mechanism = "..."` or
 /// `"sasl.mechanism" = "..."`); in a variable, `_` stands for `.`
@@ -489,7 +489,7 @@ impl KafkaProperties {
                     if key == "bootstrap.servers" {
                         "use --brokers / KAFKA_BROKERS"
                     } else {
-                        "DESIGN §6 delivery settings"
+                        "the delivery settings of docs/design.md §6"
                     }
                 ));
             }
@@ -685,7 +685,7 @@ mod tests {
         let e = Settings::load(None, env(&[("UDO__KAFKA__SECURITY_PROTOCOL", "SSH")])).unwrap_err();
         assert!(e.contains("kafka.security.protocol"), "{e}");
         let e = Settings::load(None, env(&[("UDO__KAFKA__ENABLE_AUTO_OFFSET_STORE", "true")])).unwrap_err();
-        assert!(e.contains("kafka.enable.auto.offset.store") && e.contains("DESIGN"), "{e}");
+        assert!(e.contains("kafka.enable.auto.offset.store") && e.contains("docs/design.md §6"), "{e}");
         let e = Settings::load(None, env(&[("UDO__KAFKA__BOOTSTRAP_SERVERS", "x:1")])).unwrap_err();
         assert!(e.contains("KAFKA_BROKERS"), "{e}");
     }

@@ -1,4 +1,4 @@
-//! Graceful shutdown (DESIGN §6): the first SIGINT/SIGTERM asks every loop to
+//! Graceful shutdown (design §6): the first SIGINT/SIGTERM asks every loop to
 //! stop and finish its in-flight work; a second one exits at once.
 
 use std::sync::Arc;

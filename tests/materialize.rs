@@ -1,4 +1,4 @@
-//! The two materializers against the real stack (issue 3):
+//! The two materializers against the real stack:
 //! - N mixed events (with embeddings) plus analyzer-style outputs land as
 //!   exactly one row per event with the right content in Postgres (pgvector
 //!   distance query included) and as the expected keys in Redis; the stores
@@ -6,7 +6,7 @@
 //! - a replay of the whole range (group reset to earliest and the stores'
 //!   own offsets cleared) leaves every table checksum and every Redis key
 //!   unchanged;
-//! - 1% malformed and invalid records of every DESIGN §6 kind: every valid
+//! - 1% malformed and invalid records of every design §6 kind: every valid
 //!   record is materialized and the DLQ holds exactly the injected records,
 //!   raw bytes and provenance headers included.
 //!
@@ -488,7 +488,7 @@ fn json_of(e: &Event) -> Value {
     serde_json::to_value(e).unwrap()
 }
 
-/// Every DESIGN §6 case, 33 records (1.1% of 3000).
+/// Every design §6 case, 33 records (1.1% of 3000).
 fn bad_records(originals: &[Value]) -> Vec<Bad> {
     let mut bad = Vec::new();
     let mut add = |topic, key: &str, value: Vec<u8>, redis_too, class| {

@@ -1,4 +1,4 @@
-//! The materializers under faults, against the real stack (issue 3):
+//! The materializers under faults, against the real stack:
 //! - `kill -9` of the materializer process three times during a run of
 //!   200k events, restarting it each time: nothing lost, no duplicate row
 //!   (count(*) = count(distinct event_id) = produced), Redis consistent with

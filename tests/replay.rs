@@ -1,4 +1,4 @@
-//! `udo-stream replay` against the real stack (DESIGN §7): two rounds of
+//! `udo-stream replay` against the real stack (design §7): two rounds of
 //! mixed events are produced a moment apart; replaying from the moment
 //! between them into empty stores materializes exactly the second round,
 //! and `--from 0 --to <that moment>` exactly the first; a second replay of

@@ -1,4 +1,4 @@
-//! Production connectivity (DESIGN §7) against the stack's secured set
+//! Production connectivity (design §7) against the stack's secured set
 //! (`scripts/stack secure up`, which makes a CA and a server certificate
 //! with openssl and random passwords):
 //! - the three pipelines end to end with Kafka over SASL_SSL (SCRAM-SHA-512

@@ -1,5 +1,5 @@
 //! The store layer against the real PostgreSQL (pgvector) and Redis of the
-//! local stack: every event kind lands where DESIGN §5 says, replays change
+//! local stack: every event kind lands where design §5 says, replays change
 //! nothing (checksums of every table and key), offsets round-trip, a reused
 //! event id with another payload is rejected instead of overwriting, and a
 //! wrong embedding dimension stops startup with a clear error. Each test owns

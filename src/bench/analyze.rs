@@ -1,4 +1,4 @@
-//! `udo-stream bench analyze`: the analyzer's figures of issue 4, in one run.
+//! `udo-stream bench analyze`: the analyzer's figures, in one run.
 //!
 //! 1. Engine throughput on one core: Avro decode + windows + sketches + rule
 //!    state machines over pre-encoded latency samples (the broker excluded).

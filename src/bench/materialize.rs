@@ -1,6 +1,6 @@
 //! `udo-stream bench materialize`: the materializers' store paths against
 //! the fastest plain ways to load the same rows, in one run, on the same
-//! data and batch size (issue 3's targets: Postgres ≥ 50% of binary COPY
+//! data and batch size (targets: Postgres ≥ 50% of binary COPY
 //! and ≥ 2× multi-row INSERT; Redis ≥ 50% of a raw pipelined write).
 //!
 //! Kafka and decoding are excluded from every variant: events are generated

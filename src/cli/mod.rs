@@ -1,4 +1,4 @@
-//! The `udo-stream` command line (DESIGN §7). Each subcommand lives in its
+//! The `udo-stream` command line (design §7). Each subcommand lives in its
 //! own file; this one parses and dispatches.
 
 mod bench;

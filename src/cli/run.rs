@@ -1,4 +1,4 @@
-//! `udo-stream run`: start pipelines (DESIGN §2) with a metrics and health
+//! `udo-stream run`: start pipelines (design §2) with a metrics and health
 //! endpoint, until SIGINT/SIGTERM.
 
 use crate::codec::OutputFormat;

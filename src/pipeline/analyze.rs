@@ -1,4 +1,4 @@
-//! The `analyze` pipeline (DESIGN §2, §4): latency, feedback and decision
+//! The `analyze` pipeline (design §2, §4): latency, feedback and decision
 //! logs in; window stats, alerts and degradations out, Kafka to Kafka.
 //!
 //! Tasks: task `p` owns partition `p` of the latency topic, the feedback

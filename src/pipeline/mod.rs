@@ -1,5 +1,5 @@
 //! Pipelines: each is a consumer group running a `Stage` on the shared
-//! `runner` loop (DESIGN §2), which owns a record's lifecycle: `batch`
+//! `runner` loop (design §2), which owns a record's lifecycle: `batch`
 //! (decode once, group by partition, rejects), `retry` (the one policy),
 //! then the stage's write and commit. `start` runs any subset in one
 //! process, each on its own thread, with one metrics/health endpoint.
@@ -25,7 +25,7 @@ use batch::Decoder;
 use retry::RetryPolicy;
 use runner::RunnerConfig;
 
-/// The pipelines of DESIGN §2.
+/// The pipelines of design §2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Pipeline {
     Analyze,

@@ -1,4 +1,4 @@
-//! `replay` (DESIGN §7): reprocess a time range of topics into the stores,
+//! `replay` (design §7): reprocess a time range of topics into the stores,
 //! to backfill a new store or repair one, without re-alerting: nothing is
 //! analyzed and nothing is produced, only the materializers' writes are
 //! made again, which are idempotent and newest-wins in both stores, so a

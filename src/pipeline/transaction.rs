@@ -27,7 +27,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// wedged (its own timeout, plus slack).
 const WEDGED: Duration = Duration::from_secs(45);
 /// Once shutdown is asked for, how much longer a call may block: the process
-/// exits within DESIGN §6's 30 s even when librdkafka is wedged.
+/// exits within design §6's 30 s even when librdkafka is wedged.
 const WEDGED_AT_SHUTDOWN: Duration = Duration::from_secs(15);
 
 /// Runs a blocking transactional call of librdkafka with a deadline of our

@@ -1,4 +1,4 @@
-//! The dead-letter queue (DESIGN §6): a record that cannot be decoded, fails
+//! The dead-letter queue (design §6): a record that cannot be decoded, fails
 //! validation, is late, or reuses an event id with another payload goes to
 //! `udo.dlq.v1` with its raw key and value, its original headers, and
 //! `udo.dlq.*` headers naming where it came from and why. The caller awaits

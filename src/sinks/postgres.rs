@@ -1,4 +1,4 @@
-//! PostgreSQL + pgvector materialization (DESIGN §5, §6).
+//! PostgreSQL + pgvector materialization (design §5, §6).
 //!
 //! Shaped around one rule: a partition's offset is stored in the same
 //! transaction as the rows it covers, and that transaction commits only after

@@ -1,4 +1,4 @@
-//! Redis materialization (DESIGN §5): the current state readers want at
+//! Redis materialization (design §5): the current state readers want at
 //! memory speed — context chunks per project, the latest window stats,
 //! uncertainty and health per component, active alerts, and which store is
 //! primary. Redis has no transactions spanning a consumer's offset, so each
@@ -38,7 +38,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Key names (DESIGN §5).
+/// Key names (design §5).
 pub mod keys {
     pub const ALERTS: &str = "udo:alerts:active";
     pub const STORE_ROLES: &str = "udo:store:roles";

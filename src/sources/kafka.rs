@@ -1,4 +1,4 @@
-//! Kafka consumers with the delivery settings of DESIGN §6.
+//! Kafka consumers with the delivery settings of design §6.
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};

@@ -7,7 +7,7 @@ pub mod spec;
 
 pub use spec::{TopicCatalog, TopicSpec, ValueSpec};
 
-/// Names of the contract's topics (DESIGN §2), before any prefix.
+/// Names of the contract's topics (design §2), before any prefix.
 pub mod names {
     pub const WRITES: &str = "udo.writes.v1";
     pub const FEEDBACK: &str = "udo.feedback.v1";

@@ -124,7 +124,7 @@ impl Materializer {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM and wait for the graceful exit (DESIGN §6: within 30 s).
+    /// SIGTERM and wait for the graceful exit (design §6: within 30 s).
     pub fn stop(mut self) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();

@@ -1,6 +1,6 @@
-//! Wire formats of DESIGN §3. Decoding detects the framing from the first
+//! Wire formats of design §3. Decoding detects the framing from the first
 //! bytes, decodes with the writer schema, resolves against our reader schema
-//! and validates (DESIGN §6); encoding writes Avro single-object by default,
+//! and validates (design §6); encoding writes Avro single-object by default,
 //! Confluent framing when a registry is configured, or JSON on request.
 
 pub mod canonical;

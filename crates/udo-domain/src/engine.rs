@@ -1,4 +1,4 @@
-//! The analyzer's engine (DESIGN §4): one `Engine` per task, where task `p`
+//! The analyzer's engine (design §4): one `Engine` per task, where task `p`
 //! owns partition `p` of the latency topic and of the component-keyed
 //! feedback and decision streams. Driven by events, idle advances and
 //! `close`, it returns output events; it does no IO, so every rule is tested
@@ -22,7 +22,7 @@ use super::windows::{Clock, Entry, Late, WindowSpec, Windows};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What the engine needs to know; every value is configuration (DESIGN §4).
+/// What the engine needs to know; every value is configuration (design §4).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     pub spec: WindowSpec,

@@ -1,4 +1,4 @@
-//! The events of DESIGN §3, one struct per Avro record in `schemas/`.
+//! The events of design §3, one struct per Avro record in `schemas/`.
 //!
 //! Field names match the Avro schemas exactly so one serde mapping serves
 //! Avro and JSON. Unknown fields are ignored (newer producers may add fields
@@ -340,7 +340,7 @@ impl Event {
     }
 
     /// The record key that keeps everything a key's state needs in one
-    /// partition (DESIGN §2): component for latency and feedback, project for
+    /// partition (design §2): component for latency and feedback, project for
     /// writes, subject/component/store for outputs.
     pub fn partition_key(&self) -> &str {
         match self {

@@ -1,7 +1,7 @@
 //! A two-state machine with hysteresis: it enters after `enter_windows`
 //! consecutive windows meet the enter condition and leaves after
 //! `exit_windows` consecutive windows meet the (stricter) exit condition.
-//! Degradation, alerts and store promotion all have this shape (DESIGN §4).
+//! Degradation, alerts and store promotion all have this shape (design §4).
 
 use serde::{Deserialize, Serialize};
 

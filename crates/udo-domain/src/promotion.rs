@@ -1,4 +1,4 @@
-//! Store promotion (DESIGN §4): each materializer keeps the first-attempt
+//! Store promotion (design §4): each materializer keeps the first-attempt
 //! success of its last `window` (100) write attempts; a SHADOW store whose
 //! ratio reaches `promote_ratio` (95%) over a full window while its lag is
 //! within `max_lag` becomes PRIMARY, and a PRIMARY store whose ratio falls
@@ -15,7 +15,7 @@ use super::rules::{Deployment, output_id};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
-/// Thresholds of DESIGN §4; every one is configuration.
+/// Thresholds of design §4; every one is configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PromotionConfig {

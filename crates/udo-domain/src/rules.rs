@@ -1,4 +1,4 @@
-//! Degradation and alert rules over closed windows (DESIGN §4). Each rule is
+//! Degradation and alert rules over closed windows (design §4). Each rule is
 //! a `Hysteresis` per subject; events are emitted only on transitions, with
 //! ids derived from (rule, subject, window, transition) so a replay or a
 //! restart re-emits identical ids.
@@ -58,7 +58,7 @@ pub const ALERT_RULES: &[(&str, &[Severity])] = &[
     ("uncertainty", &[Severity::Warning, Severity::Critical]),
 ];
 
-/// Thresholds of DESIGN §4; every one is configuration.
+/// Thresholds of design §4; every one is configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Thresholds {

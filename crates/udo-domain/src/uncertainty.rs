@@ -1,4 +1,4 @@
-//! Observed uncertainty from ratings (DESIGN §4): `U = 1 − L`, where `L` is
+//! Observed uncertainty from ratings (design §4): `U = 1 − L`, where `L` is
 //! the lower bound of the 95% Wilson score interval of the approval rate. Few
 //! ratings give a wide interval, so U stays high until the evidence is there.
 

@@ -1,4 +1,4 @@
-//! Semantic validation of decoded events (DESIGN §6). Decoding proves the
+//! Semantic validation of decoded events (design §6). Decoding proves the
 //! bytes match a schema; this proves the values make sense. Every rejection
 //! names the field and the reason so the DLQ entry is actionable.
 
@@ -83,7 +83,7 @@ fn window(start: i64, end: i64) -> Check {
 }
 
 impl Event {
-    /// Checks every value rule of DESIGN §6 for this event.
+    /// Checks every value rule of design §6 for this event.
     pub fn validate(&self, limits: &Limits) -> Check {
         match self {
             Event::LatencySample(e) => {

@@ -1,4 +1,4 @@
-//! Event-time sliding windows built from panes (DESIGN §4).
+//! Event-time sliding windows built from panes (design §4).
 //!
 //! A window of `size` sliding by `slide` is the merge of `size / slide`
 //! consecutive panes of length `slide`, so each event is aggregated once (into

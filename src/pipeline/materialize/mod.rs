@@ -1,4 +1,4 @@
-//! The two materializers (DESIGN §2, §5, §6): `materialize-postgres` and
+//! The two materializers (design §2, §5, §6): `materialize-postgres` and
 //! `materialize-redis`, each its own consumer group on the shared runner
 //! (cooperative-sticky: their partitions are independent, so a rebalance
 //! only stops the partitions that move).
@@ -8,7 +8,7 @@
 //! - the store's own offsets, loaded on assignment and handed to the assign
 //!   call, so a restart or a new owner resumes exactly where the store is (a
 //!   partition the store holds nothing of starts at the log's beginning);
-//! - store promotion (DESIGN §4): each batch commit is one attempt of the
+//! - store promotion (design §4): each batch commit is one attempt of the
 //!   pure state machine in `domain::promotion`; a batch the runner had to
 //!   retry counts as a first-attempt failure. Role changes are produced to
 //!   `udo.promotions.v1` keyed by store, with the machine's deterministic id.

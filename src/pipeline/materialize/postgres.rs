@@ -1,5 +1,5 @@
 //! `materialize-postgres`: every input and output topic into PostgreSQL +
-//! pgvector through `sinks::postgres` (DESIGN §5).
+//! pgvector through `sinks::postgres` (design §5).
 //!
 //! One runner batch is ONE transaction: each partition's rows and its next
 //! offset are written with `PgTxn::write`, the records the database refuses

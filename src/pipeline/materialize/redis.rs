@@ -1,5 +1,5 @@
 //! `materialize-redis`: context chunks (from `udo.writes.v1`) and every
-//! output topic into the Redis keys of DESIGN §5 through `sinks::redis`.
+//! output topic into the Redis keys of design §5 through `sinks::redis`.
 //!
 //! Redis has no transaction spanning Kafka, so each partition's share of a
 //! runner batch is applied by the sink's Lua script, fenced by the offset

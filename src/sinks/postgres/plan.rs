@@ -91,7 +91,7 @@ pub enum RejectReason {
     /// The event id is already stored in `table` (or appeared earlier in the
     /// same batch) with a different payload; the stored row is kept.
     ReusedEventId { table: &'static str },
-    /// A value the tables cannot hold (DESIGN §6 rules, checked again here
+    /// A value the tables cannot hold (design §6 rules, checked again here
     /// so one bad record can never fail a whole batch on a CHECK constraint).
     Invalid(ValidationError),
 }

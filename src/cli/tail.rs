@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::sources::kafka::{Start, inspector};
 use clap::Args;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use serde_json::{Map, Value, json};
 use std::io::Write;
@@ -31,6 +32,10 @@ pub struct TailArgs {
     /// (`2026-12-06T10:00:00Z`) or a duration ago (`15m`).
     #[arg(long, value_parser = parse_since)]
     pub from: Option<i64>,
+    /// Exit once every partition read is at the end it had when tail
+    /// started (what is there, then stop; `--idle-exit` still bounds a wait).
+    #[arg(long)]
+    pub to_end: bool,
     /// Exit after printing this many records.
     #[arg(long)]
     pub max: Option<u64>,
@@ -78,12 +83,33 @@ pub async fn run(common: CommonArgs, args: TailArgs, mut shutdown: Shutdown) -> 
         _ => Start::End,
     };
     let consumer = inspector(&common.kafka, &topic, args.partition, start)?;
+    // --to-end: each partition's end now; read until every position reaches it.
+    let ends: Vec<(i32, i64)> = if args.to_end {
+        crate::sources::kafka::partition_ends(&consumer, &topic)?
+            .into_iter()
+            .filter(|(p, low, high)| high > low && args.partition.is_none_or(|only| only == *p))
+            .map(|(p, _, high)| (p, high))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let at_end = || {
+        let Ok(pos) = consumer.position() else { return false };
+        ends.iter().all(|&(p, high)| {
+            matches!(pos.find_partition(&topic, p).map(|e| e.offset()), Some(rdkafka::Offset::Offset(o)) if o >= high)
+        })
+    };
     let idle = args.idle_exit.unwrap_or(Duration::MAX);
     let mut printed = 0u64;
     let mut out = std::io::stdout().lock();
+    let mut check = tokio::time::interval(Duration::from_millis(200));
     while args.max.is_none_or(|m| printed < m) {
+        if args.to_end && at_end() {
+            break;
+        }
         let msg = tokio::select! {
             m = consumer.recv() => m,
+            _ = check.tick(), if args.to_end => continue,
             _ = tokio::time::sleep(idle) => break,
             _ = shutdown.wait() => break,
         };

@@ -324,7 +324,7 @@ pub fn read_topic(
 }
 
 /// (partition, low, high) of every partition of `topic`.
-pub fn partition_ends(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>> {
+pub fn partition_ends<C: ConsumerContext, K: Consumer<C>>(consumer: &K, topic: &str) -> Result<Vec<(i32, i64, i64)>> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
         .map_err(Error::kafka(format!("metadata of {topic}")))?;

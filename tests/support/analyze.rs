@@ -107,7 +107,7 @@ pub fn outputs(prefix: &str) -> Vec<(String, Value)> {
     let mut all = Vec::new();
     // Degradations before alerts: the engine's order within one window.
     for t in ["udo.windows.v1", "udo.degradations.v1", "udo.alerts.v1"] {
-        let text = udo_ok(&["tail", &format!("{prefix}{t}"), "--from-beginning", "--idle-exit", "2s"]);
+        let text = udo_ok(&["tail", &format!("{prefix}{t}"), "--from-beginning", "--to-end", "--idle-exit", "20s"]);
         for line in text.lines() {
             let v: Value = serde_json::from_str(line).unwrap();
             assert!(v.get("error").is_none(), "undecodable output: {line}");

@@ -220,7 +220,10 @@ pub fn tail(topic: &str) -> Vec<Value> {
 
 /// [`tail`] with more environment (e.g. `SCHEMA_REGISTRY_URL`).
 pub fn tail_with(topic: &str, env: &[(&str, &str)]) -> Vec<Value> {
-    let text = udo(&["tail", topic, "--from-beginning", "--idle-exit", "3s"], env);
+    // To the end each partition had at the start: right after a broker
+    // fault a partition's new leader may take seconds to answer, which an
+    // idle timeout alone would take for the end of the topic.
+    let text = udo(&["tail", topic, "--from-beginning", "--to-end", "--idle-exit", "30s"], env);
     text.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 

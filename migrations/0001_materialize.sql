@@ -1,4 +1,4 @@
--- Materialized state of udo-stream (design §5). Kafka is the source of truth;
+-- Materialized state of udo-stream (DESIGN §5). Kafka is the source of truth;
 -- these tables are projections that the `materialize-postgres` group rebuilds
 -- idempotently: every event table is keyed by the producer's event_id (or a
 -- natural key) and keeps `payload_hash`, a UUIDv5 (SHA-1) of the event's

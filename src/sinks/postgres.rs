@@ -474,3 +474,27 @@ impl PgTxn {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod migration_tests {
+    /// sqlx refuses to start on a database whose applied migration has
+    /// changed by a byte, comments included: a migration, once released,
+    /// never changes (a new one does the change). Its checksum is pinned.
+    #[test]
+    fn released_migrations_never_change() {
+        let pinned: &[(i64, &str)] = &[
+            (1, "152775e1caf3df52d7fa62dad065eea2ca0c83d5d27918aa97f4bf804e0a1977d96a39b024d5c96ee28c44fbca32bdfe"),
+            (2, "a561c0c22f84d5413d53eb42235791ffa4a96c0b535ea7c575261d3e7f6a05b176bdd8aaaf1dbea99fb5139e3f267369"),
+            (3, "73b8c1f123be634c6a7692743b02f7b548a4f80e6870d45e93740e5ca24e9b932804d682de3be3f5dbe50b78b0b81ea4"),
+        ];
+        let got: Vec<(i64, String)> = sqlx::migrate!()
+            .migrations
+            .iter()
+            .map(|m| (m.version, m.checksum.iter().map(|b| format!("{b:02x}")).collect()))
+            .collect();
+        for (version, sum) in pinned {
+            let now = got.iter().find(|(v, _)| v == version).map(|(_, s)| s.as_str());
+            assert_eq!(now, Some(*sum), "migration {version} changed; add a new migration instead");
+        }
+    }
+}

@@ -134,8 +134,11 @@ fn incident_parsing() {
     assert_eq!(open.to_string(), "errors:auth@30s");
     for bad in ["slow", "fast:x@1m", "slow:@1m", "slow:x", "slow:x@soon", "slow:x@1m+ever"] {
         let err = bad.parse::<Incident>().unwrap_err();
-        assert!(err.contains("slow:COMPONENT@START") || err.contains("use e.g."), "{bad}: {err}");
+        assert!(err.contains("KIND:COMPONENT@START") || err.contains("use e.g."), "{bad}: {err}");
     }
+    let disputed: Incident = "disputed:search@25m+15m".parse().unwrap();
+    assert_eq!(disputed.kind, IncidentKind::Disputed);
+    assert_eq!(disputed.to_string(), "disputed:search@25m+15m");
 }
 
 use std::time::Duration;

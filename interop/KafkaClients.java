@@ -8,7 +8,7 @@
 //     reads each topic from the beginning (read_committed) until idle for
 //     5 s, prints {"topic":..., "decoded":N}; fails on a record it cannot
 //     decode, naming topic, partition and offset.
-// Run by tests/interop.rs with Kafka's jars and Avro's on the class path.
+// Run by tests/it/interop.rs with Kafka's jars and Avro's on the class path.
 import java.io.File;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;

@@ -3,7 +3,7 @@
 // (which checks the C3 01 header and the fingerprint), printed as
 // "<file> TAB <record as JSON>", and encoded again with BinaryMessageEncoder
 // into <out>/<same name>: what a Java service publishes.
-// Run by tests/interop.rs: java SingleObject.java <schemas dir> <in> <out>
+// Run by tests/it/interop.rs: java SingleObject.java <schemas dir> <in> <out>
 import java.io.File;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;

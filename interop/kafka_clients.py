@@ -6,7 +6,7 @@ output topics, in either framing a Python service uses:
   confluent:     confluent-kafka's AvroSerializer / AvroDeserializer and a
                  Confluent-compatible schema registry
 
-Run by tests/interop.rs and tests/registry.rs (scripts/interop env gives
+Run by tests/it/interop.rs and tests/it/registry.rs (scripts/interop env gives
 the PYTHONPATH with confluent-kafka and fastavro):
 
   python3 kafka_clients.py produce  --framing F --brokers B --topic T --schemas DIR --count N --start-ms MS [--registry URL]

@@ -4,7 +4,7 @@ C3 01 + fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")).
 Every <in>/<Record>.<n>.avro is decoded (header and fingerprint checked),
 printed as "<file> TAB <record as JSON>", and encoded again into
 <out>/<same name>: what a Python service publishes.
-Run by tests/interop.rs: python3 single_object.py <schemas dir> <in> <out>"""
+Run by tests/it/interop.rs: python3 single_object.py <schemas dir> <in> <out>"""
 
 import io
 import json

@@ -30,10 +30,11 @@ redis_start() {
   mkdir -p "$REDIS_DIR"
   log "redis: starting on $HOST:$REDIS_PORT (log: $log_file)"
   # No config file: Debian's /etc/redis/redis.conf belongs to its own service.
+  # 64 databases: each integration test takes its own.
   # shellcheck disable=SC2094 # redis appends to the log only after startup
   without_lock redis-server --bind "$HOST" --port "$REDIS_PORT" --dir "$REDIS_DIR" \
     --daemonize yes --pidfile "$REDIS_PIDFILE" --logfile "$log_file" \
-    --appendonly yes --save '' </dev/null >>"$log_file" 2>&1 ||
+    --appendonly yes --save '' --databases 64 </dev/null >>"$log_file" 2>&1 ||
     fail_with_log redis "redis-server failed to start"
   until redis_ping; do
     ((SECONDS - start < READY_TIMEOUT)) || fail_with_log redis "not ready on $HOST:$REDIS_PORT after ${READY_TIMEOUT}s"

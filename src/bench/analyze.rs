@@ -19,6 +19,7 @@ use crate::domain::windows::WindowSpec;
 use crate::error::{Error, Result};
 use crate::pipeline::analyze::{AnalyzeStage, AnalyzeTopics, PIPELINE};
 use crate::pipeline::batch::{Batch, Offsets, Reject, Tp};
+use crate::pipeline::commit::{GroupCommit, Transactional};
 use crate::pipeline::retry::RetryPolicy;
 use crate::pipeline::runner::{self, RunnerConfig, Stage};
 use crate::shutdown::Shutdown;
@@ -223,7 +224,7 @@ async fn run_analyzer(
     let group = format!("{prefix}udo-analyze{}", if exactly_once { "-eos" } else { "" });
     let (shutdown, trigger) = Shutdown::manual();
     let decoder = crate::pipeline::batch::Decoder::new(common.codec(OutputFormat::Avro), &common.topics(), prefix);
-    let mut cfg = RunnerConfig {
+    let cfg = RunnerConfig {
         pipeline: PIPELINE,
         kafka: common.kafka.clone(),
         group: group.clone(),
@@ -234,7 +235,6 @@ async fn run_analyzer(
         batch_size: 5000,
         linger: Duration::from_millis(100),
         retry: RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5)),
-        txn: None,
     };
     let seen = Arc::new(AtomicU64::new(0));
     let first = Arc::new(std::sync::Mutex::new(None));
@@ -256,10 +256,10 @@ async fn run_analyzer(
             changelog,
             Readiness::default(),
         )?;
-        cfg.txn = Some(producer);
+        let committer = Transactional::new(PIPELINE, producer, shutdown.clone(), cfg.retry);
         let counting = Counting { inner: stage, seen: seen.clone(), first: first.clone() };
         started = Instant::now();
-        tokio::task::spawn_blocking(move || runner::run(cfg, counting, shutdown, Readiness::default()))
+        tokio::task::spawn_blocking(move || runner::run(cfg, counting, committer, shutdown, Readiness::default()))
     } else {
         let store = CheckpointStore::connect(db, &group).await?;
         let stage = AnalyzeStage::new(
@@ -273,7 +273,8 @@ async fn run_analyzer(
         )?;
         let counting = Counting { inner: stage, seen: seen.clone(), first: first.clone() };
         started = Instant::now();
-        tokio::task::spawn_blocking(move || runner::run(cfg, counting, shutdown, Readiness::default()))
+        let committer = GroupCommit::new(PIPELINE);
+        tokio::task::spawn_blocking(move || runner::run(cfg, counting, committer, shutdown, Readiness::default()))
     };
     while seen.load(Ordering::Relaxed) < n as u64 {
         if handle.is_finished() {
@@ -415,9 +416,9 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
         drain_all.0 / pipeline,
         drain_all.1 / pipeline_steady
     );
-    let before = crate::pipeline::transaction::commit_stats();
+    let before = crate::pipeline::commit::commit_stats();
     let (eos, eos_steady, _) = run_analyzer(common, settings, db, &prefix, &topics, n, true).await?;
-    let after = crate::pipeline::transaction::commit_stats();
+    let after = crate::pipeline::commit::commit_stats();
     println!(
         "analyze pipeline, exactly-once: {n} records in {eos:.2} s = {:.0}/s ({eos_steady:.2} s from the first record = {:.0}/s)",
         n as f64 / eos,

@@ -5,7 +5,8 @@ use crate::codec::OutputFormat;
 use crate::config::{CommonArgs, SecretUrl};
 use crate::error::{Error, Result};
 use crate::pipeline::materialize::MaterializeTopics;
-use crate::pipeline::replay::{ReplayConfig, replay};
+use crate::pipeline::replay::{MAX_ATTEMPTS, ReplayConfig, replay};
+use crate::pipeline::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
 use crate::sinks::postgres::PgSink;
 use crate::sinks::redis::RedisSink;
@@ -133,6 +134,7 @@ pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Re
         redis,
         redis_topics,
         decoder: common.decoder(OutputFormat::Avro),
+        retry: RetryPolicy::of(&common.settings).with_max_attempts(MAX_ATTEMPTS),
     };
     let rt = tokio::runtime::Handle::current();
     let report = tokio::task::spawn_blocking(move || replay(&rt, &cfg, &shutdown))

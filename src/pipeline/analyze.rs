@@ -17,6 +17,7 @@
 //! since the checkpoint, with identical ids.
 
 use super::batch::{Batch, Decoder, Offsets, Reason, Rec, Reject, Tp};
+use super::commit::{GroupCommit, Transactional};
 use super::runner::Stage;
 use crate::config::{AnalyzeSettings, Processing};
 use crate::domain::engine::{Engine, EngineConfig, Input, Refused, Source, Stream, SubjectEntry, SubjectKey, TaskMeta};
@@ -40,11 +41,12 @@ pub const PIPELINE: &str = "analyze";
 /// How often the state gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Builds the analyzer for its processing guarantee and starts it on the
-/// runner thread: at-least-once checkpoints to PostgreSQL; exactly-once
-/// commits outputs, state (the changelog topic) and input offsets in one
-/// Kafka transaction every `commit_interval`, and needs no PostgreSQL.
-pub(crate) async fn start(
+/// Builds the analyzer for its processing guarantee and starts it:
+/// at-least-once checkpoints to PostgreSQL and commits through the group;
+/// exactly-once commits outputs, state (the changelog topic) and input
+/// offsets in one Kafka transaction every `commit_interval`, and needs no
+/// PostgreSQL.
+pub(crate) async fn assemble(
     common: &crate::config::CommonArgs,
     opts: &super::RunOptions,
     group: String,
@@ -64,6 +66,7 @@ pub(crate) async fn start(
     let decoder = common.decoder(opts.output_format);
     let mut settings = opts.settings.analyze.clone();
     let deployment = common.deployment();
+    let retry = super::retry::RetryPolicy::of(&opts.settings);
     let cfg = super::runner_config(
         PIPELINE,
         common,
@@ -85,7 +88,8 @@ pub(crate) async fn start(
             let outputs = Outputs::new(&common.kafka, PIPELINE, |_| {})?;
             let stage = AnalyzeStage::new(settings, decoder, &catalog, topics, outputs, store, readiness.clone())?
                 .in_deployment(deployment);
-            Ok(tokio::task::spawn_blocking(move || super::runner::run(cfg, stage, shutdown, readiness)))
+            let parts = (cfg, stage, GroupCommit::new(PIPELINE));
+            Ok(super::launch(retry, shutdown, readiness, super::once(parts)))
         }
         Processing::ExactlyOnce => {
             let id = settings.transactional_id.clone().unwrap_or_else(|| format!("{group}-{}", host_name()));
@@ -93,13 +97,12 @@ pub(crate) async fn start(
             settings.checkpoint_interval = settings.commit_interval;
             let kafka = common.kafka.clone();
             let changelog_topic = common.topic(names::ANALYZE_CHANGELOG);
-            let rd = readiness.clone();
-            let build = move || -> Result<(super::runner::RunnerConfig, AnalyzeStage<Changelog>)> {
+            let (rd, sd) = (readiness.clone(), shutdown.clone());
+            // Built again with a new producer after a fatal producer error.
+            let build = move || -> Result<super::Parts<AnalyzeStage<Changelog>, Transactional>> {
                 let producer = TxnProducer::new(&kafka, PIPELINE, &id)?;
                 let changelog = Changelog::new(&kafka, changelog_topic.clone(), producer.outputs(PIPELINE));
                 let outputs = producer.outputs(PIPELINE);
-                let mut cfg = cfg.clone();
-                cfg.txn = Some(producer);
                 let stage = AnalyzeStage::new(
                     settings.clone(),
                     decoder.clone(),
@@ -107,43 +110,12 @@ pub(crate) async fn start(
                     topics.clone(),
                     outputs,
                     changelog,
-                    readiness.clone(),
+                    rd.clone(),
                 )?
                 .in_deployment(deployment);
-                Ok((cfg, stage))
+                Ok((cfg.clone(), stage, Transactional::new(PIPELINE, producer, sd.clone(), retry)))
             };
-            Ok(tokio::task::spawn_blocking(move || {
-                // A producer that failed fatally (not fenced by another
-                // instance) is replaced: the member rejoins with a new one.
-                let policy = super::retry::RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(30));
-                let mut restarts = policy.start();
-                loop {
-                    let (cfg, stage) = build()?;
-                    match super::runner::run(cfg, stage, shutdown.clone(), rd.clone()) {
-                        Err(Error::ProducerFatal(why)) if !shutdown.requested() => {
-                            let e = Error::Unavailable(why);
-                            let delay = restarts.next_delay(&e).unwrap_or(Duration::from_secs(30));
-                            tracing::warn!(pipeline = PIPELINE, "restarting in {delay:?}: {e}");
-                            if shutdown.sleep(delay) {
-                                return Ok(());
-                            }
-                        }
-                        // Shutting down with librdkafka wedged: the open
-                        // transaction was never committed, so nothing it
-                        // holds is visible or lost; the next start aborts it
-                        // and reads its inputs again.
-                        Err(Error::ProducerFatal(why)) => {
-                            tracing::warn!(
-                                pipeline = PIPELINE,
-                                "exiting with the last transaction uncommitted (the next start aborts it and \
-                                 reprocesses its inputs): {why}"
-                            );
-                            return Ok(());
-                        }
-                        other => return other,
-                    }
-                }
-            }))
+            Ok(super::launch(retry, shutdown, readiness, build))
         }
     }
 }

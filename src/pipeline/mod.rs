@@ -1,18 +1,22 @@
 //! Pipelines: each is a consumer group running a `Stage` on the shared
 //! `runner` loop (design §2), which owns a record's lifecycle: `batch`
 //! (decode once, group by partition, rejects), `retry` (the one policy),
-//! then the stage's write and commit. `start` runs any subset in one
-//! process, each on its own thread, with one metrics/health endpoint.
+//! then the stage's write and commit, and the `commit` strategy (the
+//! delivery guarantee). Every pipeline is assembled the same way: its
+//! module's `assemble` connects what it needs and hands [`launch`] a
+//! function building its runner settings, stage and committer. `start`
+//! runs any subset in one process, each on its own thread, with one
+//! metrics/health endpoint.
 
 pub mod analyze;
 pub mod batch;
+pub mod commit;
 pub mod materialize;
 pub mod notify;
 pub mod replay;
 pub mod retry;
 pub mod runner;
 pub mod stall;
-pub mod transaction;
 
 use crate::codec::OutputFormat;
 use crate::config::{CommonArgs, SecretUrl, Settings};
@@ -22,8 +26,10 @@ use crate::sources::kafka::Assignor;
 use crate::telemetry::Readiness;
 use crate::topics::names;
 use batch::Decoder;
+use commit::Committer;
 use retry::RetryPolicy;
-use runner::RunnerConfig;
+use runner::{RunnerConfig, Stage};
+use tokio::task::JoinHandle;
 
 /// The pipelines of design §2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -124,9 +130,62 @@ pub(crate) fn runner_config(
         dlq_topic: common.topic(names::DLQ),
         batch_size: s.batch_size,
         linger: s.linger,
-        retry: RetryPolicy::new(s.retry_min_delay, s.retry_max_delay),
-        txn: None,
+        retry: RetryPolicy::of(settings),
     }
+}
+
+/// What [`launch`] runs: a pipeline's runner settings, stage and committer.
+pub(crate) type Parts<S, K> = (RunnerConfig, S, K);
+
+/// A build function for parts made once (a pipeline whose committer has no
+/// producer to replace).
+pub(crate) fn once<S, K>(parts: Parts<S, K>) -> impl FnMut() -> Result<Parts<S, K>> + Send + 'static
+where
+    S: Stage,
+    K: Committer,
+{
+    let mut parts = Some(parts);
+    move || parts.take().ok_or_else(|| Error::Internal("a pipeline built once was started twice".into()))
+}
+
+/// Starts a pipeline on its own thread: `build` makes its parts, and makes
+/// them again, after a backoff of `retry`, when the committer's producer
+/// failed fatally (a new producer aborts what the old one left open).
+pub(crate) fn launch<S: Stage, K: Committer>(
+    retry: RetryPolicy,
+    shutdown: Shutdown,
+    readiness: Readiness,
+    mut build: impl FnMut() -> Result<Parts<S, K>> + Send + 'static,
+) -> JoinHandle<Result<()>> {
+    tokio::task::spawn_blocking(move || {
+        let mut restarts = retry.start();
+        loop {
+            let (cfg, stage, committer) = build()?;
+            let pipeline = cfg.pipeline;
+            match runner::run(cfg, stage, committer, shutdown.clone(), readiness.clone()) {
+                Err(Error::ProducerFatal(why)) if !shutdown.requested() => {
+                    let e = Error::Unavailable(why);
+                    let delay = restarts.next_delay(&e).unwrap_or(retry.max_delay);
+                    tracing::warn!(pipeline, "restarting in {delay:?}: {e}");
+                    if shutdown.sleep(delay) {
+                        return Ok(());
+                    }
+                }
+                // Shutting down with librdkafka wedged: the open transaction
+                // was never committed, so nothing it holds is visible or
+                // lost; the next start aborts it and reads its inputs again.
+                Err(Error::ProducerFatal(why)) => {
+                    tracing::warn!(
+                        pipeline,
+                        "exiting with the last transaction uncommitted (the next start aborts it and reprocesses \
+                         its inputs): {why}"
+                    );
+                    return Ok(());
+                }
+                other => return other,
+            }
+        }
+    })
 }
 
 /// Runs the chosen pipelines until shutdown; the first failure stops the others.
@@ -142,42 +201,15 @@ pub async fn start(common: CommonArgs, opts: RunOptions, shutdown: Shutdown, rea
         }
         .emit();
         let group = p.group(&common);
-        match p {
-            Pipeline::Analyze => {
-                let handle = analyze::start(&common, &opts, group, shutdown.clone(), readiness.clone()).await?;
-                handles.push((p, handle));
-            }
-            Pipeline::NotifyAlertmanager => {
-                let url = need(&opts.alertmanager_url, "--alertmanager-url / ALERTMANAGER_URL", p)?;
-                let n = &opts.settings.notify;
-                let am = crate::sinks::alertmanager::Alertmanager::new(&SecretUrl::from(url), n.request_timeout);
-                let topic = common.topic(names::ALERTS);
-                let decoder = common.decoder(opts.output_format);
-                let stage = notify::NotifyStage::new(
-                    am,
-                    common.kafka.clone(),
-                    common.codec(opts.output_format),
-                    topic.clone(),
-                    n.resend_interval,
-                );
-                let cfg = runner_config(
-                    p.name(),
-                    &common,
-                    &opts.settings,
-                    &decoder,
-                    group,
-                    vec![topic],
-                    Assignor::CooperativeSticky,
-                );
-                let (sd, rd) = (shutdown.clone(), readiness.clone());
-                handles.push((p, tokio::task::spawn_blocking(move || runner::run(cfg, stage, sd, rd))));
-            }
+        let (sd, rd) = (shutdown.clone(), readiness.clone());
+        let handle = match p {
+            Pipeline::Analyze => analyze::assemble(&common, &opts, group, sd, rd).await?,
+            Pipeline::NotifyAlertmanager => notify::assemble(&common, &opts, group, sd, rd)?,
             Pipeline::MaterializePostgres | Pipeline::MaterializeRedis => {
-                let job = materialize::prepare(p, &common, &opts, group, readiness.clone()).await?;
-                let (sd, rd) = (shutdown.clone(), readiness.clone());
-                handles.push((p, tokio::task::spawn_blocking(move || job.run(sd, rd))));
+                materialize::assemble(p, &common, &opts, group, sd, rd).await?
             }
-        }
+        };
+        handles.push((p, handle));
     }
     // The first pipeline to fail ends the process (its supervisor restarts
     // it; every pipeline resumes from its own durable offsets): a process

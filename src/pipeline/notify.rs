@@ -19,13 +19,21 @@
 //!   again.
 
 use super::batch::{Batch, Offsets, Reject, Tp};
+use super::commit::GroupCommit;
+use super::retry::RetryPolicy;
 use super::runner::Stage;
+use super::{Pipeline, RunOptions, launch, need, once, runner_config};
 use crate::codec::Codec;
+use crate::config::CommonArgs;
 use crate::config::KafkaConfig;
 use crate::domain::{Alert, AlertStatus, Event};
 use crate::error::Result;
+use crate::shutdown::Shutdown;
 use crate::sinks::alertmanager::{Alertmanager, AmAlert};
+use crate::sources::kafka::Assignor;
+use crate::telemetry::Readiness;
 use crate::telemetry::events::{AlertDelivered, AlertsPosted};
+use crate::topics::names;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -63,6 +71,29 @@ pub fn am_alert(a: &Alert, starts_at: Option<&str>) -> AmAlert {
         starts_at: starts_at.map_or_else(|| rfc3339(a.window_start), str::to_string),
         ends_at: (a.status == AlertStatus::Resolved).then(|| rfc3339(a.window_end)),
     }
+}
+
+/// Connects Alertmanager and starts the pipeline (at-least-once: a
+/// repeated post is harmless, Alertmanager keys alerts by their labels).
+pub(crate) fn assemble(
+    common: &CommonArgs,
+    opts: &RunOptions,
+    group: String,
+    shutdown: Shutdown,
+    readiness: Readiness,
+) -> crate::error::Result<tokio::task::JoinHandle<crate::error::Result<()>>> {
+    let p = Pipeline::NotifyAlertmanager;
+    let url = need(&opts.alertmanager_url, "--alertmanager-url / ALERTMANAGER_URL", p)?;
+    let n = &opts.settings.notify;
+    let am = Alertmanager::new(&crate::config::SecretUrl::from(url), n.request_timeout);
+    let topic = common.topic(names::ALERTS);
+    let decoder = common.decoder(opts.output_format);
+    let stage =
+        NotifyStage::new(am, common.kafka.clone(), common.codec(opts.output_format), topic.clone(), n.resend_interval);
+    let cfg =
+        runner_config(p.name(), common, &opts.settings, &decoder, group, vec![topic], Assignor::CooperativeSticky);
+    let parts = (cfg, stage, GroupCommit::new(p.name()));
+    Ok(launch(RetryPolicy::of(&opts.settings), shutdown, readiness, once(parts)))
 }
 
 pub struct NotifyStage {

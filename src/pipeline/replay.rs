@@ -47,6 +47,9 @@ pub struct ReplayConfig {
     /// The topics Redis materializes (full names).
     pub redis_topics: HashSet<String>,
     pub decoder: Decoder,
+    /// A failed store write is retried under this (bounded: a replay is a
+    /// finite job and reports what it could not write).
+    pub retry: RetryPolicy,
 }
 
 /// What a replay did (printed as JSON at the end).
@@ -74,7 +77,7 @@ pub struct ReplayReport {
 }
 
 /// A store write is retried this many times before the replay gives up.
-const MAX_ATTEMPTS: u32 = 10;
+pub const MAX_ATTEMPTS: u32 = 10;
 /// How long the broker may take to answer a metadata or offsets lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -274,8 +277,7 @@ fn write_with_retries(
     report: &mut ReplayReport,
     shutdown: &Shutdown,
 ) -> Result<()> {
-    let policy = RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(10)).with_max_attempts(MAX_ATTEMPTS);
-    let mut retrying = policy.start();
+    let mut retrying = cfg.retry.start();
     loop {
         let mut r = report.clone();
         let attempt = cfg
@@ -290,12 +292,12 @@ fn write_with_retries(
             Err(e) => e,
         };
         let Some(delay) = retrying.next_delay(&e) else { return Err(e) };
-        tracing::warn!("replay: {e}; retrying in {delay:?} (attempt {} of {MAX_ATTEMPTS})", retrying.attempts());
+        let max = cfg.retry.max_attempts.unwrap_or(MAX_ATTEMPTS);
+        tracing::warn!("replay: {e}; retrying in {delay:?} (attempt {} of {max})", retrying.attempts());
         report.retries += 1;
-        if shutdown.requested() {
+        if shutdown.sleep(delay) {
             return Err(e);
         }
-        std::thread::sleep(delay);
     }
 }
 

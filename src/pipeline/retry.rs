@@ -23,6 +23,12 @@ impl RetryPolicy {
         RetryPolicy { min_delay, max_delay, max_attempts: None }
     }
 
+    /// The policy the settings give (`materialize.retry_min_delay` and
+    /// `retry_max_delay`): every retry of every pipeline uses it.
+    pub fn of(settings: &crate::config::Settings) -> RetryPolicy {
+        RetryPolicy::new(settings.materialize.retry_min_delay, settings.materialize.retry_max_delay)
+    }
+
     pub fn with_max_attempts(self, attempts: u32) -> RetryPolicy {
         RetryPolicy { max_attempts: Some(attempts), ..self }
     }

@@ -28,8 +28,9 @@ pub mod postgres;
 pub mod redis;
 
 use super::batch::{Batch, Decoder, Offsets, Part, Reject, Tp};
-use super::runner::{RunnerConfig, Stage};
-use super::{Pipeline, RunOptions, need};
+use super::commit::GroupCommit;
+use super::runner::Stage;
+use super::{Pipeline, RunOptions, launch, need, once};
 use crate::config::CommonArgs;
 use crate::domain::promotion::{Attempt, PromotionConfig, StorePromotion};
 use crate::domain::{Event, Promotion, StoreRole};
@@ -292,30 +293,18 @@ impl Common {
     }
 }
 
-/// A materializer ready to run on the runner thread.
-pub(crate) enum Job {
-    Postgres(RunnerConfig, postgres::PostgresStage),
-    Redis(RunnerConfig, redis::RedisStage),
-}
-
-impl Job {
-    pub fn run(self, shutdown: Shutdown, readiness: Readiness) -> Result<()> {
-        match self {
-            Job::Postgres(cfg, stage) => super::runner::run(cfg, stage, shutdown, readiness),
-            Job::Redis(cfg, stage) => super::runner::run(cfg, stage, shutdown, readiness),
-        }
-    }
-}
-
 /// Connects the store (migrations, dimension check, script load), restores
-/// the store's role, and builds the stage and its runner configuration.
-pub(crate) async fn prepare(
+/// the store's role, and starts the materializer (group commit: the store
+/// keeps its offsets with its rows, design §6).
+pub(crate) async fn assemble(
     pipeline: Pipeline,
     common: &CommonArgs,
     opts: &RunOptions,
     group: String,
+    shutdown: Shutdown,
     readiness: Readiness,
-) -> Result<Job> {
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let retry = super::retry::RetryPolicy::of(&opts.settings);
     let topics = MaterializeTopics::with_prefix(&common.topic_prefix);
     let decoder = common.decoder(opts.output_format);
     let cfg = |name: &'static str, inputs: Vec<String>| {
@@ -343,7 +332,12 @@ pub(crate) async fn prepare(
             let mut c = shared(postgres::PIPELINE, "postgres")?;
             c.restore_role(sink.latest_promotion("postgres").await?);
             c.set_ready(Ok(()));
-            Ok(Job::Postgres(cfg(postgres::PIPELINE, topics.postgres_inputs()), MaterializeStage::new(c, sink)))
+            let parts = (
+                cfg(postgres::PIPELINE, topics.postgres_inputs()),
+                MaterializeStage::new(c, sink),
+                GroupCommit::new(postgres::PIPELINE),
+            );
+            Ok(launch(retry, shutdown, readiness, once(parts)))
         }
         Pipeline::MaterializeRedis => {
             let url = need(&opts.redis_url, "--redis-url / REDIS_URL", pipeline)?;
@@ -351,7 +345,12 @@ pub(crate) async fn prepare(
             let mut c = shared(redis::PIPELINE, "redis")?;
             c.restore_role(sink.store_role("redis").await?);
             c.set_ready(Ok(()));
-            Ok(Job::Redis(cfg(redis::PIPELINE, topics.redis_inputs()), MaterializeStage::new(c, sink)))
+            let parts = (
+                cfg(redis::PIPELINE, topics.redis_inputs()),
+                MaterializeStage::new(c, sink),
+                GroupCommit::new(redis::PIPELINE),
+            );
+            Ok(launch(retry, shutdown, readiness, once(parts)))
         }
         Pipeline::Analyze | Pipeline::NotifyAlertmanager => {
             Err(Error::Internal(format!("{} is not a materializer", pipeline.name())))

@@ -12,15 +12,13 @@
 //! with the partitions paused; dead letters already acknowledged are not
 //! sent twice.
 
-use super::{Committed, MaterializeStage, Store};
+use super::{Committed, Store};
 use crate::error::Result;
 use crate::pipeline::batch::{Part, Reason, Reject};
 use crate::sinks::postgres::{PgBatch, PgSink, PgTxn};
 use crate::telemetry::events::PostgresCheckedWrite;
 
 pub const PIPELINE: &str = "materialize-postgres";
-
-pub(crate) type PostgresStage = MaterializeStage<PgSink>;
 
 fn pg_batch<'a>(part: &'a Part<'_>) -> PgBatch<'a> {
     PgBatch {

@@ -13,7 +13,7 @@
 //! apply (`RedisSink::claim_ids`) and dead-lettered as `reused_event_id`,
 //! as the Postgres materializer does: both keep the first payload.
 
-use super::{Committed, MaterializeStage, Store};
+use super::{Committed, Store};
 use crate::error::{Error, Result};
 use crate::pipeline::batch::{Part, Reason, Reject};
 use crate::sinks::postgres::plan::payload_hash;
@@ -21,8 +21,6 @@ use crate::sinks::redis::{RedisBatch, RedisSink, holds_id};
 use std::collections::HashSet;
 
 pub const PIPELINE: &str = "materialize-redis";
-
-pub(crate) type RedisStage = MaterializeStage<RedisSink>;
 
 impl Store for RedisSink {
     /// The records refused for a reused event id (topic, partition, offset):

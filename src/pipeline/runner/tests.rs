@@ -229,13 +229,12 @@ impl Running {
             batch_size: 50,
             linger: Duration::from_millis(20),
             retry: RetryPolicy::new(Duration::from_millis(50), Duration::from_millis(400)),
-            txn: None,
         };
         let (shutdown, trigger) = Shutdown::manual();
         let handle = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
             let _guard = rt.enter();
-            run(cfg, stage, shutdown, Readiness::default())
+            run(cfg, stage, crate::pipeline::commit::GroupCommit::new("test"), shutdown, Readiness::default())
         });
         Running { trigger, handle, log }
     }

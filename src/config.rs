@@ -704,3 +704,102 @@ mod tests {
         assert_eq!(super::redact("http://user@h"), "http://user@h");
     }
 }
+
+/// docs/configuration.md against the definitions above: every flag with its
+/// variable and default, every settings key with its default. The settings'
+/// own field lists come from serde (an unknown key's error lists the
+/// expected ones), so a new, renamed or re-defaulted setting fails here
+/// until the page follows.
+#[cfg(test)]
+mod reference {
+    use super::{CommonArgs, Settings};
+    use clap::Args;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    const PAGE: &str = include_str!("../docs/configuration.md");
+
+    /// The fields serde expects in `[section]` (dotted for nested tables).
+    fn fields(section: &str) -> Vec<String> {
+        let probe = format!("[{section}]\nnot_a_setting = 1\n");
+        let e = toml::from_str::<Settings>(&probe).expect_err("an unknown key is refused").to_string();
+        let expected = e.split("expected").nth(1).unwrap_or_else(|| panic!("serde lists the fields: {e}"));
+        expected.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    }
+
+    /// The page's settings block: keys per section (commented keys count as
+    /// documented), and the block with only its live lines.
+    fn page_settings() -> (BTreeMap<String, BTreeSet<String>>, String) {
+        let start = PAGE.find("```toml\n[analyze]").expect("the settings block starts with [analyze]");
+        let block = &PAGE[start + 8..];
+        let block = &block[..block.find("```").expect("the block ends")];
+        let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut section = String::new();
+        for line in block.lines() {
+            let bare = line.trim_start_matches('#').trim();
+            if let Some(name) = line.strip_prefix('[') {
+                section = name.split(']').next().unwrap().to_string();
+            } else if let Some((key, _)) = bare.split_once(" = ") {
+                keys.entry(section.clone()).or_default().insert(key.trim().to_string());
+            }
+        }
+        (keys, block.to_string())
+    }
+
+    #[test]
+    fn the_configuration_reference_matches_the_settings() {
+        let (documented, block) = page_settings();
+        let tables = ["analyze", "analyze.thresholds", "materialize", "promotion", "notify"];
+        for table in tables {
+            for field in fields(table) {
+                if tables.contains(&format!("{table}.{field}").as_str()) {
+                    continue;
+                }
+                assert!(
+                    documented.get(table).is_some_and(|k| k.contains(&field)),
+                    "docs/configuration.md: `{field}` of [{table}] is not documented"
+                );
+            }
+            for key in documented.get(table).into_iter().flatten() {
+                assert!(
+                    fields(table).contains(key),
+                    "docs/configuration.md documents [{table}] {key}, which is no setting"
+                );
+            }
+        }
+        assert_eq!(
+            fields(""),
+            ["kafka", "analyze", "materialize", "promotion", "notify"],
+            "the top-level tables the page names"
+        );
+        // Every live value on the page is the default.
+        let page: Settings = toml::from_str(&block).expect("the page's settings block parses");
+        assert_eq!(page, Settings::default(), "docs/configuration.md shows a value that is not the default");
+    }
+
+    #[test]
+    fn the_flag_table_lists_every_flag_with_its_variable_and_default() {
+        let rows: Vec<&str> = PAGE.lines().filter(|l| l.starts_with("| `")).collect();
+        let common = CommonArgs::augment_args(clap::Command::new("udo-stream"));
+        let run = crate::cli::run::RunArgs::augment_args(clap::Command::new("run"));
+        for (prefix, cmd) in [("", &common), ("run ", &run)] {
+            for arg in cmd.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                let flag = format!("`{prefix}--{long}`");
+                let row = rows
+                    .iter()
+                    .find(|r| r.starts_with(&format!("| {flag} ")))
+                    .unwrap_or_else(|| panic!("docs/configuration.md has no row for {flag}"));
+                if let Some(env) = arg.get_env() {
+                    let env = env.to_string_lossy();
+                    assert!(row.contains(&format!("`{env}`")), "the row of {flag} names `{env}`: {row}");
+                }
+                for default in arg.get_default_values() {
+                    let default = default.to_string_lossy();
+                    if !default.is_empty() {
+                        assert!(row.contains(&format!("`{default}`")), "the row of {flag} shows `{default}`: {row}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -17,7 +17,7 @@ use crate::domain::Event;
 use crate::domain::engine::{Engine, EngineConfig, Input, Stream};
 use crate::domain::windows::WindowSpec;
 use crate::error::{Error, Result};
-use crate::pipeline::analyze::{AnalyzeStage, AnalyzeTopics, PIPELINE};
+use crate::pipeline::analyze::{AnalyzeStage, PIPELINE};
 use crate::pipeline::batch::{Batch, Offsets, Reject, Tp};
 use crate::pipeline::commit::{GroupCommit, Transactional};
 use crate::pipeline::retry::RetryPolicy;
@@ -27,6 +27,7 @@ use crate::sinks::checkpoints::CheckpointStore;
 use crate::sources::kafka::Assignor;
 use crate::synth::{Generator, Kind, SynthConfig};
 use crate::telemetry::Readiness;
+use crate::topics::Topics;
 use crate::topics::names;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -217,7 +218,7 @@ async fn run_analyzer(
     settings: &AnalyzeSettings,
     db: &str,
     prefix: &str,
-    topics: &AnalyzeTopics,
+    topics: &Topics,
     n: usize,
     exactly_once: bool,
 ) -> Result<(f64, f64, Busy)> {
@@ -228,7 +229,7 @@ async fn run_analyzer(
         pipeline: PIPELINE,
         kafka: common.kafka.clone(),
         group: group.clone(),
-        topics: topics.inputs(),
+        topics: topics.analyze_inputs(),
         assignor: Assignor::Range,
         decoder: decoder.clone(),
         dlq_topic: topics.dlq.clone(),
@@ -338,7 +339,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
     let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let specs = common.topics();
     crate::topics::admin::apply(&common.kafka, specs.specs(), &prefix, false).await?;
-    let topics = AnalyzeTopics::with_prefix(&prefix);
+    let topics = Topics::with_prefix(&prefix);
     // Produce n latency samples.
     let codec = common.codec(OutputFormat::Avro);
     let allowed = vec!["LatencySample".to_string()];
@@ -394,7 +395,7 @@ async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: 
     );
     // The analyzer subscribes to 4 topics (24 partitions, 18 of them empty
     // here); a drain with the same subscription shows the broker's share.
-    let inputs = topics.inputs();
+    let inputs = topics.analyze_inputs();
     let all: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let drain_all = raw_drain(&common.kafka, &all, n)?;
     println!(

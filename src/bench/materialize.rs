@@ -30,8 +30,9 @@
 
 use crate::domain::{ChunkOp, ContextChunk, DecisionLog, Event, FeedbackRating, LatencySample};
 use crate::error::{Error, Result};
-use crate::sinks::postgres::{PgBatch, PgSink, Row, copy, payload_hash};
-use crate::sinks::redis::{RedisBatch, RedisSink, keys};
+use crate::sinks::EventBatch;
+use crate::sinks::postgres::{PgSink, Row, copy, payload_hash};
+use crate::sinks::redis::{RedisSink, keys};
 use crate::synth::{Generator, Kind, SynthConfig, simulated_time};
 use sqlx::{Connection, Executor};
 use std::time::{Duration, Instant};
@@ -208,10 +209,10 @@ async fn materializer_variant(sink: &PgSink, evs: &[Event], batch: usize) -> Res
     for (n, chunk) in evs.chunks(batch).enumerate() {
         let first = (n * batch) as i64;
         let records: Vec<(i64, &Event)> = chunk.iter().enumerate().map(|(i, e)| (first + i as i64, e)).collect();
-        let b = PgBatch { topic: "bench", partition: 0, next_offset: first + chunk.len() as i64, records };
+        let b = EventBatch { topic: "bench", partition: 0, next_offset: first + chunk.len() as i64, records };
         let out = sink.write_batch("udo-bench", &b, async |_| Ok(())).await?;
         if !out.rejects.is_empty() {
-            return Err(Error::Internal(format!("bench data rejected: {}", out.rejects[0])));
+            return Err(Error::Internal(format!("bench data rejected: {:?}", out.rejects[0])));
         }
     }
     Ok(started.elapsed())
@@ -321,7 +322,6 @@ async fn insert_rows(tx: &mut sqlx::PgConnection, table: &str, cols: &str, rows:
 async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<Duration> {
     staging(sink, "bench_insert").await?;
     let n = rows.n;
-    let head = "event_id, payload_hash, occurred_at, source";
     let started = Instant::now();
     let mut lo = 0;
     while lo < n {
@@ -344,8 +344,7 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
                 ]
             })
             .collect();
-        let cols = format!("{head}, component, endpoint, latency_ms, outcome, status_code");
-        insert_rows(&mut tx, "latency_samples", &cols, lat).await?;
+        insert_rows(&mut tx, "latency_samples", copy::LATENCY_COLUMNS, lat).await?;
         let fb = b
             .feedback
             .iter()
@@ -363,8 +362,7 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
                 ]
             })
             .collect();
-        let cols = format!("{head}, project_id, component, decision_id, rating, correction");
-        insert_rows(&mut tx, "uncertainty_feedback", &cols, fb).await?;
+        insert_rows(&mut tx, "uncertainty_feedback", copy::FEEDBACK_COLUMNS, fb).await?;
         let dec = b
             .decisions
             .iter()
@@ -382,8 +380,7 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
                 ]
             })
             .collect();
-        let cols = format!("{head}, project_id, component, decision, uncertainty_score, rationale");
-        insert_rows(&mut tx, "uncertainty_logs", &cols, dec).await?;
+        insert_rows(&mut tx, "uncertainty_logs", copy::DECISION_COLUMNS, dec).await?;
         let ch = b
             .chunks
             .iter()
@@ -400,8 +397,7 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
                 ]
             })
             .collect();
-        let cols = format!("{head}, project_id, file_path, chunk_index, op");
-        insert_rows(&mut tx, "project_context_events", &cols, ch).await?;
+        insert_rows(&mut tx, "project_context_events", copy::CHUNK_EVENT_COLUMNS, ch).await?;
         let ctx = b
             .chunks
             .iter()
@@ -419,8 +415,7 @@ async fn insert_variant(sink: &PgSink, rows: &Rows<'_>, batch: usize) -> Result<
                 ]
             })
             .collect();
-        let cols = "project_id, file_path, chunk_index, event_id, occurred_at, source, content, embedding";
-        insert_rows(&mut tx, "project_contexts", cols, ctx).await?;
+        insert_rows(&mut tx, "project_contexts", copy::CONTEXT_COLUMNS, ctx).await?;
         tx.commit().await.map_err(Error::postgres("commit"))?;
         lo += batch;
     }
@@ -438,7 +433,7 @@ async fn redis_variants(url: &str, chunks: &[&Event], batch: usize) -> Result<(D
     for (n, part) in chunks.chunks(batch).enumerate() {
         let first = (n * batch) as i64;
         let records: Vec<(i64, &Event)> = part.iter().enumerate().map(|(i, e)| (first + i as i64, *e)).collect();
-        let b = RedisBatch { topic: "bench", partition: 0, next_offset: first + part.len() as i64, records };
+        let b = EventBatch { topic: "bench", partition: 0, next_offset: first + part.len() as i64, records };
         sink.apply_all("udo-bench", &[b]).await?;
     }
     let materializer = started.elapsed();

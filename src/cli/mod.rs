@@ -4,7 +4,7 @@
 mod bench;
 mod produce;
 mod replay;
-mod run;
+pub(crate) mod run;
 mod schemas;
 mod status;
 mod tail;

@@ -4,12 +4,12 @@
 use crate::codec::OutputFormat;
 use crate::config::{CommonArgs, SecretUrl};
 use crate::error::{Error, Result};
-use crate::pipeline::materialize::MaterializeTopics;
 use crate::pipeline::replay::{MAX_ATTEMPTS, ReplayConfig, replay};
 use crate::pipeline::retry::RetryPolicy;
 use crate::shutdown::Shutdown;
 use crate::sinks::postgres::PgSink;
 use crate::sinks::redis::RedisSink;
+use crate::topics::Topics;
 use clap::{Args, ValueEnum};
 use std::collections::HashSet;
 use std::time::UNIX_EPOCH;
@@ -79,7 +79,7 @@ pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Re
         return Err(Error::Config("--batch-size must be at least 1".into()));
     }
     let stores: HashSet<Store> = args.stores.iter().copied().collect();
-    let materialized = MaterializeTopics::with_prefix(&common.topic_prefix);
+    let materialized = Topics::with_prefix(&common.topic_prefix);
     let redis_topics: HashSet<String> = materialized.redis_inputs().into_iter().collect();
     let catalog = common.topics();
     let topics: Vec<String> = if args.topics.is_empty() {
@@ -149,7 +149,7 @@ pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Re
     Ok(())
 }
 
-fn names_of(t: &MaterializeTopics) -> String {
+fn names_of(t: &Topics) -> String {
     let mut all = t.postgres_inputs();
     all.sort();
     all.join(", ")

@@ -32,7 +32,7 @@ use crate::telemetry::events::{
     AlertEmitted, AnalyzeProgress, CheckpointWritten, DegradationEmitted, ErrorCounted, LateEvent, RecordsRouted,
     StateMachines, StateRestored, StateSize, SubjectRejected, SubjectsExpired, WindowsClosed,
 };
-use crate::topics::{TopicCatalog, names};
+use crate::topics::{TopicCatalog, Topics, names};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ pub(crate) async fn assemble(
     shutdown: crate::shutdown::Shutdown,
     readiness: Readiness,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
-    let topics = AnalyzeTopics::with_prefix(&common.topic_prefix);
+    let topics = Topics::with_prefix(&common.topic_prefix);
     // The internal topics it writes to (declared in topics/, made by `topics apply`).
     let mut internal = vec![topics.decisions.clone(), topics.routed.clone()];
     if opts.settings.analyze.processing == Processing::ExactlyOnce {
@@ -73,7 +73,7 @@ pub(crate) async fn assemble(
         &opts.settings,
         &decoder,
         group.clone(),
-        topics.inputs(),
+        topics.analyze_inputs(),
         crate::sources::kafka::Assignor::Range,
     );
     let catalog = common.topics();
@@ -130,54 +130,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "udo-stream".into())
 }
 
-/// Full topic names (with any prefix).
-#[derive(Debug, Clone)]
-pub struct AnalyzeTopics {
-    pub latency: String,
-    pub feedback: String,
-    pub writes: String,
-    pub decisions: String,
-    /// Latency samples and ratings routed to the task owning their component.
-    pub routed: String,
-    pub windows: String,
-    pub alerts: String,
-    pub degradations: String,
-    pub dlq: String,
-}
-
-impl AnalyzeTopics {
-    pub fn with_prefix(prefix: &str) -> AnalyzeTopics {
-        let t = |n: &str| format!("{prefix}{n}");
-        AnalyzeTopics {
-            latency: t(names::LATENCY),
-            feedback: t(names::FEEDBACK),
-            writes: t(names::WRITES),
-            decisions: t(names::DECISIONS_BY_COMPONENT),
-            routed: t(names::ANALYZE_ROUTED),
-            windows: t(names::WINDOWS),
-            alerts: t(names::ALERTS),
-            degradations: t(names::DEGRADATIONS),
-            dlq: t(names::DLQ),
-        }
-    }
-
-    /// What the pipeline subscribes to.
-    pub fn inputs(&self) -> Vec<String> {
-        vec![
-            self.latency.clone(),
-            self.feedback.clone(),
-            self.decisions.clone(),
-            self.routed.clone(),
-            self.writes.clone(),
-        ]
-    }
-
-    /// Inputs whose partition `p` belongs to task `p`.
-    fn is_task_input(&self, topic: &str) -> bool {
-        topic == self.latency || topic == self.feedback || topic == self.decisions || topic == self.routed
-    }
-}
-
 /// A task's inputs, for idleness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -213,7 +165,7 @@ pub struct AnalyzeStage<C: Checkpoints = CheckpointStore> {
     engine_cfg: EngineConfig,
     settings: AnalyzeSettings,
     decoder: Decoder,
-    topics: AnalyzeTopics,
+    topics: Topics,
     /// Outputs are sent without waiting, so consumption runs on; the next
     /// checkpoint (and the writes offsets, held in `pending_writes`
     /// meanwhile) waits for all of them.
@@ -251,7 +203,7 @@ impl<C: Checkpoints> AnalyzeStage<C> {
         settings: AnalyzeSettings,
         decoder: Decoder,
         catalog: &TopicCatalog,
-        topics: AnalyzeTopics,
+        topics: Topics,
         outputs: Outputs,
         store: C,
         readiness: Readiness,

@@ -16,40 +16,13 @@
 use crate::codec::Codec;
 use crate::domain::Event;
 use crate::error::{Error, Result};
-pub use crate::sinks::dlq::Reason;
+pub use crate::sinks::dlq::{Reason, Reject, Tp};
 pub use crate::sources::record::Raw;
 use crate::topics::TopicCatalog;
 use std::collections::HashMap;
 
-/// A topic partition.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tp {
-    pub topic: String,
-    pub partition: i32,
-}
-
-impl Tp {
-    pub fn new(topic: impl Into<String>, partition: i32) -> Tp {
-        Tp { topic: topic.into(), partition }
-    }
-}
-
-impl std::fmt::Display for Tp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]", self.topic, self.partition)
-    }
-}
-
 /// Next offsets to store (the offset after the last record whose effects are durable).
 pub type Offsets = Vec<(Tp, i64)>;
-
-/// A record for the DLQ: which one, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
-    pub tp: Tp,
-    pub offset: i64,
-    pub reason: Reason,
-}
 
 /// A decoded record.
 pub struct Rec<'a> {
@@ -88,6 +61,18 @@ pub struct Part<'a> {
     pub next_offset: i64,
     /// Decoded records in offset order.
     pub records: Vec<Rec<'a>>,
+}
+
+impl Part<'_> {
+    /// What a store writes of this partition: the records `keep` keeps.
+    pub fn events(&self, keep: impl Fn(i64) -> bool) -> crate::sinks::EventBatch<'_> {
+        crate::sinks::EventBatch {
+            topic: &self.tp.topic,
+            partition: self.tp.partition,
+            next_offset: self.next_offset,
+            records: self.records.iter().filter(|r| keep(r.offset)).map(|r| (r.offset, &r.event)).collect(),
+        }
+    }
 }
 
 /// A batch, decoded and grouped by partition.

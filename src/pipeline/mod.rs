@@ -68,9 +68,9 @@ impl Pipeline {
 
     /// The topics its consumer group reads (full names).
     pub fn inputs(self, common: &CommonArgs) -> Vec<String> {
-        let m = || materialize::MaterializeTopics::with_prefix(&common.topic_prefix);
+        let m = || crate::topics::Topics::with_prefix(&common.topic_prefix);
         match self {
-            Pipeline::Analyze => analyze::AnalyzeTopics::with_prefix(&common.topic_prefix).inputs(),
+            Pipeline::Analyze => m().analyze_inputs(),
             Pipeline::MaterializePostgres => m().postgres_inputs(),
             Pipeline::MaterializeRedis => m().redis_inputs(),
             Pipeline::NotifyAlertmanager => vec![common.topic(names::ALERTS)],

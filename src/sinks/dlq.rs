@@ -65,6 +65,33 @@ pub fn max_letter_bytes() -> usize {
     topic_max_bytes().saturating_sub(FRAMING_BYTES).max(4096)
 }
 
+/// A topic partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tp {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl Tp {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Tp {
+        Tp { topic: topic.into(), partition }
+    }
+}
+
+impl std::fmt::Display for Tp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.topic, self.partition)
+    }
+}
+
+/// A record for the DLQ: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub tp: Tp,
+    pub offset: i64,
+    pub reason: Reason,
+}
+
 /// Why a record was dead-lettered: a bounded class (metric label) and a
 /// message naming the field and the fix.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,9 +29,11 @@ pub mod copy;
 pub mod plan;
 pub(crate) mod sql;
 
-pub use plan::{Reject, RejectReason, Row, payload_hash};
+use crate::sinks::dlq::{Reject, Tp};
+pub use plan::{RejectReason, Row, payload_hash};
 
-use crate::domain::{Event, Limits};
+use super::EventBatch;
+use crate::domain::Limits;
 use crate::error::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, Postgres};
 use sqlx::{Connection, Executor, PgPool, Transaction};
@@ -45,18 +47,6 @@ pub const MAX_INDEXED_DIM: u32 = 2000;
 
 /// Advisory lock key serializing the embedding-column setup across instances.
 const SETUP_LOCK: i64 = 0x7564_6f5f_7665_6374; // "udo_vect"
-
-/// Decoded events of one topic-partition and the offset to store with them.
-#[derive(Debug, Clone)]
-pub struct PgBatch<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    /// The offset to resume from once this batch is durable (last offset + 1,
-    /// or further when trailing records were skipped, e.g. sent to the DLQ).
-    pub next_offset: i64,
-    /// `(offset, event)` in offset order; records that did not decode are absent.
-    pub records: Vec<(i64, &'a Event)>,
-}
 
 /// What a write did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -160,7 +150,7 @@ impl PgSink {
 
     /// Begin, write, hand the rejects to `dlq` (only if there are any), and
     /// commit only if `dlq` succeeded: the one-call form of the protocol.
-    pub async fn write_batch<F>(&self, group: &str, batch: &PgBatch<'_>, dlq: F) -> Result<PgOutcome>
+    pub async fn write_batch<F>(&self, group: &str, batch: &EventBatch<'_>, dlq: F) -> Result<PgOutcome>
     where
         F: AsyncFnOnce(&[Reject]) -> Result<()>,
     {
@@ -268,8 +258,9 @@ impl PgTxn {
     /// batches (partitions) before one commit. After an error the
     /// transaction is aborted: drop it (that rolls back) and retry the batch
     /// in a new one.
-    pub async fn write(&mut self, group: &str, batch: &PgBatch<'_>) -> Result<PgOutcome> {
-        let plan = plan::plan(&batch.records, &self.limits);
+    pub async fn write(&mut self, group: &str, batch: &EventBatch<'_>) -> Result<PgOutcome> {
+        let tp = Tp::new(batch.topic, batch.partition);
+        let plan = plan::plan(&tp, &batch.records, &self.limits);
         let mut out = PgOutcome { rejects: plan.rejects.clone(), events: plan.events, ..PgOutcome::default() };
         out.absorb(self.write_events(&plan).await?);
         let rejected: HashSet<i64> = out.rejects.iter().map(|r| r.offset).collect();
@@ -304,6 +295,7 @@ impl PgTxn {
     /// event ids into rejects of `rows`.
     async fn checked<T>(
         &mut self,
+        tp: &Tp,
         table: &'static str,
         stmt: sql::Stmt,
         rows: &[plan::Row<'_, T>],
@@ -317,7 +309,7 @@ impl PgTxn {
         let rejects = rows
             .iter()
             .filter(|r| reused.contains(&id(r.event)))
-            .map(|r| Reject { offset: r.offset, event_id: id(r.event), reason: RejectReason::ReusedEventId { table } })
+            .map(|r| RejectReason::ReusedEventId { table }.reject(tp, r.offset, id(r.event)))
             .collect();
         Ok(PgOutcome { rejects, inserted: u64::try_from(inserted).unwrap_or(0), events: 0, checked: false })
     }
@@ -326,6 +318,7 @@ impl PgTxn {
     /// already stored with another payload.
     async fn insert_checked<T>(
         &mut self,
+        tp: &Tp,
         table: &'static str,
         rows: &[plan::Row<'_, T>],
         unnest: impl FnOnce(&[plan::Row<'_, T>]) -> sql::Unnest,
@@ -336,7 +329,7 @@ impl PgTxn {
         }
         let u = unnest(rows);
         let q = sql::checked(&u, table);
-        self.checked(table, u.stmt(q), rows, id).await
+        self.checked(tp, table, u.stmt(q), rows, id).await
     }
 
     /// Sends one binary COPY payload; returns the rows it wrote.
@@ -387,11 +380,15 @@ impl PgTxn {
             let statement = copy::copy_into("udo_stage_latency", copy::LATENCY_COLUMNS);
             self.copy_in("stage latency", &statement, copy::latency_copy(&p.latency)).await?;
             let stmt = sql::Stmt::plain(sql::insert_latency_from_stage());
-            out.absorb(self.checked("latency_samples", stmt, &p.latency, |e| e.event_id).await?);
+            out.absorb(self.checked(&p.tp, "latency_samples", stmt, &p.latency, |e| e.event_id).await?);
         }
-        out.absorb(self.insert_checked("uncertainty_feedback", &p.feedback, sql::feedback, |e| e.event_id).await?);
-        out.absorb(self.insert_checked("uncertainty_logs", &p.decisions, sql::decisions, |e| e.event_id).await?);
-        out.absorb(self.insert_checked("project_context_events", &p.chunks, sql::chunk_events, |e| e.event_id).await?);
+        out.absorb(
+            self.insert_checked(&p.tp, "uncertainty_feedback", &p.feedback, sql::feedback, |e| e.event_id).await?,
+        );
+        out.absorb(self.insert_checked(&p.tp, "uncertainty_logs", &p.decisions, sql::decisions, |e| e.event_id).await?);
+        out.absorb(
+            self.insert_checked(&p.tp, "project_context_events", &p.chunks, sql::chunk_events, |e| e.event_id).await?,
+        );
         Ok(out)
     }
 
@@ -406,10 +403,13 @@ impl PgTxn {
             Some(inserted) => PgOutcome { inserted, ..PgOutcome::default() },
             None => PgOutcome { checked: true, ..self.insert_events_checked(p).await? },
         };
-        let lw =
-            self.insert_checked("latency_windows", &p.latency_windows, sql::latency_windows, |e| e.event_id).await?;
+        let lw = self
+            .insert_checked(&p.tp, "latency_windows", &p.latency_windows, sql::latency_windows, |e| e.event_id)
+            .await?;
         let uw = self
-            .insert_checked("uncertainty_windows", &p.uncertainty_windows, sql::uncertainty_windows, |e| e.event_id)
+            .insert_checked(&p.tp, "uncertainty_windows", &p.uncertainty_windows, sql::uncertainty_windows, |e| {
+                e.event_id
+            })
             .await?;
         out.inserted += lw.inserted + uw.inserted;
         // The same window can be rejected by both tables: report it once.
@@ -444,9 +444,11 @@ impl PgTxn {
             }
             out.rejects.extend(window_rejects);
         }
-        out.absorb(self.insert_checked("alerts", &p.alerts, sql::alerts, |e| e.event_id).await?);
-        out.absorb(self.insert_checked("degradations", &p.degradations, sql::degradations, |e| e.event_id).await?);
-        out.absorb(self.insert_checked("promotions", &p.promotions, sql::promotions, |e| e.event_id).await?);
+        out.absorb(self.insert_checked(&p.tp, "alerts", &p.alerts, sql::alerts, |e| e.event_id).await?);
+        out.absorb(
+            self.insert_checked(&p.tp, "degradations", &p.degradations, sql::degradations, |e| e.event_id).await?,
+        );
+        out.absorb(self.insert_checked(&p.tp, "promotions", &p.promotions, sql::promotions, |e| e.event_id).await?);
         Ok(out)
     }
 

@@ -32,6 +32,7 @@
 //! as `reused_event_id`, exactly as the PostgreSQL materializer does, so
 //! the two stores agree.
 
+use super::EventBatch;
 use crate::domain::{Alert, ChunkOp, ContextChunk, Degradation, DegradationKind, Event, Promotion, WindowStats};
 use crate::error::{Error, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -105,17 +106,6 @@ pub fn holds_id(event: &Event) -> Option<uuid::Uuid> {
     }
 }
 
-/// Decoded events of one topic-partition and the offset after them.
-#[derive(Debug, Clone)]
-pub struct RedisBatch<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    /// The offset to resume from once this batch is applied (last offset + 1).
-    pub next_offset: i64,
-    /// `(offset, event)` in offset order; records that did not decode are absent.
-    pub records: Vec<(i64, &'a Event)>,
-}
-
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RedisOutcome {
@@ -169,7 +159,7 @@ fn json(v: &impl serde::Serialize) -> String {
 }
 
 /// Builds the script call for a batch (pure).
-pub fn plan(group: &str, batch: &RedisBatch<'_>) -> ScriptCall {
+pub fn plan(group: &str, batch: &EventBatch<'_>) -> ScriptCall {
     let mut call = ScriptCall::default();
     call.key(keys::offsets(group));
     call.args.push(keys::offset_field(batch.topic, batch.partition));
@@ -369,7 +359,7 @@ impl RedisSink {
     }
 
     /// Applies a batch atomically unless Redis already holds its offset.
-    pub async fn apply(&self, group: &str, batch: &RedisBatch<'_>) -> Result<RedisOutcome> {
+    pub async fn apply(&self, group: &str, batch: &EventBatch<'_>) -> Result<RedisOutcome> {
         let call = plan(group, batch);
         let mut inv = self.script.prepare_invoke();
         for k in &call.keys {
@@ -393,7 +383,7 @@ impl RedisSink {
     /// failure part-way leaves every partition either applied or not. After
     /// a Redis restart the script cache is empty (NOSCRIPT): the script is
     /// loaded again and the pipeline resent, which the fences make safe.
-    pub async fn apply_all(&self, group: &str, batches: &[RedisBatch<'_>]) -> Result<Vec<RedisOutcome>> {
+    pub async fn apply_all(&self, group: &str, batches: &[EventBatch<'_>]) -> Result<Vec<RedisOutcome>> {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
@@ -496,8 +486,8 @@ mod tests {
 
     const T: i64 = 1_750_000_000_000;
 
-    fn batch<'a>(records: Vec<(i64, &'a Event)>) -> RedisBatch<'a> {
-        RedisBatch { topic: "udo.writes.v1", partition: 3, next_offset: 100, records }
+    fn batch<'a>(records: Vec<(i64, &'a Event)>) -> EventBatch<'a> {
+        EventBatch { topic: "udo.writes.v1", partition: 3, next_offset: 100, records }
     }
 
     #[test]

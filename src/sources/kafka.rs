@@ -206,21 +206,7 @@ pub fn inspector(kafka: &KafkaConfig, topic: &str, partition: Option<i32>, start
         })
         .create()
         .map_err(Error::kafka("create consumer"))?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .map_err(Error::kafka(format!("metadata of {topic}")))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(Error::Config(format!(
-            "topic {topic} does not exist on {} (run `udo-stream topics apply`, check --topic-prefix)",
-            kafka.brokers
-        )));
-    }
+    let partitions = partitions_of(&consumer, topic)?;
     let partitions = match partition {
         Some(p) if partitions.contains(&p) => vec![p],
         Some(p) => {
@@ -323,8 +309,8 @@ pub fn read_topic(
     }
 }
 
-/// (partition, low, high) of every partition of `topic`.
-pub fn partition_ends<C: ConsumerContext, K: Consumer<C>>(consumer: &K, topic: &str) -> Result<Vec<(i32, i64, i64)>> {
+/// The partition ids of `topic`; an error naming the fix when it does not exist.
+pub fn partitions_of<C: ConsumerContext, K: Consumer<C>>(consumer: &K, topic: &str) -> Result<Vec<i32>> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
         .map_err(Error::kafka(format!("metadata of {topic}")))?;
@@ -339,6 +325,12 @@ pub fn partition_ends<C: ConsumerContext, K: Consumer<C>>(consumer: &K, topic: &
             "topic {topic} does not exist (run `udo-stream topics apply`, check --topic-prefix / UDO_TOPIC_PREFIX)"
         )));
     }
+    Ok(parts)
+}
+
+/// (partition, low, high) of every partition of `topic`.
+pub fn partition_ends<C: ConsumerContext, K: Consumer<C>>(consumer: &K, topic: &str) -> Result<Vec<(i32, i64, i64)>> {
+    let parts = partitions_of(consumer, topic)?;
     // A topic just created has partitions whose leader is still being
     // elected: retried briefly, through the one retry policy.
     let policy = crate::pipeline::retry::RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1))

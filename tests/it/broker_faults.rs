@@ -18,9 +18,7 @@ use crate::support as common;
 use crate::support::materialize as support;
 
 use common::stack;
-use serde_json::Value;
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -69,30 +67,6 @@ fn start(tag: &str, extra: &[(&str, &str)]) -> Run {
     Run { prefix, db, redis, pool, pipelines }
 }
 
-/// `produce all` of `count` events in the background (as fast as the cluster takes them).
-fn produce(prefix: &str, count: u64, seed: u64) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_udo-stream"))
-        .args(["produce", "all", "--clock", "simulated", "--start", "2026-01-01T00:00:00Z", "--rate", "200"])
-        .args(["--count", &count.to_string(), "--seed", &seed.to_string(), "--topic-prefix", prefix])
-        .env("KAFKA_BROKERS", common::brokers())
-        .env("UDO_EMBEDDING_DIM", DIM)
-        .env_remove("SCHEMA_REGISTRY_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start udo-stream produce")
-}
-
-fn produced(child: Child) -> BTreeMap<String, i64> {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "produce failed: {text}");
-    let line = text.lines().find(|l| l.contains("\"by_record\"")).expect("produce prints a summary");
-    let v: Value = serde_json::from_str(line).unwrap();
-    assert_eq!(v["failed"], 0, "{line}");
-    v["by_record"].as_object().unwrap().iter().map(|(k, n)| (k.clone(), n.as_i64().unwrap())).collect()
-}
-
 /// The node (1-3) leading the most partitions of `prefix`'s topics.
 fn busiest_leader(prefix: &str) -> i32 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -114,21 +88,7 @@ fn check(run: &mut Run, produced: &BTreeMap<String, i64>, what: &str) -> String 
     let pg_group = format!("{}udo-materialize-postgres", run.prefix);
     let redis_group = format!("{}udo-materialize-redis", run.prefix);
     let (pool, redis, pipelines) = (&run.pool, &run.redis, &mut run.pipelines);
-    let timeout = Duration::from_secs(400);
-    wait_caught_up(
-        "postgres",
-        &topics(&run.prefix, &PG_TOPICS),
-        timeout,
-        || pg_offsets(pool, &pg_group),
-        || pipelines.assert_alive(),
-    );
-    wait_caught_up(
-        "redis",
-        &topics(&run.prefix, &REDIS_TOPICS),
-        timeout,
-        || redis_offsets(redis, &redis_group),
-        || pipelines.assert_alive(),
-    );
+    wait_both_caught_up(&run.prefix, pool, redis, pipelines, Duration::from_secs(400));
     let logs = watermarks(&topics(&run.prefix, &INPUTS));
     let (pg, red) = (pg_offsets(pool, &pg_group), redis_offsets(redis, &redis_group));
     let mut lines = Vec::new();
@@ -172,7 +132,7 @@ fn kill_9_of_the_busiest_leader_during_500k_events_loses_and_duplicates_nothing(
     let _cluster = common::lease::cluster();
     let _stores = common::lease::stores();
     let mut run = start("faults-kill", &[]);
-    let producer = produce(&run.prefix, events(500_000), 51);
+    let producer = produce_in_background(&run.prefix, events(500_000), None, 51);
     std::thread::sleep(Duration::from_secs(3));
     let victim = busiest_leader(&run.prefix);
     stack(&["kill", &format!("kafka-{victim}")]);
@@ -188,7 +148,7 @@ fn a_rolling_restart_of_the_three_brokers_mid_run_loses_nothing_and_lag_returns_
     let _cluster = common::lease::cluster();
     let _stores = common::lease::stores();
     let mut run = start("faults-roll", &[]);
-    let producer = produce(&run.prefix, events(500_000), 52);
+    let producer = produce_in_background(&run.prefix, events(500_000), None, 52);
     for n in 1..=3 {
         std::thread::sleep(Duration::from_secs(2));
         stack(&["stop", &format!("kafka-{n}")]);
@@ -213,7 +173,7 @@ fn two_brokers_down_past_the_delivery_timeout_hold_everything_until_they_return(
     let _stores = common::lease::stores();
     // Delivery gives up after 10 s; the outage lasts 25 s.
     let mut run = start("faults-isr", &[("UDO__KAFKA__MESSAGE_TIMEOUT_MS", "10000")]);
-    let produced = produced(produce(&run.prefix, events(500_000) * 2 / 5, 53));
+    let produced = produced(produce_in_background(&run.prefix, events(500_000) * 2 / 5, None, 53));
     std::thread::sleep(Duration::from_secs(2));
     let errors_before = run.pipelines.metric("udo_errors_total", &[]);
     stack(&["stop", "kafka-2"]);

@@ -160,23 +160,7 @@ fn s(v: &Value) -> String {
 fn run_until_caught_up(prefix: &str, db: &str, redis: &str, env: &[(&str, &str)]) -> Materializer {
     let mut m = materializer("materialize-postgres,materialize-redis", prefix, db, redis, env);
     let pool = pg_pool(db);
-    let (pg_group, redis_group) =
-        (format!("{prefix}udo-materialize-postgres"), format!("{prefix}udo-materialize-redis"));
-    let timeout = Duration::from_secs(180);
-    wait_caught_up(
-        "postgres",
-        &topics(prefix, &PG_TOPICS),
-        timeout,
-        || pg_offsets(&pool, &pg_group),
-        || m.assert_alive(),
-    );
-    wait_caught_up(
-        "redis",
-        &topics(prefix, &REDIS_TOPICS),
-        timeout,
-        || redis_offsets(redis, &redis_group),
-        || m.assert_alive(),
-    );
+    wait_both_caught_up(prefix, &pool, redis, &mut m, Duration::from_secs(180));
     m
 }
 

@@ -20,58 +20,14 @@
 use crate::support as common;
 use crate::support::materialize as support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
-
-/// `produce all` paced by the wall clock, in the background.
-fn produce_paced(prefix: &str, count: u64, rate: u64, seed: u64) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_udo-stream"))
-        .args(["produce", "all", "--clock", "wall", "--rate", &rate.to_string(), "--count", &count.to_string()])
-        .args(["--seed", &seed.to_string(), "--topic-prefix", prefix])
-        .env("KAFKA_BROKERS", common::brokers())
-        .env("UDO_EMBEDDING_DIM", DIM)
-        .env_remove("SCHEMA_REGISTRY_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start udo-stream produce")
-}
-
-/// Waits for the producer; returns the count per record type.
-fn produced(child: Child) -> std::collections::BTreeMap<String, i64> {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "produce failed: {text}");
-    let line = text.lines().find(|l| l.contains("\"by_record\"")).expect("produce prints a summary");
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    assert_eq!(v["failed"], 0, "{line}");
-    v["by_record"].as_object().unwrap().iter().map(|(k, n)| (k.clone(), n.as_i64().unwrap())).collect()
-}
 
 fn stack(args: &[&str]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack");
     let out = Command::new(script).args(args).output().expect("run scripts/stack");
     assert!(out.status.success(), "scripts/stack {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn wait_both(prefix: &str, pool: &sqlx::PgPool, redis: &str, m: &mut Materializer, timeout: Duration) {
-    let (pg_group, redis_group) =
-        (format!("{prefix}udo-materialize-postgres"), format!("{prefix}udo-materialize-redis"));
-    wait_caught_up(
-        "postgres",
-        &topics(prefix, &PG_TOPICS),
-        timeout,
-        || pg_offsets(pool, &pg_group),
-        || m.assert_alive(),
-    );
-    wait_caught_up(
-        "redis",
-        &topics(prefix, &REDIS_TOPICS),
-        timeout,
-        || redis_offsets(redis, &redis_group),
-        || m.assert_alive(),
-    );
 }
 
 /// Starts the materializers and waits until both groups gave them
@@ -108,7 +64,7 @@ fn kill_9_three_times_during_200k_events_loses_and_duplicates_nothing() {
     // three times while they arrive and restarted each time. Each instance
     // is killed once it holds its partitions and has written something: a
     // member killed before its group assignment completes teaches nothing.
-    let producer = produce_paced(&prefix, 200_000, 5_000, 41);
+    let producer = produce_in_background(&prefix, 200_000, Some(5_000), 41);
     let pipelines = "materialize-postgres,materialize-redis";
     let mut progress = Vec::new();
     for _ in 0..3 {
@@ -130,7 +86,7 @@ fn kill_9_three_times_during_200k_events_loses_and_duplicates_nothing() {
     let produced = produced(producer);
     assert_eq!(produced.values().sum::<i64>(), 200_000);
     let mut m = start_assigned(pipelines, &prefix, &db, &redis);
-    wait_both(&prefix, &pool, &redis, &mut m, Duration::from_secs(300));
+    wait_both_caught_up(&prefix, &pool, &redis, &mut m, Duration::from_secs(300));
     m.stop();
     eprintln!("kill -9 at stored/available offsets {progress:?}; all caught up after {:?}", started.elapsed());
     // Each kill landed mid-run: something was durable, not everything.
@@ -159,7 +115,7 @@ fn postgres_then_redis_outage_pauses_retries_and_resumes_without_loss() {
         &[("UDO__MATERIALIZE__BATCH_SIZE", "1000")],
     );
     // 60 s of traffic at 1000 events/s; each store is down for ~20 s of it.
-    let producer = produce_paced(&prefix, 60_000, 1_000, 42);
+    let producer = produce_in_background(&prefix, 60_000, Some(1_000), 42);
     for (service, sink) in [("postgres", "postgres"), ("redis", "redis")] {
         std::thread::sleep(Duration::from_secs(5));
         let retries_before = m.metric("udo_sink_retries_total", &[&format!("sink=\"{sink}\"")]);
@@ -182,7 +138,7 @@ fn postgres_then_redis_outage_pauses_retries_and_resumes_without_loss() {
         eprintln!("{service} outage: {retries} retries while down");
     }
     let produced = produced(producer);
-    wait_both(&prefix, &pool, &redis, &mut m, Duration::from_secs(240));
+    wait_both_caught_up(&prefix, &pool, &redis, &mut m, Duration::from_secs(240));
     // Lag comes from librdkafka statistics (every 5 s): it returns to 0.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -226,7 +182,7 @@ fn a_three_minute_postgres_outage_under_two_members_causes_no_rebalance_and_lose
     }
     // Traffic before, during and after the outage.
     let rate = 150;
-    let producer = produce_paced(&prefix, rate * (outage + 40), rate, 43);
+    let producer = produce_in_background(&prefix, rate * (outage + 40), Some(rate), 43);
     std::thread::sleep(Duration::from_secs(10));
     let rebalances = |ms: &[Materializer; 2]| -> f64 { ms.iter().map(|m| m.metric("udo_rebalances_total", &[])).sum() };
     let before = rebalances(&members);

@@ -13,8 +13,10 @@ use std::collections::BTreeMap;
 use udo_stream::domain::promotion::{Attempt, PromotionConfig, StorePromotion};
 use udo_stream::domain::*;
 use udo_stream::error::{Error, ErrorDomain};
-use udo_stream::sinks::postgres::{PgBatch, PgSink, Reject, RejectReason};
-use udo_stream::sinks::redis::{RedisBatch, RedisSink, keys};
+use udo_stream::sinks::EventBatch;
+use udo_stream::sinks::dlq::Reject;
+use udo_stream::sinks::postgres::PgSink;
+use udo_stream::sinks::redis::{RedisSink, keys};
 use uuid::Uuid;
 
 const DIM: usize = 384;
@@ -233,8 +235,8 @@ fn records(events: &[Event], first_offset: i64) -> Vec<(i64, &Event)> {
     events.iter().enumerate().map(|(i, e)| (first_offset + i as i64, e)).collect()
 }
 
-fn pg_batch<'a>(topic: &'a str, events: &'a [Event], first_offset: i64) -> PgBatch<'a> {
-    PgBatch {
+fn pg_batch<'a>(topic: &'a str, events: &'a [Event], first_offset: i64) -> EventBatch<'a> {
+    EventBatch {
         topic,
         partition: 0,
         next_offset: first_offset + events.len() as i64,
@@ -242,26 +244,10 @@ fn pg_batch<'a>(topic: &'a str, events: &'a [Event], first_offset: i64) -> PgBat
     }
 }
 
-const TABLES: [&str; 13] = [
-    "projects",
-    "project_context_events",
-    "project_contexts",
-    "uncertainty_logs",
-    "uncertainty_feedback",
-    "latency_samples",
-    "latency_windows",
-    "uncertainty_windows",
-    "alerts",
-    "degradations",
-    "promotions",
-    "health_state",
-    "consumer_offsets",
-];
-
 /// (table, rows, md5 of every row's text in order) for every table.
 async fn pg_snapshot(pool: &sqlx::PgPool) -> Vec<(&'static str, i64, String)> {
     let mut out = Vec::new();
-    for t in TABLES {
+    for t in crate::support::materialize::all_tables().chain(["consumer_offsets"]) {
         let row = sqlx::query(&format!(
             "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {t} t"
         ))
@@ -277,7 +263,7 @@ fn count(snap: &[(&str, i64, String)], table: &str) -> i64 {
     snap.iter().find(|s| s.0 == table).unwrap().1
 }
 
-async fn write(sink: &PgSink, batch: &PgBatch<'_>) -> udo_stream::sinks::postgres::PgOutcome {
+async fn write(sink: &PgSink, batch: &EventBatch<'_>) -> udo_stream::sinks::postgres::PgOutcome {
     let mut txn = sink.begin().await.unwrap();
     let out = txn.write(GROUP, batch).await.unwrap();
     txn.commit().await.unwrap();
@@ -449,7 +435,7 @@ async fn postgres_replay_changes_nothing() {
     }
     let doubled: Vec<Event> = events.iter().flat_map(|e| [e.clone(), e.clone()]).collect();
     let recs: Vec<(i64, &Event)> = doubled.iter().enumerate().map(|(i, e)| ((i / 2) as i64, e)).collect();
-    let batch = PgBatch { topic: "udo.writes.v1", partition: 0, next_offset: events.len() as i64, records: recs };
+    let batch = EventBatch { topic: "udo.writes.v1", partition: 0, next_offset: events.len() as i64, records: recs };
     let out = write(&sink, &batch).await;
     assert_eq!(
         (out.inserted, out.rejects.len(), out.events),
@@ -518,7 +504,7 @@ async fn postgres_offsets_are_stored_with_the_rows_and_never_go_back() {
     let parts =
         [("udo.latency.v1".to_string(), 0), ("udo.latency.v1".to_string(), 1), ("udo.writes.v1".to_string(), 2)];
     assert!(sink.stored_offsets(GROUP, &parts).await.unwrap().is_empty());
-    let b = |topic, partition, next_offset, evs: &'static [Event]| PgBatch {
+    let b = |topic, partition, next_offset, evs: &'static [Event]| EventBatch {
         topic,
         partition,
         next_offset,
@@ -604,8 +590,15 @@ async fn postgres_rejects_a_reused_event_id_with_another_payload() {
         })
         .await
         .unwrap();
-    let mut rejected: Vec<(i64, Uuid, &str)> =
-        out.rejects.iter().map(|r| (r.offset, r.event_id, r.reason.class())).collect();
+    let mut rejected: Vec<(i64, Uuid, &str)> = out
+        .rejects
+        .iter()
+        .map(|r| {
+            let id =
+                r.reason.message.strip_prefix("event ").and_then(|m| m.get(..36)).expect("the message names the event");
+            (r.offset, id.parse().expect("an event id"), r.reason.class.as_str())
+        })
+        .collect();
     rejected.sort();
     assert_eq!(
         rejected,
@@ -620,8 +613,10 @@ async fn postgres_rejects_a_reused_event_id_with_another_payload() {
     );
     assert_eq!(dlq, out.rejects, "the DLQ callback saw exactly the rejects");
     let chunk_reject = out.rejects.iter().find(|r| r.offset == 103).unwrap();
-    assert_eq!(chunk_reject.reason, RejectReason::ReusedEventId { table: "project_context_events" });
-    assert!(chunk_reject.to_string().contains("different payload"), "{chunk_reject}");
+    assert!(
+        chunk_reject.reason.message.contains("already stored in project_context_events with a different payload"),
+        "{chunk_reject:?}"
+    );
     assert_eq!(out.events, 1);
     assert_eq!(out.inserted, 1);
 
@@ -754,26 +749,6 @@ async fn postgres_bulk_latency_batch() {
 // ---------------------------------------------------------------- Redis
 
 /// Every key of the database with its type and full content, sorted.
-async fn redis_snapshot(url: &str) -> BTreeMap<String, String> {
-    let client = redis::Client::open(url).unwrap();
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut con).await.unwrap();
-    let mut out = BTreeMap::new();
-    for k in keys {
-        let ty: String = redis::cmd("TYPE").arg(&k).query_async(&mut con).await.unwrap();
-        let v = match ty.as_str() {
-            "hash" => {
-                let h: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&k).query_async(&mut con).await.unwrap();
-                format!("{h:?}")
-            }
-            "string" => redis::cmd("GET").arg(&k).query_async(&mut con).await.unwrap(),
-            other => panic!("unexpected {other} key {k}"),
-        };
-        out.insert(k, v);
-    }
-    out
-}
-
 async fn hash(url: &str, key: &str) -> BTreeMap<String, String> {
     let client = redis::Client::open(url).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
@@ -786,8 +761,8 @@ async fn get(url: &str, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query_async(&mut con).await.unwrap()
 }
 
-fn redis_batch<'a>(topic: &'a str, events: &'a [Event], first_offset: i64) -> RedisBatch<'a> {
-    RedisBatch {
+fn redis_batch<'a>(topic: &'a str, events: &'a [Event], first_offset: i64) -> EventBatch<'a> {
+    EventBatch {
         topic,
         partition: 0,
         next_offset: first_offset + events.len() as i64,
@@ -868,7 +843,7 @@ async fn redis_replay_of_an_older_or_equal_offset_is_a_no_op() {
     let events = every_kind();
     let n = events.len() as i64;
     sink.apply(RGROUP, &redis_batch("udo.writes.v1", &events, 0)).await.unwrap();
-    let before = redis_snapshot(&url).await;
+    let before = common::redis_snapshot(&url).await;
     assert!(before.len() >= 10, "{:?}", before.keys());
     // Same batch; an older prefix; a newer-looking version of data at old offsets.
     let out = sink.apply(RGROUP, &redis_batch("udo.writes.v1", &events, 0)).await.unwrap();
@@ -877,7 +852,7 @@ async fn redis_replay_of_an_older_or_equal_offset_is_a_no_op() {
     let rewrite = [chunk(700, "atlas", "src/main.rs", 0, ChunkOp::Delete, T0 + 99_999)];
     let out = sink.apply(RGROUP, &redis_batch("udo.writes.v1", &rewrite, n - 1)).await.unwrap();
     assert!(!out.applied);
-    assert_eq!(redis_snapshot(&url).await, before, "every key unchanged");
+    assert_eq!(common::redis_snapshot(&url).await, before, "every key unchanged");
     // A batch straddling the stored offset applies only its records at or past it.
     let straddle = [
         chunk(701, "atlas", "src/lib.rs", 0, ChunkOp::Delete, T0 + 99_999), // offset n-1: already applied range
@@ -889,7 +864,7 @@ async fn redis_replay_of_an_older_or_equal_offset_is_a_no_op() {
     assert!(ctx.contains_key("src/lib.rs"));
     assert_eq!(chunks_of(&ctx, "src/main.rs").len(), 2);
     // Another partition and another group are fenced separately.
-    let other = RedisBatch { partition: 1, ..redis_batch("udo.writes.v1", &rewrite, 0) };
+    let other = EventBatch { partition: 1, ..redis_batch("udo.writes.v1", &rewrite, 0) };
     assert!(sink.apply(RGROUP, &other).await.unwrap().applied);
 }
 

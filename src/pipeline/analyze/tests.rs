@@ -82,12 +82,12 @@ impl Fixture {
         let props: KafkaProperties = [("log_level", "3")].into_iter().collect();
         let kafka = KafkaConfig::new(&self.mock.bootstrap_servers(), props);
         let settings = AnalyzeSettings { checkpoint_interval: Duration::ZERO, ..AnalyzeSettings::default() };
-        let topics = AnalyzeTopics::with_prefix(PREFIX);
+        let topics = Topics::with_prefix(PREFIX);
         let outputs = Outputs::new(&kafka, PIPELINE, |_| {}).unwrap();
         let mut stage =
             AnalyzeStage::new(settings, decoder, &catalog, topics.clone(), outputs, store, Readiness::default())
                 .unwrap();
-        let parts: Vec<Tp> = topics.inputs().into_iter().map(|t| Tp::new(t, 0)).collect();
+        let parts: Vec<Tp> = topics.analyze_inputs().into_iter().map(|t| Tp::new(t, 0)).collect();
         stage.assigned(&parts).unwrap();
         stage
     }

@@ -40,57 +40,10 @@ use crate::sinks::kafka::{Outgoing, Outputs};
 use crate::sources::kafka::Assignor;
 use crate::telemetry::Readiness;
 use crate::telemetry::events::{ErrorCounted, PromotionEmitted, SinkSuccessRatio, SinkWrite};
-use crate::topics::names;
+use crate::topics::Topics;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
-
-/// Full topic names (with any prefix) the materializers read and write.
-#[derive(Debug, Clone)]
-pub struct MaterializeTopics {
-    pub writes: String,
-    pub feedback: String,
-    pub latency: String,
-    pub windows: String,
-    pub alerts: String,
-    pub degradations: String,
-    pub promotions: String,
-    pub dlq: String,
-}
-
-impl MaterializeTopics {
-    pub fn with_prefix(prefix: &str) -> MaterializeTopics {
-        let t = |n: &str| format!("{prefix}{n}");
-        MaterializeTopics {
-            writes: t(names::WRITES),
-            feedback: t(names::FEEDBACK),
-            latency: t(names::LATENCY),
-            windows: t(names::WINDOWS),
-            alerts: t(names::ALERTS),
-            degradations: t(names::DEGRADATIONS),
-            promotions: t(names::PROMOTIONS),
-            dlq: t(names::DLQ),
-        }
-    }
-
-    fn outputs(&self) -> [String; 4] {
-        [self.windows.clone(), self.alerts.clone(), self.degradations.clone(), self.promotions.clone()]
-    }
-
-    /// Postgres holds everything: the three inputs and every output.
-    pub fn postgres_inputs(&self) -> Vec<String> {
-        let mut t = vec![self.writes.clone(), self.feedback.clone(), self.latency.clone()];
-        t.extend(self.outputs());
-        t
-    }
-
-    /// Redis holds current state: context chunks (writes) and the outputs.
-    pub fn redis_inputs(&self) -> Vec<String> {
-        let mut t = vec![self.writes.clone()];
-        t.extend(self.outputs());
-        t
-    }
-}
 
 /// State and plumbing both materializer stages share.
 pub(crate) struct Common {
@@ -124,7 +77,7 @@ impl Common {
         sink: &'static str,
         group: String,
         decoder: Decoder,
-        topics: &MaterializeTopics,
+        topics: &Topics,
         kafka: &crate::config::KafkaConfig,
         promo_cfg: PromotionConfig,
         deployment: crate::domain::rules::Deployment,
@@ -305,7 +258,7 @@ pub(crate) async fn assemble(
     readiness: Readiness,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let retry = super::retry::RetryPolicy::of(&opts.settings);
-    let topics = MaterializeTopics::with_prefix(&common.topic_prefix);
+    let topics = Topics::with_prefix(&common.topic_prefix);
     let decoder = common.decoder(opts.output_format);
     let cfg = |name: &'static str, inputs: Vec<String>| {
         super::runner_config(name, common, &opts.settings, &decoder, group.clone(), inputs, Assignor::CooperativeSticky)

@@ -14,20 +14,11 @@
 
 use super::{Committed, Store};
 use crate::error::Result;
-use crate::pipeline::batch::{Part, Reason, Reject};
-use crate::sinks::postgres::{PgBatch, PgSink, PgTxn};
+use crate::pipeline::batch::{Part, Reject};
+use crate::sinks::postgres::{PgSink, PgTxn};
 use crate::telemetry::events::PostgresCheckedWrite;
 
 pub const PIPELINE: &str = "materialize-postgres";
-
-fn pg_batch<'a>(part: &'a Part<'_>) -> PgBatch<'a> {
-    PgBatch {
-        topic: &part.tp.topic,
-        partition: part.tp.partition,
-        next_offset: part.next_offset,
-        records: part.records.iter().map(|r| (r.offset, &r.event)).collect(),
-    }
-}
 
 /// A batch's open transaction and what it holds.
 pub struct Prepared {
@@ -56,17 +47,13 @@ impl Store for PgSink {
         let mut txn = self.begin().await?;
         let (mut records, mut inserted, mut rejects) = (0u64, 0u64, Vec::new());
         for part in parts {
-            let out = txn.write(group, &pg_batch(part)).await?;
+            let out = txn.write(group, &part.events(|_| true)).await?;
             records += out.events as u64;
             inserted += out.inserted;
             if out.checked {
                 PostgresCheckedWrite { pipeline: PIPELINE, topic: &part.tp.topic, partition: part.tp.partition }.emit();
             }
-            rejects.extend(out.rejects.into_iter().map(|r| Reject {
-                tp: part.tp.clone(),
-                offset: r.offset,
-                reason: Reason { class: r.reason.class().into(), message: r.to_string() },
-            }));
+            rejects.extend(out.rejects);
         }
         Ok((Prepared { txn, records, inserted }, rejects))
     }

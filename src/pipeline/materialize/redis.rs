@@ -16,8 +16,9 @@
 use super::{Committed, Store};
 use crate::error::{Error, Result};
 use crate::pipeline::batch::{Part, Reason, Reject};
+use crate::sinks::EventBatch;
 use crate::sinks::postgres::plan::payload_hash;
-use crate::sinks::redis::{RedisBatch, RedisSink, holds_id};
+use crate::sinks::redis::{RedisSink, holds_id};
 use std::collections::HashSet;
 
 pub const PIPELINE: &str = "materialize-redis";
@@ -71,18 +72,10 @@ impl Store for RedisSink {
 
     /// Every partition's script call in ONE pipelined round trip.
     async fn commit(&self, group: &str, skip: Self::Prepared, parts: &[&Part<'_>]) -> Result<Committed> {
-        let batches: Vec<RedisBatch<'_>> = parts
+        let batches: Vec<EventBatch<'_>> = parts
             .iter()
-            .map(|p| RedisBatch {
-                topic: &p.tp.topic,
-                partition: p.tp.partition,
-                next_offset: p.next_offset,
-                records: p
-                    .records
-                    .iter()
-                    .filter(|r| skip.is_empty() || !skip.contains(&(p.tp.topic.clone(), p.tp.partition, r.offset)))
-                    .map(|r| (r.offset, &r.event))
-                    .collect(),
+            .map(|p| {
+                p.events(|offset| skip.is_empty() || !skip.contains(&(p.tp.topic.clone(), p.tp.partition, offset)))
             })
             .collect();
         let outcomes = self.apply_all(group, &batches).await?;

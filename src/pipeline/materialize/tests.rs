@@ -8,6 +8,7 @@ use crate::domain::Limits;
 use crate::pipeline::batch::Reason;
 use crate::synth::{Generator, Kind, SynthConfig};
 use crate::topics::TopicCatalog;
+use crate::topics::Topics;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use std::collections::BTreeMap;
@@ -100,7 +101,7 @@ impl Fixture {
             "memory",
             "group".into(),
             decoder,
-            &MaterializeTopics::with_prefix(PREFIX),
+            &Topics::with_prefix(PREFIX),
             &kafka,
             promo,
             Default::default(),

@@ -6,6 +6,7 @@
 
 use super::canonical;
 use crate::domain::{ChunkOp, ContextChunk, Degradation, Event, Limits, ValidationError};
+use crate::sinks::dlq::{Reason, Reject, Tp};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 use std::fmt;
@@ -76,16 +77,8 @@ fn canonical_json(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// A record the sink did not write; the caller sends it to the DLQ before
-/// committing the transaction that stores the partition offset.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reject {
-    /// Kafka offset of the record (unique within the batch's partition).
-    pub offset: i64,
-    pub event_id: Uuid,
-    pub reason: RejectReason,
-}
-
+/// Why the sink did not write a record (it goes to the DLQ, before the
+/// transaction that stores its partition's offset commits).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RejectReason {
     /// The event id is already stored in `table` (or appeared earlier in the
@@ -97,6 +90,12 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// The dead letter of `event_id` at `offset` of `tp`.
+    pub fn reject(self, tp: &Tp, offset: i64, event_id: Uuid) -> Reject {
+        let reason = Reason { class: self.class().into(), message: format!("event {event_id}: {self}") };
+        Reject { tp: tp.clone(), offset, reason }
+    }
+
     /// The DLQ error class (`udo.dlq.error.class` header, metrics label).
     pub fn class(&self) -> &'static str {
         match self {
@@ -114,12 +113,6 @@ impl fmt::Display for RejectReason {
             }
             RejectReason::Invalid(e) => write!(f, "{e}"),
         }
-    }
-}
-
-impl fmt::Display for Reject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "offset {} event {}: {}", self.offset, self.event_id, self.reason)
     }
 }
 
@@ -142,6 +135,8 @@ impl<T> Copy for Row<'_, T> {}
 /// Events of a batch sorted by destination, after validation and dedupe.
 #[derive(Debug, Default)]
 pub struct Plan<'a> {
+    /// The partition the batch is from.
+    pub tp: Tp,
     /// Rejected before touching the database (invalid, or the same event id
     /// twice in the batch with different payloads).
     pub rejects: Vec<Reject>,
@@ -166,15 +161,15 @@ pub struct Plan<'a> {
 /// of an event id wins; a later one with the same payload is a duplicate
 /// (skipped), with another payload a reject. Events failing validation
 /// against `limits` are rejects.
-pub fn plan<'a>(records: &[(i64, &'a Event)], limits: &Limits) -> Plan<'a> {
-    let mut p = Plan::default();
+pub fn plan<'a>(tp: &Tp, records: &[(i64, &'a Event)], limits: &Limits) -> Plan<'a> {
+    let mut p = Plan { tp: tp.clone(), ..Plan::default() };
     // (record name, event id) -> payload hash of the first occurrence.
     let mut seen: HashMap<(&'static str, Uuid), Uuid> = HashMap::with_capacity(records.len());
     let hashes = payload_hashes(records);
     for (&(offset, event), hash) in records.iter().zip(hashes) {
         let event_id = event.event_id();
         if let Err(e) = event.validate(limits) {
-            p.rejects.push(Reject { offset, event_id, reason: RejectReason::Invalid(e) });
+            p.rejects.push(RejectReason::Invalid(e).reject(tp, offset, event_id));
             continue;
         }
         match seen.entry((event.record_name(), event_id)) {
@@ -184,7 +179,7 @@ pub fn plan<'a>(records: &[(i64, &'a Event)], limits: &Limits) -> Plan<'a> {
             }
             Entry::Occupied(_) => {
                 let table = table_of(event);
-                p.rejects.push(Reject { offset, event_id, reason: RejectReason::ReusedEventId { table } });
+                p.rejects.push(RejectReason::ReusedEventId { table }.reject(tp, offset, event_id));
                 continue;
             }
             Entry::Vacant(v) => {
@@ -210,7 +205,7 @@ pub fn plan<'a>(records: &[(i64, &'a Event)], limits: &Limits) -> Plan<'a> {
                         field: "latency".into(),
                         reason: "a window carries neither latency nor uncertainty stats".into(),
                     };
-                    p.rejects.push(Reject { offset, event_id, reason: RejectReason::Invalid(e) });
+                    p.rejects.push(RejectReason::Invalid(e).reject(tp, offset, event_id));
                 }
             }
             Event::Alert(e) => p.alerts.push(Row { offset, hash, event: e }),
@@ -321,6 +316,10 @@ pub fn project_activity(plan: &Plan<'_>, rejected: &std::collections::HashSet<i6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tp() -> Tp {
+        Tp::new("udo.writes.v1", 2)
+    }
 
     fn same_canonical_json(e: &Event) {
         let mut fast = Vec::new();
@@ -485,23 +484,25 @@ mod tests {
         let (a, a_again, a_other, b) = (decision(1, 40), decision(1, 40), decision(1, 99), decision(2, 10));
         let bad = decision(3, 101);
         let recs = [(10, &a), (11, &a_again), (12, &a_other), (13, &b), (14, &bad)];
-        let p = plan(&recs, &limits());
+        let p = plan(&tp(), &recs, &limits());
         assert_eq!((p.events, p.duplicates, p.decisions.len()), (2, 1, 2));
         assert_eq!(p.decisions.iter().map(|r| r.offset).collect::<Vec<_>>(), [10, 13]);
         assert_eq!(p.rejects.len(), 2);
         assert_eq!(p.rejects[0].offset, 12);
-        assert_eq!(p.rejects[0].reason, RejectReason::ReusedEventId { table: "uncertainty_logs" });
+        assert_eq!(p.rejects[0].reason.class, "reused_event_id");
+        assert!(p.rejects[0].reason.message.contains("already stored in uncertainty_logs"), "{:?}", p.rejects[0]);
+        assert_eq!(p.rejects[0].tp, tp());
         assert_eq!(p.rejects[1].offset, 14);
-        assert_eq!(p.rejects[1].reason.class(), "invalid");
-        assert!(p.rejects[1].to_string().contains("uncertainty_score"), "{}", p.rejects[1]);
+        assert_eq!(p.rejects[1].reason.class, "invalid");
+        assert!(p.rejects[1].reason.message.contains("uncertainty_score"), "{:?}", p.rejects[1]);
     }
 
     #[test]
     fn wrong_embedding_dimension_is_a_reject_not_a_failed_batch() {
         let c = chunk(1, T, "a.rs", 0, ChunkOp::Upsert);
-        let p = plan(&[(0, &c)], &Limits { embedding_dim: 4, max_record_bytes: usize::MAX });
+        let p = plan(&tp(), &[(0, &c)], &Limits { embedding_dim: 4, max_record_bytes: usize::MAX });
         assert_eq!(p.rejects.len(), 1);
-        assert!(p.rejects[0].to_string().contains("UDO_EMBEDDING_DIM"));
+        assert!(p.rejects[0].reason.message.contains("UDO_EMBEDDING_DIM"), "{:?}", p.rejects[0]);
     }
 
     #[test]
@@ -515,7 +516,7 @@ mod tests {
             chunk(6, T, "b.rs", 0, ChunkOp::Upsert),
         ];
         let recs: Vec<(i64, &Event)> = evs.iter().enumerate().map(|(i, e)| (i as i64, e)).collect();
-        let p = plan(&recs, &limits());
+        let p = plan(&tp(), &recs, &limits());
         let newest = newest_chunks(&p.chunks);
         let ids: Vec<u128> = newest.iter().map(|r| r.event.event_id.as_u128()).collect();
         assert_eq!(ids, [3, 2, 6], "delete at T+20 wins a.rs#0; same time: larger id wins a.rs#1");
@@ -542,7 +543,7 @@ mod tests {
         };
         let evs = [d(1, T + 60_000, DegradationKind::Recovered), d(2, T, DegradationKind::Degraded)];
         let recs = [(0, &evs[0]), (1, &evs[1])];
-        let p = plan(&recs, &limits());
+        let p = plan(&tp(), &recs, &limits());
         let h = newest_health(&p.degradations);
         assert_eq!(h.len(), 1);
         assert_eq!(h[0].kind, DegradationKind::Recovered, "the later window wins even when it came first");
@@ -556,7 +557,7 @@ mod tests {
             chunk(3, T + 99, "b.rs", 0, ChunkOp::Delete),
         ];
         let recs: Vec<(i64, &Event)> = evs.iter().enumerate().map(|(i, e)| (i as i64, e)).collect();
-        let p = plan(&recs, &limits());
+        let p = plan(&tp(), &recs, &limits());
         let act = project_activity(&p, &[2].into_iter().collect());
         assert_eq!(act.get("p1"), Some(&(T, T + 5)), "offset 2 was rejected by the database");
     }
@@ -583,7 +584,7 @@ mod tests {
             }),
             uncertainty: None,
         });
-        let p = plan(&[(0, &w)], &limits());
+        let p = plan(&tp(), &[(0, &w)], &limits());
         assert_eq!((p.latency_windows.len(), p.uncertainty_windows.len(), p.events), (1, 0, 1));
     }
 }

@@ -58,21 +58,13 @@ pub const EVENT_TABLES: [&str; 9] = [
     "promotions",
 ];
 
-/// Every materialized table, for checksums.
-pub const ALL_TABLES: [&str; 12] = [
-    "latency_samples",
-    "uncertainty_feedback",
-    "uncertainty_logs",
-    "project_context_events",
-    "latency_windows",
-    "uncertainty_windows",
-    "alerts",
-    "degradations",
-    "promotions",
-    "project_contexts",
-    "health_state",
-    "projects",
-];
+/// Tables of current state derived from the events.
+pub const STATE_TABLES: [&str; 3] = ["project_contexts", "health_state", "projects"];
+
+/// Every materialized table.
+pub fn all_tables() -> impl Iterator<Item = &'static str> {
+    EVENT_TABLES.into_iter().chain(STATE_TABLES)
+}
 
 /// A free local port for a child's metrics endpoint.
 pub fn free_port() -> u16 {
@@ -167,23 +159,63 @@ impl Materializer {
     }
 }
 
-/// Runs the binary with the test environment; insists on success.
+/// Runs the binary with this module's embedding dimension and `env`;
+/// insists on success; its stdout and stderr.
 pub fn udo(args: &[&str], env: &[(&str, &str)]) -> String {
+    let env: Vec<(&str, &str)> = [("UDO_EMBEDDING_DIM", DIM)].into_iter().chain(env.iter().copied()).collect();
+    let (stdout, stderr) = super::udo_ok_with(args, &env);
+    stdout + &stderr
+}
+
+/// `produce all` of `count` events in the background: paced by the wall
+/// clock at `rate` a second, or as fast as the brokers take them with
+/// `rate` None (simulated event time from 2026-01-01).
+pub fn produce_in_background(prefix: &str, count: u64, rate: Option<u64>, seed: u64) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_udo-stream"));
-    cmd.args(args).env("KAFKA_BROKERS", super::brokers()).env("UDO_EMBEDDING_DIM", DIM);
-    cmd.env_remove("SCHEMA_REGISTRY_URL");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run udo-stream");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "udo-stream {args:?} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    cmd.args(["produce", "all"]);
+    match rate {
+        Some(rate) => cmd.args(["--clock", "wall", "--rate", &rate.to_string()]),
+        None => cmd.args(["--clock", "simulated", "--start", "2026-01-01T00:00:00Z", "--rate", "200"]),
+    };
+    cmd.args(["--count", &count.to_string(), "--seed", &seed.to_string(), "--topic-prefix", prefix])
+        .env("KAFKA_BROKERS", super::brokers())
+        .env("UDO_EMBEDDING_DIM", DIM)
+        .env_remove("SCHEMA_REGISTRY_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start udo-stream produce")
+}
+
+/// Waits for a background producer; returns the count per record type.
+pub fn produced(child: Child) -> BTreeMap<String, i64> {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "produce failed: {text}");
+    let line = text.lines().find(|l| l.contains("\"by_record\"")).expect("produce prints a summary");
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["failed"], 0, "{line}");
+    v["by_record"].as_object().unwrap().iter().map(|(k, n)| (k.clone(), n.as_i64().unwrap())).collect()
+}
+
+/// Waits until both materializers' stores hold every input partition's end.
+pub fn wait_both_caught_up(prefix: &str, pool: &sqlx::PgPool, redis: &str, m: &mut Materializer, timeout: Duration) {
+    let (pg_group, redis_group) =
+        (format!("{prefix}udo-materialize-postgres"), format!("{prefix}udo-materialize-redis"));
+    wait_caught_up(
+        "postgres",
+        &topics(prefix, &PG_TOPICS),
+        timeout,
+        || pg_offsets(pool, &pg_group),
+        || m.assert_alive(),
     );
-    stdout + &String::from_utf8_lossy(&out.stderr)
+    wait_caught_up(
+        "redis",
+        &topics(prefix, &REDIS_TOPICS),
+        timeout,
+        || redis_offsets(redis, &redis_group),
+        || m.assert_alive(),
+    );
 }
 
 /// `produce all` of `count` mixed events; returns the count per record type.
@@ -328,7 +360,7 @@ pub fn pg_counts(pool: &sqlx::PgPool) -> BTreeMap<&'static str, (i64, i64)> {
 /// their wall-clock `updated_at`), order-independent.
 pub fn pg_checksums(pool: &sqlx::PgPool) -> BTreeMap<String, (i64, String)> {
     let mut out = BTreeMap::new();
-    for t in ALL_TABLES {
+    for t in all_tables() {
         let q = format!("SELECT count(*), coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM {t} x");
         out.insert(t.to_string(), block_on(sqlx::query_as::<_, (i64, String)>(&q).fetch_one(pool)).unwrap());
     }
@@ -340,34 +372,7 @@ pub fn pg_checksums(pool: &sqlx::PgPool) -> BTreeMap<String, (i64, String)> {
 
 /// Every key of a Redis database with its full content (JSON values normalized).
 pub fn redis_snapshot(url: &str) -> BTreeMap<String, String> {
-    let mut con = redis_con(url);
-    block_on(async {
-        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut con).await.unwrap();
-        let mut out = BTreeMap::new();
-        for k in keys {
-            let ty: String = redis::cmd("TYPE").arg(&k).query_async(&mut con).await.unwrap();
-            let v = match ty.as_str() {
-                "hash" => {
-                    let h: BTreeMap<String, String> =
-                        redis::cmd("HGETALL").arg(&k).query_async(&mut con).await.unwrap();
-                    // JSON values are compared as JSON: Lua's cjson writes
-                    // object keys in hash order, which is not significant.
-                    let h: BTreeMap<String, String> = h
-                        .into_iter()
-                        .map(|(f, v)| match serde_json::from_str::<Value>(&v) {
-                            Ok(j) if v.starts_with(['{', '[']) => (f, j.to_string()),
-                            _ => (f, v),
-                        })
-                        .collect();
-                    format!("{h:?}")
-                }
-                "string" => redis::cmd("GET").arg(&k).query_async::<String>(&mut con).await.unwrap(),
-                other => format!("<{other}>"),
-            };
-            out.insert(k, v);
-        }
-        out
-    })
+    block_on(super::redis_snapshot(url))
 }
 
 /// One DLQ record: its raw value and headers.

@@ -44,27 +44,33 @@ pub fn prefix(test: &str) -> String {
     format!("it-{test}-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
+/// Runs the real binary with the stack's environment and `env`.
+pub fn udo_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_udo-stream"));
+    cmd.args(args).env("KAFKA_BROKERS", brokers()).env_remove("SCHEMA_REGISTRY_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run udo-stream")
+}
+
 /// Runs the real binary with the stack's environment.
 pub fn udo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_udo-stream"))
-        .args(args)
-        .env("KAFKA_BROKERS", brokers())
-        .env_remove("SCHEMA_REGISTRY_URL")
-        .output()
-        .expect("run udo-stream")
+    udo_with(args, &[])
+}
+
+/// Runs the binary with `env` and insists on success: its stdout, and its stderr.
+pub fn udo_ok_with(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let out = udo_with(args, env);
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "udo-stream {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    (stdout, stderr)
 }
 
 /// Runs the binary and insists on success, returning stdout.
 pub fn udo_ok(args: &[&str]) -> String {
-    let out = udo(args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "udo-stream {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    udo_ok_with(args, &[]).0
 }
 
 pub fn apply_topics(prefix: &str) {
@@ -175,4 +181,35 @@ pub fn python_client(pythonpath: &str, args: &[&str]) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "kafka_clients.py {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
     text
+}
+
+/// Every key of a Redis database with its full content; JSON values are
+/// compared as JSON (Lua's cjson writes object keys in hash order, which is
+/// not significant).
+pub async fn redis_snapshot(url: &str) -> std::collections::BTreeMap<String, String> {
+    use std::collections::BTreeMap;
+    let client = redis::Client::open(url).expect("redis url");
+    let mut con = client.get_multiplexed_async_connection().await.expect("redis connection");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut con).await.unwrap();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let ty: String = redis::cmd("TYPE").arg(&k).query_async(&mut con).await.unwrap();
+        let v = match ty.as_str() {
+            "hash" => {
+                let h: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&k).query_async(&mut con).await.unwrap();
+                let h: BTreeMap<String, String> = h
+                    .into_iter()
+                    .map(|(f, v)| match serde_json::from_str::<serde_json::Value>(&v) {
+                        Ok(j) if v.starts_with(['{', '[']) => (f, j.to_string()),
+                        _ => (f, v),
+                    })
+                    .collect();
+                format!("{h:?}")
+            }
+            "string" => redis::cmd("GET").arg(&k).query_async::<String>(&mut con).await.unwrap(),
+            other => format!("<{other}>"),
+        };
+        out.insert(k, v);
+    }
+    out
 }

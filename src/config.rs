@@ -47,7 +47,7 @@ pub struct CommonArgs {
     pub max_record_bytes: usize,
 
     /// TOML settings file: `[kafka]` client properties (every command) and
-    /// `[analyze]` / `[materialize]` / `[promotion]` tuning (see README).
+    /// `[analyze]` / `[materialize]` / `[promotion]` / `[notify]` tuning (docs/configuration.md).
     #[arg(long, global = true, env = "UDO_CONFIG")]
     pub config: Option<std::path::PathBuf>,
 

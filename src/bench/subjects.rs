@@ -162,7 +162,7 @@ struct Template {
     latency: usize,
 }
 
-const MARK_ID: uuid::Uuid = uuid::Uuid::from_u128(0x0123_4567_89ab_4def_8123_456789abcdef);
+const MARK_ID: uuid::Uuid = uuid::Uuid::from_u128(0x0123_4567_89ab_4def_8123_4567_89ab_cdef);
 const MARK_LATENCY: f64 = 1234.5678;
 
 /// Avro's zigzag varint of a long.

@@ -305,7 +305,7 @@ mod tests {
     fn groups_by_partition_rejects_garbage_and_drops_what_is_behind_or_unassigned() {
         let d = decoder();
         let lat = "t.udo.latency.v1";
-        let msgs = vec![
+        let msgs = [
             msg(&d, lat, 0, 10, true),
             msg(&d, lat, 1, 5, true),
             msg(&d, lat, 0, 11, false),

@@ -83,7 +83,7 @@ impl<'a> Raw<'a> {
 
     /// Every header, in order (a header without a value maps to empty bytes).
     pub fn headers(&self) -> Vec<(&'a str, &'a [u8])> {
-        fn all<'h, H: Headers>(h: &'h H) -> Vec<(&'h str, &'h [u8])> {
+        fn all<H: Headers>(h: &H) -> Vec<(&str, &[u8])> {
             h.iter().map(|h| (h.key, h.value.unwrap_or(&[]))).collect()
         }
         match self {

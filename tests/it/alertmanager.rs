@@ -113,7 +113,7 @@ fn an_incident_alert_is_active_in_alertmanager_then_resolved_and_never_fires_aga
     // and its RESOLVED never meet in one batch), does not fire it again.
     m.stop();
     let topic = format!("{prefix}udo.alerts.v1");
-    let records: i64 = watermarks(&[topic.clone()]).values().sum();
+    let records: i64 = watermarks(std::slice::from_ref(&topic)).values().sum();
     reset_group(&format!("{prefix}udo-notify-alertmanager"), &[topic], 0);
     let env = [("ALERTMANAGER_URL", url.as_str()), ("UDO__MATERIALIZE__BATCH_SIZE", "1")];
     let m = materializer("notify-alertmanager", &prefix, &db, "redis://unused", &env);

@@ -7,6 +7,7 @@
 //! - a rolling restart of all three brokers, one by one, mid-run;
 //! - two brokers down (below `min.insync.replicas`, and the controller
 //!   quorum with them) for longer than the pipelines' delivery timeout.
+//!
 //! After each: per input partition, what was produced (the log, which an
 //! idempotent producer writes without duplicates) against what landed
 //! (each store's stored offset), 0 lost and 0 duplicate rows in

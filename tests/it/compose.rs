@@ -1,6 +1,7 @@
 //! docker-compose.yml cannot run here (no Docker engine), so it is checked
 //! statically: it parses, every service is runnable and health-checked,
-//! dependencies wait for health, and published ports match the README.
+//! dependencies wait for health, and published ports match the table of
+//! docs/operations.md (Docker).
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -99,15 +100,15 @@ fn published_ports(c: &Value) -> BTreeMap<String, Vec<u16>> {
 }
 
 #[test]
-fn published_ports_match_the_readme_table() {
-    let readme = read("README.md");
+fn published_ports_match_the_docs_table() {
+    let readme = read("docs/operations.md");
     let ports = published_ports(&compose());
     assert!(ports.len() >= 8, "{ports:?}");
     let mut seen = Vec::new();
     for (svc, host_ports) in &ports {
         for port in host_ports {
             let row = format!("| `{svc}` | {port} |");
-            assert!(readme.contains(&row), "README.md lacks the row starting {row:?}");
+            assert!(readme.contains(&row), "docs/operations.md lacks the row starting {row:?}");
             assert!(!seen.contains(port), "host port {port} published twice");
             seen.push(*port);
         }

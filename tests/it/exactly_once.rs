@@ -5,6 +5,7 @@
 //!   an uninterrupted run's;
 //! - a zombie: a second instance with the same transactional id fences the
 //!   first, which stops with a message saying so; no duplicate output.
+//!
 //! No PostgreSQL: state lives in the changelog topic.
 
 use crate::support as common;

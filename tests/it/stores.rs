@@ -6,6 +6,10 @@
 //! a fresh database (and a Redis database number), so tests run in parallel
 //! and never see each other's rows.
 
+// The stores lease is a std lock held for a whole test, across its awaits:
+// each test has its own single-threaded runtime, where nothing else waits on it.
+#![allow(clippy::await_holding_lock)]
+
 use crate::support as common;
 
 use sqlx::Row as _;

@@ -160,7 +160,7 @@ impl Common {
 
     /// A batch became durable: metrics, readiness, promotion.
     fn committed(&mut self, batch: &Batch<'_>, records: u64) {
-        if batch.len() == 0 && batch.rejects.is_empty() {
+        if batch.parts.iter().all(|p| p.records.is_empty()) && batch.rejects.is_empty() {
             // Offsets moved past transaction markers: not a write attempt.
             self.started = None;
             return;

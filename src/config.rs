@@ -5,14 +5,10 @@
 //! `UDO__SECTION__KEY=value` environment overrides. Secrets never reach logs:
 //! `Display` of anything holding a URL goes through `redact`.
 
-use crate::codec::{Catalog, Codec, OutputFormat, SchemaRegistry};
 use crate::domain::Limits;
-use crate::registry::HttpRegistry;
-use crate::topics::TopicCatalog;
 use clap::Args;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
@@ -71,26 +67,6 @@ impl CommonArgs {
 
     pub fn limits(&self) -> Limits {
         Limits { embedding_dim: self.embedding_dim, max_record_bytes: self.max_record_bytes }
-    }
-
-    pub fn registry(&self) -> Option<Arc<dyn SchemaRegistry>> {
-        self.schema_registry_url
-            .as_deref()
-            .filter(|u| !u.is_empty())
-            .map(|u| Arc::new(HttpRegistry::new(u)) as Arc<dyn SchemaRegistry>)
-    }
-
-    pub fn codec(&self, format: OutputFormat) -> Codec {
-        Codec::new(Arc::new(Catalog::builtin()), self.limits(), self.registry(), format)
-    }
-
-    pub fn topics(&self) -> TopicCatalog {
-        TopicCatalog::builtin()
-    }
-
-    /// The codec with every topic's records declared (under the prefix).
-    pub fn decoder(&self, format: OutputFormat) -> crate::pipeline::batch::Decoder {
-        crate::pipeline::batch::Decoder::new(self.codec(format), &self.topics(), &self.topic_prefix)
     }
 
     /// Full topic name for a contract name.

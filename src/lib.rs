@@ -22,6 +22,7 @@ pub mod sinks;
 pub mod sources;
 pub mod telemetry;
 pub mod topics;
+pub mod wiring;
 
 /// The wall clock, ms since the Unix epoch (the pure crates take time as
 /// input; this is the one place the binary reads it as epoch millis).

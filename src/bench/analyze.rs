@@ -64,7 +64,7 @@ const START_MS: i64 = 1_767_225_600_000;
 pub async fn run(common: CommonArgs, args: AnalyzeBenchArgs) -> Result<()> {
     let settings = AnalyzeSettings::default();
     let spec = settings.window_spec().map_err(Error::Config)?;
-    let codec = common.codec(OutputFormat::Avro);
+    let codec = crate::wiring::codec(&common, OutputFormat::Avro);
     println!(
         "bench analyze: window {} ms sliding {} ms, lateness {} ms",
         spec.size_ms, spec.slide_ms, spec.allowed_lateness_ms
@@ -224,7 +224,11 @@ async fn run_analyzer(
 ) -> Result<(f64, f64, Busy)> {
     let group = format!("{prefix}udo-analyze{}", if exactly_once { "-eos" } else { "" });
     let (shutdown, trigger) = Shutdown::manual();
-    let decoder = crate::pipeline::batch::Decoder::new(common.codec(OutputFormat::Avro), &common.topics(), prefix);
+    let decoder = crate::pipeline::batch::Decoder::new(
+        crate::wiring::codec(common, OutputFormat::Avro),
+        &crate::topics::TopicCatalog::builtin(),
+        prefix,
+    );
     let cfg = RunnerConfig {
         pipeline: PIPELINE,
         kafka: common.kafka.clone(),
@@ -251,7 +255,7 @@ async fn run_analyzer(
         let stage = AnalyzeStage::new(
             settings,
             decoder,
-            &common.topics(),
+            &crate::topics::TopicCatalog::builtin(),
             topics.clone(),
             producer.outputs(PIPELINE),
             changelog,
@@ -266,7 +270,7 @@ async fn run_analyzer(
         let stage = AnalyzeStage::new(
             settings.clone(),
             decoder,
-            &common.topics(),
+            &crate::topics::TopicCatalog::builtin(),
             topics.clone(),
             crate::sinks::kafka::Outputs::new(&common.kafka, PIPELINE, |_| {})?,
             store,
@@ -337,11 +341,11 @@ impl<S: Stage> Stage for Counting<S> {
 
 async fn pipeline_vs_drain(common: &CommonArgs, settings: &AnalyzeSettings, db: &str, n: usize) -> Result<()> {
     let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let specs = common.topics();
+    let specs = crate::topics::TopicCatalog::builtin();
     crate::topics::admin::apply(&common.kafka, specs.specs(), &prefix, false).await?;
     let topics = Topics::with_prefix(&prefix);
     // Produce n latency samples.
-    let codec = common.codec(OutputFormat::Avro);
+    let codec = crate::wiring::codec(common, OutputFormat::Avro);
     let allowed = vec!["LatencySample".to_string()];
     let producer = crate::sinks::kafka::counting_producer(&common.kafka)?;
     let mut generator = Generator::new(SynthConfig::new(8), 9, START_MS);

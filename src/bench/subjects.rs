@@ -368,7 +368,7 @@ pub async fn run(
         "B/subject open",
         "B/subject idle"
     );
-    let codec = common.codec(OutputFormat::Avro);
+    let codec = crate::wiring::codec(common, OutputFormat::Avro);
     let mut baseline: [Option<f64>; 3] = [None; 3];
     for sc in scenarios {
         let samples = if sc.busy { 40 * busy_minutes as usize * sc.endpoints.max(100_000) } else { sc.endpoints };
@@ -386,7 +386,13 @@ pub async fn run(
             if let (Mode::AtLeastOnce, true, Some(url)) = (mode, sc.endpoints >= 100_000, database_url) {
                 // Topics of its own: the changelog holds this scenario only.
                 let prefix = format!("bench-{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-                crate::topics::admin::apply(&common.kafka, common.topics().specs(), &prefix, false).await?;
+                crate::topics::admin::apply(
+                    &common.kafka,
+                    crate::topics::TopicCatalog::builtin().specs(),
+                    &prefix,
+                    false,
+                )
+                .await?;
                 let group = format!("{prefix}restore-{}", sc.label().replace(' ', "-"));
                 let mut pg = CheckpointStore::connect(url, &group).await?;
                 let kafka = common.kafka.clone();

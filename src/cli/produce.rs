@@ -139,12 +139,15 @@ fn produce(common: CommonArgs, args: ProduceArgs, shutdown: Shutdown) -> Result<
             )));
         }
     }
-    let codec = common.codec(match args.format {
-        Format::Avro => OutputFormat::Avro,
-        Format::Json => OutputFormat::Json,
-    });
+    let codec = crate::wiring::codec(
+        &common,
+        match args.format {
+            Format::Avro => OutputFormat::Avro,
+            Format::Json => OutputFormat::Json,
+        },
+    );
     // Record type -> (contract topic, its declared records, full topic name).
-    let topics = common.topics();
+    let topics = crate::topics::TopicCatalog::builtin();
     let mut routes: HashMap<String, (String, Vec<String>, String)> = HashMap::new();
     // The analyzer's internal repartition topics also declare input records;
     // producers publish to the contract's topics.

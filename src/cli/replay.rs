@@ -81,7 +81,7 @@ pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Re
     let stores: HashSet<Store> = args.stores.iter().copied().collect();
     let materialized = Topics::with_prefix(&common.topic_prefix);
     let redis_topics: HashSet<String> = materialized.redis_inputs().into_iter().collect();
-    let catalog = common.topics();
+    let catalog = crate::topics::TopicCatalog::builtin();
     let topics: Vec<String> = if args.topics.is_empty() {
         let mut t = Vec::new();
         if stores.contains(&Store::Postgres) {
@@ -133,7 +133,7 @@ pub async fn run(common: CommonArgs, args: ReplayArgs, shutdown: Shutdown) -> Re
         postgres,
         redis,
         redis_topics,
-        decoder: common.decoder(OutputFormat::Avro),
+        decoder: crate::wiring::decoder(&common, OutputFormat::Avro),
         retry: RetryPolicy::of(&common.settings).with_max_attempts(MAX_ATTEMPTS),
     };
     let rt = tokio::runtime::Handle::current();

@@ -118,7 +118,7 @@ fn register(common: &CommonArgs) -> Result<()> {
         })?;
     let registry = HttpRegistry::new(url);
     let catalog = Catalog::builtin();
-    for spec in common.topics().specs().iter().filter(|s| !s.records().is_empty()) {
+    for spec in crate::topics::TopicCatalog::builtin().specs().iter().filter(|s| !s.records().is_empty()) {
         let subject = format!("{}-value", common.topic(&spec.name));
         let text = catalog
             .topic_schema_text(spec.records())

@@ -209,8 +209,8 @@ pub async fn run(common: CommonArgs, args: StatusArgs) -> Result<()> {
 }
 
 fn read(common: &CommonArgs, timeout: Duration) -> Result<Report> {
-    let codec = common.codec(OutputFormat::Avro);
-    let catalog = common.topics();
+    let codec = crate::wiring::codec(common, OutputFormat::Avro);
+    let catalog = crate::topics::TopicCatalog::builtin();
     let mut board = Board::default();
     for name in [names::WINDOWS, names::DEGRADATIONS, names::ALERTS, names::PROMOTIONS] {
         let allowed: Vec<String> = catalog.get(name).map(|t| t.records().to_vec()).unwrap_or_default();

@@ -66,8 +66,8 @@ fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
 }
 
 pub async fn run(common: CommonArgs, args: TailArgs, mut shutdown: Shutdown) -> Result<()> {
-    let codec = common.codec(OutputFormat::Avro);
-    let topics = common.topics();
+    let codec = crate::wiring::codec(&common, OutputFormat::Avro);
+    let topics = crate::topics::TopicCatalog::builtin();
     let topic = common.topic_arg(&args.topic);
     let contract = common.contract_name(&topic);
     // Undeclared topics are decoded against every known record.

@@ -32,7 +32,7 @@ pub async fn run(common: CommonArgs, cmd: TopicsCommand) -> Result<()> {
     let TopicsCommand::Apply { dir, dry_run, fail_on_drift, replication } = cmd;
     let mut catalog = match &dir {
         Some(d) => TopicCatalog::load_dir(d).map_err(Error::Config)?,
-        None => common.topics(),
+        None => crate::topics::TopicCatalog::builtin(),
     };
     if let Some(r) = replication {
         catalog = catalog.with_replication(r);

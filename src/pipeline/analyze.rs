@@ -63,7 +63,7 @@ pub(crate) async fn assemble(
     tokio::task::spawn_blocking(move || crate::sources::kafka::require_topics(&kafka, &internal))
         .await
         .map_err(|e| Error::Internal(format!("topic check: {e}")))??;
-    let decoder = common.decoder(opts.output_format);
+    let decoder = crate::wiring::decoder(common, opts.output_format);
     let mut settings = opts.settings.analyze.clone();
     let deployment = common.deployment();
     let retry = super::retry::RetryPolicy::of(&opts.settings);
@@ -76,7 +76,7 @@ pub(crate) async fn assemble(
         topics.analyze_inputs(),
         crate::sources::kafka::Assignor::Range,
     );
-    let catalog = common.topics();
+    let catalog = crate::topics::TopicCatalog::builtin();
     match settings.processing {
         Processing::AtLeastOnce => {
             let url = super::need(

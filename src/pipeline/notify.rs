@@ -87,9 +87,14 @@ pub(crate) fn assemble(
     let n = &opts.settings.notify;
     let am = Alertmanager::new(&crate::config::SecretUrl::from(url), n.request_timeout);
     let topic = common.topic(names::ALERTS);
-    let decoder = common.decoder(opts.output_format);
-    let stage =
-        NotifyStage::new(am, common.kafka.clone(), common.codec(opts.output_format), topic.clone(), n.resend_interval);
+    let decoder = crate::wiring::decoder(common, opts.output_format);
+    let stage = NotifyStage::new(
+        am,
+        common.kafka.clone(),
+        crate::wiring::codec(common, opts.output_format),
+        topic.clone(),
+        n.resend_interval,
+    );
     let cfg =
         runner_config(p.name(), common, &opts.settings, &decoder, group, vec![topic], Assignor::CooperativeSticky);
     let parts = (cfg, stage, GroupCommit::new(p.name()));

@@ -259,7 +259,7 @@ pub(crate) async fn assemble(
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let retry = super::retry::RetryPolicy::of(&opts.settings);
     let topics = Topics::with_prefix(&common.topic_prefix);
-    let decoder = common.decoder(opts.output_format);
+    let decoder = crate::wiring::decoder(common, opts.output_format);
     let cfg = |name: &'static str, inputs: Vec<String>| {
         super::runner_config(name, common, &opts.settings, &decoder, group.clone(), inputs, Assignor::CooperativeSticky)
     };

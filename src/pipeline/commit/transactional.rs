@@ -390,11 +390,10 @@ impl Committer for Transactional {
             Ok(()) => Ok(Outcome::Aborted),
             // A transient failure leaves it open: the runner's next abort,
             // after a backoff, resumes it.
-            Err(e) if e.retry() == crate::error::Retry::Backoff => {
+            Err(e) => {
                 ErrorCounted { pipeline: self.txn.pipeline, step: "abort", error: &e }.emit();
-                Ok(Outcome::Aborted)
+                if e.retry() == crate::error::Retry::Backoff { Ok(Outcome::Aborted) } else { Err(e) }
             }
-            Err(e) => Err(e),
         }
     }
 

@@ -167,10 +167,8 @@ impl<S: Stage, K: Committer> RunnerContext<S, K> {
         match committed {
             Ok(Outcome::Committed) => {}
             Ok(Outcome::Aborted) => self.assigned.lock().expect("assigned lock").rewind = true,
-            Err(e) => {
-                ErrorCounted { pipeline, step: "commit", error: &e }.emit();
-                self.assigned.lock().expect("assigned lock").fatal = Some(e);
-            }
+            // Counted by the committer; the loop ends the pipeline with it.
+            Err(e) => self.assigned.lock().expect("assigned lock").fatal = Some(e),
         }
         // librdkafka keeps a partition's pause through unassign and a later
         // assign (the Java client drops it): a partition paused by a retry

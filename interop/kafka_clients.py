@@ -55,6 +55,12 @@ def latency_sample(i, start_ms):
     }
 
 
+def registry_conf(url):
+    # Without a timeout a request the registry never answers blocks forever;
+    # with one it is retried (max.retries) like a refused connection.
+    return {"url": url, "timeout": 10, "max.retries": 5}
+
+
 def produce(args):
     by_name, _ = load_schemas(args.schemas)
     text, parsed = by_name["LatencySample"]
@@ -64,7 +70,7 @@ def produce(args):
         from confluent_kafka.schema_registry.avro import AvroSerializer
         from confluent_kafka.serialization import MessageField, SerializationContext
 
-        serializer = AvroSerializer(SchemaRegistryClient({"url": args.registry}), text)
+        serializer = AvroSerializer(SchemaRegistryClient(registry_conf(args.registry)), text)
         ctx = SerializationContext(args.topic, MessageField.VALUE)
         encode = lambda record: serializer(record, ctx)  # noqa: E731
     else:
@@ -96,7 +102,7 @@ def consume(args):
         from confluent_kafka.schema_registry.avro import AvroDeserializer
         from confluent_kafka.serialization import MessageField, SerializationContext
 
-        deserializer = AvroDeserializer(SchemaRegistryClient({"url": args.registry}))
+        deserializer = AvroDeserializer(SchemaRegistryClient(registry_conf(args.registry)))
         decode = lambda topic, v: deserializer(v, SerializationContext(topic, MessageField.VALUE))  # noqa: E731
     else:
 

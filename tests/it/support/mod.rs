@@ -27,11 +27,36 @@ pub fn brokers() -> String {
     let mut last = None;
     for _ in 0..6 {
         match probe.fetch_metadata(Some("__udo_probe"), Duration::from_secs(10)) {
-            Ok(_) => return b,
+            Ok(_) => {
+                WRITABLE.get_or_init(|| writable(&b));
+                return b;
+            }
             Err(e) => last = Some(e),
         }
     }
     panic!("Kafka broker at {b} is unreachable ({last:?}); start it with scripts/stack up");
+}
+
+static WRITABLE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// Waits until the broker takes a record on a topic created now. A broker
+/// just started answers requests while it still loads its partitions and
+/// can take half a minute more to serve a new topic: every suite starting
+/// at once would see "unknown topic" until then.
+fn writable(brokers: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let topic = format!("it-ready-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
+    let created = materialize::block_on(admin.create_topics(&[new], &AdminOptions::new())).expect("create it-ready");
+    assert!(created.iter().all(Result::is_ok), "create {topic}: {created:?}");
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("message.timeout.ms", "180000").create().expect("producer");
+    producer.send(BaseRecord::<(), _>::to(&topic).payload("ready")).expect("queue a record");
+    producer.flush(Duration::from_secs(180)).unwrap_or_else(|e| panic!("the broker at {brokers} takes no record: {e}"));
+    let (_, high) = producer.client().fetch_watermarks(&topic, 0, Duration::from_secs(30)).expect("watermarks");
+    assert_eq!(high, 1, "the broker at {brokers} took the record on {topic}");
 }
 
 /// The stack's brokers as the library's Kafka settings (no extra properties).

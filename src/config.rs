@@ -696,7 +696,10 @@ mod reference {
 
     /// The fields serde expects in `[section]` (dotted for nested tables).
     fn fields(section: &str) -> Vec<String> {
-        let probe = format!("[{section}]\nnot_a_setting = 1\n");
+        let probe = match section {
+            "" => "not_a_setting = 1\n".to_string(),
+            _ => format!("[{section}]\nnot_a_setting = 1\n"),
+        };
         let e = toml::from_str::<Settings>(&probe).expect_err("an unknown key is refused").to_string();
         let expected = e.split("expected").nth(1).unwrap_or_else(|| panic!("serde lists the fields: {e}"));
         expected.split('`').skip(1).step_by(2).map(str::to_string).collect()

@@ -51,8 +51,11 @@ fn writable(brokers: &str) {
     let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
     let created = materialize::block_on(admin.create_topics(&[new], &AdminOptions::new())).expect("create it-ready");
     assert!(created.iter().all(Result::is_ok), "create {topic}: {created:?}");
-    let producer: BaseProducer =
-        ClientConfig::new().set("bootstrap.servers", brokers).set("message.timeout.ms", "180000").create().expect("producer");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "180000")
+        .create()
+        .expect("producer");
     producer.send(BaseRecord::<(), _>::to(&topic).payload("ready")).expect("queue a record");
     producer.flush(Duration::from_secs(180)).unwrap_or_else(|e| panic!("the broker at {brokers} takes no record: {e}"));
     let (_, high) = producer.client().fetch_watermarks(&topic, 0, Duration::from_secs(30)).expect("watermarks");

@@ -190,7 +190,7 @@ pub struct AnalyzeSettings {
     pub thresholds: crate::domain::rules::Thresholds,
 }
 
-/// The analyzer's processing guarantee (README, "Delivery guarantees").
+/// The analyzer's processing guarantee (docs/delivery.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Processing {

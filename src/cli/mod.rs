@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
     about = "Event-driven stream processor: Kafka to PostgreSQL/pgvector and Redis",
     after_help = "First steps: in a checkout, `scripts/demo` tells the whole story and `eval \"$(scripts/stack env)\"` \
                   points every command at the local stack. `udo-stream status` shows what is wrong right now; \
-                  `udo-stream <command> --help` explains each command; README.md has configuration, operations \
+                  `udo-stream <command> --help` explains each command; docs/ has configuration, operations \
                   and the delivery guarantees."
 )]
 pub struct Cli {

@@ -88,8 +88,8 @@ pub trait Stage: Send + 'static {
     fn lost(&mut self, parts: &[Tp]) {
         let _ = self.revoked(parts);
     }
-    /// Exactly-once: the transaction was aborted, so everything since the
-    /// last commit is gone; drop that state and return where each partition
+    /// The committer discarded the work since the last commit (an aborted
+    /// transaction): drop that state and return where each partition
     /// resumes (as `assigned`).
     fn rewind(&mut self, parts: &[Tp]) -> Result<Offsets> {
         self.assigned(parts)
@@ -407,7 +407,7 @@ impl<'c, S: Stage, K: Committer> Runner<'c, S, K> {
             a.positions.insert(tp.clone(), at.unwrap_or(i64::MIN));
         }
         a.generation += 1;
-        tracing::info!(pipeline, partitions = parts.len(), "rewound to the last committed transaction");
+        tracing::info!(pipeline, partitions = parts.len(), "rewound to the last commit");
         Ok(())
     }
 }
@@ -502,7 +502,7 @@ fn consume<S: Stage, K: Committer>(runner: &mut Runner<'_, S, K>) -> Result<()> 
         batch.clear();
         runner.poll_batch(&mut batch, &mut held);
         if runner.rewind_requested() {
-            // A revoke during the poll aborted the transaction: the batch
+            // A revoke during the poll discarded the open work: the batch
             // would build on state that is gone; it is read again.
             batch.clear();
             continue;

@@ -108,8 +108,14 @@ pub fn commit_stats() -> (u64, Duration, Duration) {
     )
 }
 /// Retriable errors (a coordinator moving, concurrent transactions) repeat
-/// the step this many times before the commit counts as failed.
+/// the step under the retry policy, at most this many times...
 const ATTEMPTS: u32 = 20;
+/// ...and for at most this long: the consumer is not polled meanwhile, so the
+/// step must give up well inside `max.poll.interval.ms` (30 s). Then the
+/// commit counts as failed and the runner's backoff, which polls, takes over
+/// (abort and rewind); a retry that outlived the poll interval would cost the
+/// member its place in the group and fence the producer.
+const STEP_BUDGET: Duration = Duration::from_secs(10);
 
 struct Txn {
     pipeline: &'static str,
@@ -262,7 +268,9 @@ impl Txn {
                 }
                 KafkaError::Transaction(t) if t.is_retriable() => {
                     let e = failed("commit the transaction", id, KafkaError::Transaction(t));
-                    let Some(delay) = backoff.next_delay(&e) else { return Err(e) };
+                    let Some(delay) = backoff.next_delay(&e).filter(|d| started.elapsed() + *d <= STEP_BUDGET) else {
+                        return Err(e);
+                    };
                     tracing::debug!(pipeline = self.pipeline, "transaction step retried in {delay:?} ({e})");
                     std::thread::sleep(delay);
                 }

@@ -157,9 +157,11 @@ fn produce_part(prefix: &str, first: bool) {
     ]);
 }
 
-/// Waits until `q` returns a series whose value satisfies `ok`.
+/// Waits until `q` returns a series whose value satisfies `ok` (up to 2
+/// minutes: with other suites running, a new target's first scrape has
+/// taken more than one).
 fn wait_for(url: &str, q: &str, what: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let v = query(url, q).iter().filter_map(|s| s["value"][1].as_str()?.parse::<f64>().ok()).reduce(f64::max);
         if let Some(v) = v.filter(|v| ok(*v)) {

@@ -338,8 +338,25 @@ impl<'c, S: Stage, K: Committer> Runner<'c, S, K> {
             match ticked {
                 Ok(offsets) => {
                     self.store(&offsets);
-                    if !offsets.is_empty() && self.committer.checkpoint(self.consumer)? == Outcome::Aborted {
-                        self.rewind(held)?;
+                    let committed = if offsets.is_empty() {
+                        Ok(Outcome::Committed)
+                    } else {
+                        self.committer.checkpoint(self.consumer)
+                    };
+                    match committed {
+                        Ok(Outcome::Committed) => {}
+                        Ok(Outcome::Aborted) => self.rewind(held)?,
+                        // A commit that failed is a failed step: backoff
+                        // while polling, then the committer's recovery.
+                        Err(e) => {
+                            if let Flow::Shutdown = self.wait("commit", e, held)? {
+                                return Ok(Flow::Shutdown);
+                            }
+                            if self.committer.recovery() == Recovery::AbortAndRewind {
+                                return self.abort_and_rewind(held);
+                            }
+                            continue;
+                        }
                     }
                     self.recovered();
                     return Ok(Flow::Done(()));

@@ -116,26 +116,42 @@ fn postgres_then_redis_outage_pauses_retries_and_resumes_without_loss() {
     );
     // 60 s of traffic at 1000 events/s; each store is down for ~20 s of it.
     let producer = produce_in_background(&prefix, 60_000, Some(1_000), 42);
-    for (service, sink) in [("postgres", "postgres"), ("redis", "redis")] {
-        std::thread::sleep(Duration::from_secs(5));
-        let retries_before = m.metric("udo_sink_retries_total", &[&format!("sink=\"{sink}\"")]);
+    for (service, pipeline) in [("postgres", "materialize-postgres"), ("redis", "materialize-redis")] {
+        // The store goes down while its pipeline is writing (not before its
+        // group has assigned it partitions, which a loaded machine delays).
+        let written = |m: &Materializer| m.try_metric("udo_sink_records_total", &[&format!("sink=\"{service}\"")]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let at_start = loop {
+            m.assert_alive();
+            match written(&m) {
+                Some(n) if n > 0.0 => break n,
+                _ => assert!(Instant::now() < deadline, "{pipeline} wrote nothing within 60 s"),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(written(&m).is_some_and(|n| n > at_start), "{pipeline} is writing before the outage");
+        let retries_of = |m: &Materializer| m.try_metric("udo_sink_retries_total", &[&format!("sink=\"{service}\"")]);
+        let retries_before = retries_of(&m).expect("/metrics answers before the outage");
         stack(&["stop", service]);
         let down = Instant::now();
-        let mut saw_unready = false;
-        while down.elapsed() < Duration::from_secs(20) {
+        let (mut saw_unready, mut retries) = (false, 0.0);
+        // At least 20 s; longer only until a retry shows (an attempt against
+        // a stopped PostgreSQL waits out the pool's 10 s acquire timeout).
+        while down.elapsed() < Duration::from_secs(20) || (retries < 1.0 && down.elapsed() < Duration::from_secs(60)) {
             m.assert_alive();
             if let Some((code, _)) = m.get("/readyz") {
                 saw_unready |= code != 200;
             }
+            if let Some(now) = retries_of(&m) {
+                retries = now - retries_before;
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
-        let retries = m.metric("udo_sink_retries_total", &[&format!("sink=\"{sink}\"")]) - retries_before;
         stack(&["start", service]);
-        // An attempt against a stopped PostgreSQL waits out the pool's 10 s
-        // acquire timeout, so 20 s hold one or two retries.
-        assert!(retries >= 1.0, "{service} down for 20 s: the batch was retried ({retries} retries)");
+        assert!(retries >= 1.0, "{service} down for {:?}: the batch was retried ({retries} retries)", down.elapsed());
         assert!(saw_unready, "/readyz reports the {service} outage");
-        eprintln!("{service} outage: {retries} retries while down");
+        eprintln!("{service} outage: {retries} retries while down ({:?})", down.elapsed());
     }
     let produced = produced(producer);
     wait_both_caught_up(&prefix, &pool, &redis, &mut m, Duration::from_secs(240));

@@ -142,14 +142,23 @@ impl Materializer {
         Some((code, out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()))
     }
 
-    /// Sum of a metric's samples whose line contains every `filters` string.
+    /// Sum of a metric's samples whose line contains every `filters` string;
+    /// 0 while `/metrics` does not answer (not started yet).
     pub fn metric(&self, name: &str, filters: &[&str]) -> f64 {
-        let Some((_, body)) = self.get("/metrics") else { return 0.0 };
-        body.lines()
+        self.try_metric(name, filters).unwrap_or(0.0)
+    }
+
+    /// As `metric`, but `None` when `/metrics` did not answer, for a test
+    /// that compares two readings (a missed scrape is not a zero).
+    pub fn try_metric(&self, name: &str, filters: &[&str]) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        let sum = body
+            .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
             .filter(|l| filters.iter().all(|f| l.contains(f)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .sum();
+        Some(sum)
     }
 
     pub fn assert_alive(&mut self) {

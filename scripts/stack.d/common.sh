@@ -158,16 +158,27 @@ print_status() {
   return 1
 }
 
-# One `up`/`down` at a time per data directory. The servers we start must
-# not inherit this descriptor, or they would hold the lock for their lifetime.
+# One `up`/`down` at a time per data directory, and per scope: the
+# three-node cluster ("cluster") has its own, so a kill -9 drill on a node
+# never waits a minute behind another run starting Connect or the registry.
+# The servers we start must not inherit this descriptor, or they would hold
+# the lock for their lifetime.
 LOCK_FD=
 lock_data() {
+  local scope=${1:-}
   mkdir -p "$DATA"
-  exec {LOCK_FD}>"$DATA/.lock"
+  exec {LOCK_FD}>"$DATA/.lock${scope:+-$scope}"
   if ! flock -n "$LOCK_FD"; then
-    log "waiting for another scripts/stack run on $DATA..."
+    log "waiting for another scripts/stack run on $DATA${scope:+ ($scope)}..."
     flock "$LOCK_FD"
   fi
+}
+
+# The lock scope of one service (see lock_data).
+lock_scope() {
+  case $1 in
+  kafka-[123]) echo cluster ;;
+  esac
 }
 
 # Run a command without the lock descriptor.

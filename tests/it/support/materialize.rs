@@ -190,6 +190,11 @@ pub fn produce_in_background(prefix: &str, count: u64, rate: Option<u64>, seed: 
         .env("KAFKA_BROKERS", super::brokers())
         .env("UDO_EMBEDDING_DIM", DIM)
         .env_remove("SCHEMA_REGISTRY_URL")
+        // The load, not the pipelines, is what this producer stands for: give
+        // it librdkafka's own delivery timeout (5 min) rather than the tool's
+        // 1 min, which a broker killed while other suites start JVMs on the
+        // same 2 cores has outlasted.
+        .env("UDO__KAFKA__MESSAGE_TIMEOUT_MS", "300000")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

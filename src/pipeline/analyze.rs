@@ -706,6 +706,7 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
         let catching_up = self.last_full_batch.is_some_and(|t| t.elapsed() < idle);
         let mut advanced = Vec::new();
         for (p, task) in self.tasks.iter_mut().filter(|_| !catching_up) {
+            let held = [Stream::Latency, Stream::Ratings].map(|s| task.engine.watermark(s));
             let silent = |k: &Kind| task.last_input.get(k).map_or(Duration::ZERO, Instant::elapsed);
             let mut lat = silent(&Kind::Latency);
             // A silent input stops holding the ratings watermark back...
@@ -726,6 +727,13 @@ impl<C: Checkpoints> Stage for AnalyzeStage<C> {
                 let quiet = silent(kind);
                 ratings_quiet = ratings_quiet.min(quiet);
                 task.engine.set_idle(source, quiet >= idle);
+            }
+            // An input going idle may free the watermark it held: close what
+            // that frees now, not when the next record or idle advance comes
+            // (the last windows of a task whose traffic ended would wait a
+            // whole idle timeout more).
+            if [Stream::Latency, Stream::Ratings].map(|s| task.engine.watermark(s)) != held {
+                advanced.push(*p);
             }
             // ...and a silent stream advances by wall clock.
             for (stream, quiet) in [(Stream::Latency, lat), (Stream::Ratings, ratings_quiet)] {

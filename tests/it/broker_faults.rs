@@ -133,10 +133,12 @@ fn kill_9_of_the_busiest_leader_during_500k_events_loses_and_duplicates_nothing(
     let _cluster = common::lease::cluster();
     let _stores = common::lease::stores();
     let mut run = start("faults-kill", &[]);
-    let producer = produce_in_background(&run.prefix, events(500_000), None, 51);
+    let mut producer = produce_in_background(&run.prefix, events(500_000), None, 51);
     std::thread::sleep(Duration::from_secs(3));
     let victim = busiest_leader(&run.prefix);
     stack(&["kill", &format!("kafka-{victim}")]);
+    // Else this would test a kill after the run, not during it.
+    assert!(producer.try_wait().unwrap().is_none(), "the broker was killed while the events were still being produced");
     let produced = produced(producer);
     stack(&["start", &format!("kafka-{victim}")]);
     check(&mut run, &produced, &format!("kill -9 of kafka-{victim} (busiest leader)"));

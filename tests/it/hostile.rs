@@ -200,7 +200,8 @@ fn hostile_records_are_dead_lettered_and_every_pipeline_goes_on() {
     // Each pipeline dead-letters at its own pace (the Redis materializer may
     // trail PostgreSQL on a loaded machine): read until every expected
     // letter is there, then check them all.
-    let keyed = |letters: &[DeadLetter], key: &str| letters.iter().filter(|l| l.key.as_deref() == Some(key.as_bytes())).count();
+    let keyed =
+        |letters: &[DeadLetter], key: &str| letters.iter().filter(|l| l.key.as_deref() == Some(key.as_bytes())).count();
     let deadline = Instant::now() + Duration::from_secs(120);
     let letters = loop {
         let letters = read_dlq(&dlq);

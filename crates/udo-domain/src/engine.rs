@@ -528,6 +528,14 @@ impl Engine {
         }
     }
 
+    /// The end of the last window closed of `stream`, if any.
+    pub fn closed_through(&self, stream: Stream) -> Option<i64> {
+        match stream {
+            Stream::Latency => self.latency.closed_through(),
+            Stream::Ratings => self.ratings.closed_through(),
+        }
+    }
+
     pub fn watermark(&self, stream: Stream) -> Option<i64> {
         match stream {
             Stream::Latency => self.latency.watermark(),

@@ -278,6 +278,11 @@ where
         self.clock.watermark()
     }
 
+    /// The end of the last window closed, if any.
+    pub fn closed_through(&self) -> Option<i64> {
+        self.clock.closed_through
+    }
+
     /// Keys held (with panes or rule state).
     pub fn len(&self) -> usize {
         self.ids.len()

@@ -74,6 +74,10 @@ impl Fixture {
     }
 
     fn stage(&self, store: Memory) -> AnalyzeStage<Memory> {
+        self.stage_with(store, |_| {})
+    }
+
+    fn stage_with(&self, store: Memory, tune: impl FnOnce(&mut AnalyzeSettings)) -> AnalyzeStage<Memory> {
         let _guard = self.rt.enter();
         let limits = Limits { embedding_dim: 8, max_record_bytes: 1 << 20 };
         let codec = Codec::new(Arc::new(Catalog::builtin()), limits, None, OutputFormat::Avro);
@@ -81,7 +85,8 @@ impl Fixture {
         let decoder = Decoder::new(codec, &catalog, PREFIX);
         let props: KafkaProperties = [("log_level", "3")].into_iter().collect();
         let kafka = KafkaConfig::new(&self.mock.bootstrap_servers(), props);
-        let settings = AnalyzeSettings { checkpoint_interval: Duration::ZERO, ..AnalyzeSettings::default() };
+        let mut settings = AnalyzeSettings { checkpoint_interval: Duration::ZERO, ..AnalyzeSettings::default() };
+        tune(&mut settings);
         let topics = Topics::with_prefix(PREFIX);
         let outputs = Outputs::new(&kafka, PIPELINE, |_| {}).unwrap();
         let mut stage =
@@ -110,6 +115,24 @@ fn latency(first: i64, at: &[i64]) -> Batch<'static> {
         })
         .collect();
     Batch::from_events(vec![(Tp::new("t.udo.latency.v1", 0), events)])
+}
+
+/// Feedback ratings of task 0 at `T0 + at` for each `at` (ms), offsets from
+/// `first`, of a component task 0 owns.
+fn ratings(first: i64, at: &[i64]) -> Batch<'static> {
+    let mut g = Generator::new(SynthConfig::new(8), first as u64, T0);
+    let events = at
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut e = g.next(SynthKind::Feedback, T0 + t);
+            if let Event::FeedbackRating(r) = &mut e {
+                r.component = owned_by(0, &r.component);
+            }
+            (first + i as i64, e)
+        })
+        .collect();
+    Batch::from_events(vec![(Tp::new("t.udo.feedback.v1", 0), events)])
 }
 
 /// `name`, suffixed until partition `p` of six owns it.
@@ -194,4 +217,26 @@ fn a_checkpoint_covers_what_was_ingested_and_a_failed_one_is_an_error_to_retry()
     let offsets = stage.tick().unwrap();
     assert!(offsets.contains(&(Tp::new("t.udo.latency.v1", 0), 50)), "{offsets:?}");
     assert_eq!(store.saved.lock().unwrap()[&0].offsets["t.udo.latency.v1"], 50);
+}
+
+#[test]
+fn decision_channels_going_idle_close_the_ratings_windows_they_held_at_once() {
+    let f = Fixture::new();
+    let _guard = f.rt.enter();
+    let idle = Duration::from_millis(300);
+    let mut stage = f.stage_with(Memory::default(), |s| s.idle_timeout = idle);
+    // The decision channels have sent nothing since the assignment: each
+    // holds the ratings watermark until it has been silent for `idle`.
+    std::thread::sleep(idle);
+    let b = ratings(0, &spread(600, 1_000)); // 10 min of event time
+    assert!(stage.write(&b).unwrap().is_empty());
+    stage.commit(&b).unwrap();
+    let closed = |s: &AnalyzeStage<Memory>| s.tasks[&0].engine.closed_through(Stream::Ratings);
+    assert_eq!(closed(&stage), None, "held by the decision channels");
+    // The feedback just spoke, so no idle advance; but the silent channels
+    // are idle now and the windows behind the feedback's watermark close at
+    // this tick, not when the next record or the feedback's own timeout comes.
+    stage.tick().unwrap();
+    let through = closed(&stage).expect("the ratings windows closed at the tick");
+    assert!(through >= T0 + 500_000, "closed through {} s", (through - T0) / 1000);
 }

@@ -102,37 +102,30 @@ impl Fixture {
 /// `first`, of components that task 0 owns (Kafka's partitioner puts them
 /// on partition 0, as the generator's producer would).
 fn latency(first: i64, at: &[i64]) -> Batch<'static> {
-    let mut g = Generator::new(SynthConfig::new(8), first as u64, T0);
-    let events = at
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let mut e = g.next(SynthKind::Latency, T0 + t);
-            if let Event::LatencySample(s) = &mut e {
-                s.component = owned_by(0, &s.component);
-            }
-            (first + i as i64, e)
-        })
-        .collect();
-    Batch::from_events(vec![(Tp::new("t.udo.latency.v1", 0), events)])
+    task0(SynthKind::Latency, "t.udo.latency.v1", first, at)
 }
 
-/// Feedback ratings of task 0 at `T0 + at` for each `at` (ms), offsets from
-/// `first`, of a component task 0 owns.
+/// Feedback ratings of task 0, as [`latency`].
 fn ratings(first: i64, at: &[i64]) -> Batch<'static> {
+    task0(SynthKind::Feedback, "t.udo.feedback.v1", first, at)
+}
+
+fn task0(kind: SynthKind, topic: &str, first: i64, at: &[i64]) -> Batch<'static> {
     let mut g = Generator::new(SynthConfig::new(8), first as u64, T0);
     let events = at
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let mut e = g.next(SynthKind::Feedback, T0 + t);
-            if let Event::FeedbackRating(r) = &mut e {
-                r.component = owned_by(0, &r.component);
+            let mut e = g.next(kind, T0 + t);
+            match &mut e {
+                Event::LatencySample(s) => s.component = owned_by(0, &s.component),
+                Event::FeedbackRating(r) => r.component = owned_by(0, &r.component),
+                _ => {}
             }
             (first + i as i64, e)
         })
         .collect();
-    Batch::from_events(vec![(Tp::new("t.udo.feedback.v1", 0), events)])
+    Batch::from_events(vec![(Tp::new(topic, 0), events)])
 }
 
 /// `name`, suffixed until partition `p` of six owns it.

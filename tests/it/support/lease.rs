@@ -53,13 +53,6 @@ pub fn cluster() -> Cluster {
     let held = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let env = super::stack(&["cluster", "up"]);
     let brokers = env.trim().strip_prefix("export KAFKA_CLUSTER_BROKERS=").expect("cluster env").to_string();
-    // Only cluster tests create topics there, each under this lease: at the
-    // first one, every "it-" topic is an earlier run's.
-    static PRUNED: std::sync::Once = std::sync::Once::new();
-    PRUNED.call_once(|| {
-        let n = super::remove_stale_topics(&brokers);
-        eprintln!("cluster: removed {n} topics earlier test runs left");
-    });
     BROKERS.with(|b| *b.borrow_mut() = Some(brokers.clone()));
     Cluster { brokers, _held: held }
 }

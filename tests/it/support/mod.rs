@@ -62,27 +62,6 @@ fn writable(brokers: &str) {
     assert_eq!(high, 1, "the broker at {brokers} took the record on {topic}");
 }
 
-/// Deletes the topics earlier test runs left on `brokers` (every test's
-/// names start with "it-"): thousands of them make a broker slower to start
-/// and to restart with each run. Call only while no test of this run can
-/// have created topics there. Returns how many were deleted.
-pub fn remove_stale_topics(brokers: &str) -> usize {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
-    let md = admin.inner().fetch_metadata(None, Duration::from_secs(30)).expect("list topics");
-    let stale: Vec<String> =
-        md.topics().iter().map(|t| t.name().to_string()).filter(|n| n.starts_with("it-")).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
-    for chunk in stale.chunks(500) {
-        let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        // Best effort: a topic that cannot be deleted now is tried next run.
-        if let Err(e) = materialize::block_on(admin.delete_topics(&names, &options)) {
-            eprintln!("removing topics of earlier runs on {brokers}: {e}");
-        }
-    }
-    stale.len()
-}
-
 /// The stack's brokers as the library's Kafka settings (no extra properties).
 pub fn kafka() -> udo_stream::config::KafkaConfig {
     udo_stream::config::KafkaConfig::new(&brokers(), Default::default())
